@@ -1,0 +1,402 @@
+//! The proxy's config file: listeners with routes (nginx's `location` by longest prefix), and
+//! upstream pools of servers with health checks (HAProxy's `backend`).
+//!
+//! ```toml
+//! name = "lb-01"
+//! [admin]
+//! bind = "127.0.1.1:8404"          # /healthz, /metrics, /stats
+//!
+//! [[listeners]]
+//! name = "www"
+//! bind = "127.0.1.10:8080"
+//! trust_forwarded = false          # true behind another proxy: keep its X-Forwarded-*
+//! [[listeners.routes]]
+//! prefix = "/static/"
+//! static_root = "/srv/static"      # the prefix is replaced by this directory (nginx's alias)
+//! [[listeners.routes]]
+//! prefix = "/"
+//! pool = "web"
+//!
+//! [pools.web]
+//! balance = "roundrobin"
+//! served_by_header = true          # adds X-Served-By: <server name> to responses
+//! connect_timeout_ms = 1000
+//! response_timeout_ms = 30000
+//! [pools.web.health]
+//! path = "/healthz"
+//! interval_ms = 1000
+//! timeout_ms = 1000
+//! rise = 2
+//! fall = 3
+//! [[pools.web.servers]]
+//! name = "server-01"
+//! address = "127.0.2.1:8080"
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use webstack_config::{ConfigErrors, Source};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    name: String,
+    admin: Option<RawAdmin>,
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    pools: BTreeMap<String, RawPool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: String,
+    bind: SocketAddr,
+    #[serde(default)]
+    trust_forwarded: bool,
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    prefix: String,
+    pool: Option<String>,
+    static_root: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    #[serde(default = "default_balance")]
+    balance: String,
+    #[serde(default)]
+    served_by_header: bool,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_response_timeout")]
+    response_timeout_ms: u64,
+    health: Option<RawHealth>,
+    servers: Vec<RawServer>,
+}
+
+fn default_balance() -> String {
+    "roundrobin".into()
+}
+fn default_connect_timeout() -> u64 {
+    1000
+}
+fn default_response_timeout() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default = "default_health_path")]
+    path: String,
+    #[serde(default = "default_interval")]
+    interval_ms: u64,
+    #[serde(default = "default_interval")]
+    timeout_ms: u64,
+    #[serde(default = "default_rise")]
+    rise: u32,
+    #[serde(default = "default_fall")]
+    fall: u32,
+}
+
+fn default_health_path() -> String {
+    "/healthz".into()
+}
+fn default_interval() -> u64 {
+    1000
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    name: String,
+    address: SocketAddr,
+}
+
+/// A validated proxy config.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub name: String,
+    pub admin: Option<SocketAddr>,
+    pub listeners: Vec<Listener>,
+    pub pools: Vec<Pool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub trust_forwarded: bool,
+    /// Longest prefix first, so the first match wins.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: String,
+    pub target: RouteTarget,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteTarget {
+    /// Index into [`ProxyConfig::pools`].
+    Pool(usize),
+    /// A directory that replaces the route's prefix.
+    Static(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: String,
+    pub served_by_header: bool,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub health: Option<Health>,
+    pub servers: Vec<Server>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+impl ProxyConfig {
+    /// Reads and validates a proxy config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<ProxyConfig, ConfigErrors> {
+        let source = Source::read(path)?;
+        Self::from_source(&source)
+    }
+
+    pub fn from_source(src: &Source) -> Result<ProxyConfig, ConfigErrors> {
+        let raw: RawConfig = src.parse()?;
+        let mut errors = Vec::new();
+        let mut err = |field: String, msg: String| errors.push(src.error_at(&field, msg));
+
+        if raw.name.trim().is_empty() {
+            err("name".into(), "must not be empty".into());
+        }
+        let pool_names: Vec<&String> = raw.pools.keys().collect();
+        let mut binds = BTreeSet::new();
+        if let Some(admin) = &raw.admin {
+            binds.insert(admin.bind);
+        }
+        if raw.listeners.is_empty() {
+            err("listeners".into(), "at least one [[listeners]] is needed".into());
+        }
+        let mut listeners = Vec::new();
+        for (i, l) in raw.listeners.iter().enumerate() {
+            let field = format!("listeners[{i}]");
+            if !binds.insert(l.bind) {
+                err(format!("{field}.bind"), format!("{} is bound twice in this file", l.bind));
+            }
+            if l.routes.is_empty() {
+                err(format!("{field}.routes"), "a listener needs at least one route".into());
+            }
+            let mut routes = Vec::new();
+            let mut prefixes = BTreeSet::new();
+            for (j, r) in l.routes.iter().enumerate() {
+                let field = format!("{field}.routes[{j}]");
+                if !r.prefix.starts_with('/') {
+                    err(format!("{field}.prefix"), format!("`{}` must start with /", r.prefix));
+                }
+                if !prefixes.insert(r.prefix.as_str()) {
+                    err(format!("{field}.prefix"), format!("`{}` is routed twice", r.prefix));
+                }
+                let target = match (&r.pool, &r.static_root) {
+                    (Some(pool), None) => match pool_names.iter().position(|p| *p == pool) {
+                        Some(index) => Some(RouteTarget::Pool(index)),
+                        None => {
+                            err(format!("{field}.pool"), format!("no pool `{pool}` in [pools]"));
+                            None
+                        }
+                    },
+                    (None, Some(dir)) => match dir.canonicalize() {
+                        Ok(dir) if dir.is_dir() => Some(RouteTarget::Static(dir)),
+                        Ok(_) => {
+                            err(format!("{field}.static_root"), format!("{} is not a directory", dir.display()));
+                            None
+                        }
+                        Err(e) => {
+                            err(format!("{field}.static_root"), format!("{}: {e}", dir.display()));
+                            None
+                        }
+                    },
+                    _ => {
+                        err(field.clone(), "a route needs exactly one of `pool` or `static_root`".into());
+                        None
+                    }
+                };
+                if let Some(target) = target {
+                    routes.push(Route { prefix: r.prefix.clone(), target });
+                }
+            }
+            routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            listeners.push(Listener {
+                name: l.name.clone(),
+                bind: l.bind,
+                trust_forwarded: l.trust_forwarded,
+                routes,
+            });
+        }
+
+        let mut pools = Vec::new();
+        for (name, p) in &raw.pools {
+            let field = format!("pools.{name}");
+            if p.balance != "roundrobin" {
+                err(format!("{field}.balance"), format!("unknown balance `{}`; expected roundrobin", p.balance));
+            }
+            if p.servers.is_empty() {
+                err(format!("{field}.servers"), "a pool needs at least one server".into());
+            }
+            if p.connect_timeout_ms == 0 {
+                err(format!("{field}.connect_timeout_ms"), "must be more than 0".into());
+            }
+            if p.response_timeout_ms == 0 {
+                err(format!("{field}.response_timeout_ms"), "must be more than 0".into());
+            }
+            let mut names = BTreeSet::new();
+            for (j, s) in p.servers.iter().enumerate() {
+                if !names.insert(s.name.as_str()) {
+                    err(format!("{field}.servers[{j}].name"), format!("server `{}` is in this pool twice", s.name));
+                }
+                if s.address.port() == 0 {
+                    err(format!("{field}.servers[{j}].address"), "port 0 is not a server's port".into());
+                }
+            }
+            let health = p.health.as_ref().map(|h| {
+                if !h.path.starts_with('/') {
+                    err(format!("{field}.health.path"), format!("`{}` must start with /", h.path));
+                }
+                for (key, value) in [("interval_ms", h.interval_ms), ("timeout_ms", h.timeout_ms)] {
+                    if value == 0 {
+                        err(format!("{field}.health.{key}"), "must be more than 0".into());
+                    }
+                }
+                for (key, value) in [("rise", h.rise), ("fall", h.fall)] {
+                    if value == 0 {
+                        err(format!("{field}.health.{key}"), "must be at least 1".into());
+                    }
+                }
+                Health {
+                    path: h.path.clone(),
+                    interval: Duration::from_millis(h.interval_ms),
+                    timeout: Duration::from_millis(h.timeout_ms),
+                    rise: h.rise,
+                    fall: h.fall,
+                }
+            });
+            pools.push(Pool {
+                name: name.clone(),
+                served_by_header: p.served_by_header,
+                connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+                response_timeout: Duration::from_millis(p.response_timeout_ms),
+                health,
+                servers: p
+                    .servers
+                    .iter()
+                    .map(|s| Server { name: s.name.clone(), address: s.address })
+                    .collect(),
+            });
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(ProxyConfig {
+            name: raw.name,
+            admin: raw.admin.map(|a| a.bind),
+            listeners,
+            pools,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<ProxyConfig, ConfigErrors> {
+        ProxyConfig::from_source(&Source::from_text("p.toml", text))
+    }
+
+    const GOOD: &str = r#"
+name = "lb"
+[[listeners]]
+name = "www"
+bind = "127.0.0.1:8080"
+[[listeners.routes]]
+prefix = "/"
+pool = "web"
+[[listeners.routes]]
+prefix = "/api/"
+pool = "web"
+[pools.web]
+[[pools.web.servers]]
+name = "a"
+address = "127.0.0.1:9001"
+"#;
+
+    #[test]
+    fn routes_are_ordered_longest_prefix_first() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.listeners[0].routes[0].prefix, "/api/");
+        assert_eq!(c.pools[0].connect_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_unknown_pool_is_reported_on_its_line() {
+        let text = GOOD.replace("pool = \"web\"\n[[listeners.routes]]\nprefix = \"/api/\"", "pool = \"wbe\"\n[[listeners.routes]]\nprefix = \"/api/\"");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].field, "listeners[0].routes[0].pool");
+        assert_eq!(e.0[0].line, Some(8));
+        assert!(e.to_string().contains("no pool `wbe`"));
+    }
+
+    #[test]
+    fn a_missing_static_root_names_the_directory() {
+        let text = GOOD.replace("pool = \"web\"\n[pools", "static_root = \"/nonexistent/dir\"\n[pools");
+        let e = load(&text).unwrap_err();
+        assert!(e.to_string().contains("listeners[0].routes[1].static_root: /nonexistent/dir"), "{e}");
+    }
+
+    #[test]
+    fn bad_health_values_are_reported() {
+        let text = format!("{GOOD}[pools.web.health]\nrise = 0\npath = \"healthz\"\n");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains("pools.web.health.rise: must be at least 1"), "{e}");
+        assert!(e.contains("pools.web.health.path: `healthz` must start with /"), "{e}");
+    }
+}

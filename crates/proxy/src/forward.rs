@@ -1,0 +1,257 @@
+//! The request path of a proxied request: pick a server, take or open a connection, rewrite
+//! the headers, send, and stream the answer back. A request that could not be sent (connect
+//! refused, a pooled connection found closed) goes to another server; once a request has been
+//! sent it is never sent again.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use crate::balancer;
+use crate::body::{ProxyBody, UpstreamBody};
+use crate::upstream::{PoolState, Sender, ServerState};
+
+/// How many servers one request may be tried on before it fails (HAProxy's `retries 3` with
+/// `option redispatch`).
+const MAX_ATTEMPTS: usize = 3;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Why a request got no answer from upstream; each maps to a status and a log line.
+#[derive(Debug)]
+enum Failure {
+    NoServer,
+    Connect(Arc<ServerState>, String),
+    Upstream(Arc<ServerState>, String),
+    Timeout(Arc<ServerState>),
+}
+
+pub async fn forward(
+    pool: &PoolState,
+    mut req: Request<Incoming>,
+    client: SocketAddr,
+    trust_forwarded: bool,
+) -> Response<ProxyBody> {
+    prepare_upstream_headers(req.headers_mut(), client, trust_forwarded);
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match send(pool, req).await {
+        Ok((server, mut response)) => {
+            let status = response.status().as_u16();
+            server.count_response(status);
+            if pool.config.served_by_header {
+                if let Ok(name) = HeaderValue::from_str(&server.config.name) {
+                    response.headers_mut().insert(X_SERVED_BY.clone(), name);
+                }
+            }
+            response
+        }
+        Err(failure) => {
+            let (status, server, reason) = match &failure {
+                Failure::NoServer => {
+                    pool.no_server_available.fetch_add(1, Ordering::Relaxed);
+                    (StatusCode::SERVICE_UNAVAILABLE, "-".to_string(), "no server is up".to_string())
+                }
+                Failure::Connect(s, e) => (StatusCode::BAD_GATEWAY, s.config.name.clone(), format!("connect: {e}")),
+                Failure::Upstream(s, e) => (StatusCode::BAD_GATEWAY, s.config.name.clone(), e.clone()),
+                Failure::Timeout(s) => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    s.config.name.clone(),
+                    format!("no response within {} ms", pool.config.response_timeout.as_millis()),
+                ),
+            };
+            if let Failure::Connect(s, _) | Failure::Upstream(s, _) | Failure::Timeout(s) = &failure {
+                s.count_response(status.as_u16());
+            }
+            tracing::warn!(pool = pool.config.name, server, %method, path, status = status.as_u16(), reason, "request failed");
+            error_response(status)
+        }
+    }
+}
+
+async fn send(pool: &PoolState, req: Request<Incoming>) -> Result<(Arc<ServerState>, Response<ProxyBody>), Failure> {
+    let mut req = req;
+    let mut tried = [usize::MAX; MAX_ATTEMPTS];
+    let mut last_failure = Failure::NoServer;
+    for attempt in 0..MAX_ATTEMPTS {
+        let cursor = pool.next.fetch_add(1, Ordering::Relaxed);
+        let Some(index) =
+            balancer::round_robin(cursor, pool.servers.len(), |i| pool.servers[i].is_up() && !tried.contains(&i))
+        else {
+            break;
+        };
+        tried[attempt] = index;
+        let server = &pool.servers[index];
+        if attempt > 0 {
+            server.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        server.requests.fetch_add(1, Ordering::Relaxed);
+        match send_to(pool, server, req).await {
+            Ok(response) => return Ok((server.clone(), response)),
+            Err(SendError::NotSent(back, reason)) => {
+                server.connect_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(pool = pool.config.name, server = server.config.name, reason, "could not send; trying another server");
+                last_failure = Failure::Connect(server.clone(), reason);
+                req = back;
+            }
+            Err(SendError::Failed(reason)) => return Err(Failure::Upstream(server.clone(), reason)),
+            Err(SendError::TimedOut) => return Err(Failure::Timeout(server.clone())),
+        }
+    }
+    Err(last_failure)
+}
+
+enum SendError {
+    /// Nothing reached the server; the request comes back for another try.
+    NotSent(Request<Incoming>, String),
+    Failed(String),
+    TimedOut,
+}
+
+async fn send_to(pool: &PoolState, server: &Arc<ServerState>, req: Request<Incoming>) -> Result<Response<ProxyBody>, SendError> {
+    let mut req = req;
+    // A pooled connection may have been closed by the server since it was idle: then try the
+    // next one, and at last a new connection. Only a failed connect counts against the server.
+    loop {
+        let (mut sender, pooled) = match server.take_idle() {
+            Some(sender) => (sender, true),
+            None => match server.connect(pool.config.connect_timeout).await {
+                Ok(sender) => (sender, false),
+                Err(e) => return Err(SendError::NotSent(req, e.to_string())),
+            },
+        };
+        if sender.ready().await.is_err() {
+            if pooled {
+                continue;
+            }
+            return Err(SendError::NotSent(req, "connection closed before the request was sent".into()));
+        }
+        let sent = tokio::time::timeout(pool.config.response_timeout, sender.try_send_request(req)).await;
+        match sent {
+            Err(_) => return Err(SendError::TimedOut),
+            Ok(Ok(response)) => return Ok(into_client_response(response, server, sender)),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) if pooled => req = back,
+                Some(back) => return Err(SendError::NotSent(back, e.into_error().to_string())),
+                None => return Err(SendError::Failed(e.into_error().to_string())),
+            },
+        }
+    }
+}
+
+fn into_client_response(response: Response<Incoming>, server: &Arc<ServerState>, sender: Sender) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = if body.is_end_stream() {
+        // Nothing to stream (HEAD, 204, 304, empty body): the connection is free now.
+        server.put_idle(sender);
+        ProxyBody::empty()
+    } else {
+        ProxyBody::Upstream(UpstreamBody::new(body, server.clone(), sender))
+    };
+    Response::from_parts(parts, body)
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1) and sets X-Forwarded-For/-Proto, in one pass
+/// over the headers named by `Connection`.
+pub fn prepare_upstream_headers(headers: &mut HeaderMap, client: SocketAddr, trust_forwarded: bool) {
+    strip_hop_by_hop(headers);
+    let client_ip = client.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) if trust_forwarded => format!("{previous}, {client_ip}"),
+        _ => client_ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    if !trust_forwarded || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.remove(header::CONNECTION) {
+        if let Ok(names) = connection.to_str() {
+            for name in names.split(',') {
+                let name = name.trim();
+                if !name.is_empty() && !name.eq_ignore_ascii_case("close") && !name.eq_ignore_ascii_case("keep-alive") {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+        headers.remove(name);
+    }
+    headers.remove(header::TE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+}
+
+/// A short, clear page for statuses the proxy makes itself.
+pub fn error_response(status: StatusCode) -> Response<ProxyBody> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let detail = match status {
+        StatusCode::BAD_GATEWAY => "The server behind this proxy could not be reached or gave no valid answer.",
+        StatusCode::SERVICE_UNAVAILABLE => "No server is available to handle this request.",
+        StatusCode::GATEWAY_TIMEOUT => "The server behind this proxy did not answer in time.",
+        StatusCode::NOT_FOUND => "There is nothing at this address.",
+        StatusCode::FORBIDDEN => "Access to this address is not allowed.",
+        StatusCode::BAD_REQUEST => "The request could not be understood.",
+        StatusCode::METHOD_NOT_ALLOWED => "This method is not allowed here.",
+        _ => "",
+    };
+    let body = format!(
+        "<!doctype html>\n<html><head><title>{code} {reason}</title></head><body><h1>{code} {reason}</h1><p>{detail}</p></body></html>\n",
+        code = status.as_u16()
+    );
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_sets_forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert(header::HOST, HeaderValue::from_static("www.foobar.com"));
+        prepare_upstream_headers(&mut h, "127.0.0.9:5000".parse().unwrap(), false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get(header::TRANSFER_ENCODING).is_none());
+        assert_eq!(h["x-forwarded-for"], "127.0.0.9", "an untrusted client's X-Forwarded-For is replaced");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h[header::HOST], "www.foobar.com");
+    }
+
+    #[test]
+    fn a_trusted_proxy_s_forwarded_headers_are_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.18.0.7"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        prepare_upstream_headers(&mut h, "127.0.1.1:5000".parse().unwrap(), true);
+        assert_eq!(h["x-forwarded-for"], "198.18.0.7, 127.0.1.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}

@@ -1,0 +1,139 @@
+//! Active health checks, as HAProxy's `check inter rise fall` with `option httpchk`: every
+//! interval, `GET path` on a new connection; 2xx and 3xx pass. A server that is up goes down
+//! after `fall` failures in a row, and a server that is down comes back after `rise` passes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::Health;
+use crate::upstream::{connect_tcp, ServerState};
+
+/// Where a server stands between checks: consecutive passes or failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdicts {
+    pub up: bool,
+    streak: u32,
+}
+
+impl Verdicts {
+    /// A server starts up, and needs `fall` failures to be taken out (HAProxy's default).
+    pub fn new() -> Self {
+        Verdicts { up: true, streak: 0 }
+    }
+
+    /// Records one check; returns `Some(new_state)` when the server changes state.
+    pub fn record(&mut self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
+        if passed == self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if self.up { fall } else { rise };
+        if self.streak >= needed {
+            self.up = passed;
+            self.streak = 0;
+            return Some(passed);
+        }
+        None
+    }
+}
+
+impl Default for Verdicts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Checks `server` forever, flipping its state on `rise`/`fall`.
+pub async fn watch(pool: String, server: Arc<ServerState>, health: Health) {
+    let mut verdicts = Verdicts::new();
+    let mut ticker = tokio::time::interval(health.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let result = check(&server, &health).await;
+        let passed = result.is_ok();
+        if let Some(up) = verdicts.record(passed, health.rise, health.fall) {
+            server.set_up(up);
+            let name = &server.config.name;
+            match (up, result) {
+                (true, _) => tracing::warn!(pool, server = name, "server is UP (health check passed {} times)", health.rise),
+                (false, Err(reason)) => {
+                    tracing::warn!(pool, server = name, reason, "server is DOWN (health check failed {} times)", health.fall)
+                }
+                (false, Ok(())) => {}
+            }
+        }
+    }
+}
+
+/// One check: `Err` says why it failed, as HAProxy's logs do.
+pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> {
+    let attempt = async {
+        let mut stream = connect_tcp(server.config.address, health.timeout)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: webstack-health-check\r\nConnection: close\r\n\r\n",
+            health.path, server.config.address
+        );
+        stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+        let mut head = [0u8; 64];
+        let mut len = 0;
+        while len < 12 {
+            let n = stream.read(&mut head[len..]).await.map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("connection closed before a status line".to_string());
+            }
+            len += n;
+        }
+        match parse_status(&head[..len]) {
+            Some(status) if (200..400).contains(&status) => Ok(()),
+            Some(status) => Err(format!("status {status}")),
+            None => Err("not an HTTP response".to_string()),
+        }
+    };
+    tokio::time::timeout(health.timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} ms", health.timeout.as_millis())))
+}
+
+fn parse_status(head: &[u8]) -> Option<u16> {
+    let rest = head.strip_prefix(b"HTTP/1.")?;
+    let code = rest.get(2..5)?;
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+/// Time to wait before the first check of each server, so checks of a pool spread out.
+pub fn stagger(index: usize, count: usize, interval: Duration) -> Duration {
+    interval.mul_f64(index as f64 / count.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goes_down_after_fall_failures_and_up_after_rise_passes() {
+        let mut v = Verdicts::new();
+        assert_eq!(v.record(false, 2, 3), None);
+        assert_eq!(v.record(false, 2, 3), None);
+        assert_eq!(v.record(true, 2, 3), None, "a pass resets the failure streak");
+        assert_eq!(v.record(false, 2, 3), None);
+        assert_eq!(v.record(false, 2, 3), None);
+        assert_eq!(v.record(false, 2, 3), Some(false));
+        assert_eq!(v.record(true, 2, 3), None);
+        assert_eq!(v.record(true, 2, 3), Some(true));
+        assert!(v.up);
+    }
+
+    #[test]
+    fn parses_status_lines() {
+        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(parse_status(b"HTTP/1.0 503 x"), Some(503));
+        assert_eq!(parse_status(b"SSH-2.0-OpenSSH"), None);
+        assert_eq!(parse_status(b"HTTP/1.1 2"), None);
+    }
+}

@@ -1,0 +1,21 @@
+//! The HTTP engine of webstack, in two roles: *edge* (HAProxy's job: balance a pool of web
+//! servers with health checks) and *web* (nginx's job: serve the code base's static files and
+//! reverse-proxy the rest to the application server). One engine, one config format: a role is
+//! only a choice of listeners, routes and pools.
+//!
+//! The proxy runs alone with its own config file (`webstack proxy --config FILE`); it knows
+//! nothing of the rest of webstack. [`config::ProxyConfig::load`] validates the file before any
+//! socket is bound, and [`run`] serves it until the shutdown future completes.
+
+pub mod admin;
+pub mod balancer;
+pub mod body;
+pub mod config;
+pub mod forward;
+pub mod health;
+pub mod server;
+pub mod static_files;
+pub mod upstream;
+
+pub use config::ProxyConfig;
+pub use server::run;

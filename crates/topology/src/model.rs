@@ -1,0 +1,486 @@
+//! `webstack.toml` as written (the `Raw*` serde types) and as validated ([`Topology`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use webstack_config::{ConfigError, ConfigErrors, Source};
+
+use crate::subnet::Subnet;
+
+/// What runs on a host. The names are the ones the CLI and `status` use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Component {
+    /// The proxy in its load-balancer role (HAProxy's job), on load-balancer hosts.
+    Edge,
+    /// The proxy in its web-server role (nginx's job): static files, reverse proxy to the app.
+    Web,
+    /// The application server, foobar.com.
+    App,
+    /// A MariaDB instance.
+    Db,
+}
+
+impl Component {
+    pub const ALL: [Component; 4] = [Component::Edge, Component::Web, Component::App, Component::Db];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Edge => "edge",
+            Component::Web => "web",
+            Component::App => "app",
+            Component::Db => "db",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Component> {
+        Component::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopology {
+    profile: String,
+    site: RawSite,
+    network: RawNetwork,
+    ports: Ports,
+    #[serde(default)]
+    edge: RawEdge,
+    web: RawWeb,
+    database: RawDatabase,
+    hosts: Vec<RawHost>,
+    profiles: BTreeMap<String, RawProfile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    domain: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    subnet: String,
+    vip: Ipv4Addr,
+}
+
+/// The ports every host uses; hosts differ by address, not port.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ports {
+    pub http: u16,
+    pub admin: u16,
+    pub app: u16,
+    pub db: u16,
+    pub db_admin: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEdge {
+    #[serde(default = "default_balance")]
+    balance: String,
+    #[serde(default)]
+    health: HealthCheck,
+}
+
+impl Default for RawEdge {
+    fn default() -> Self {
+        RawEdge { balance: default_balance(), health: HealthCheck::default() }
+    }
+}
+
+fn default_balance() -> String {
+    "roundrobin".into()
+}
+
+/// How the edge checks the web servers (HAProxy's `check inter rise fall`).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck { path: "/healthz".into(), interval_ms: 1000, timeout_ms: 1000, rise: 2, fall: 3 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    static_root: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    primary: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: String,
+    address: Ipv4Addr,
+    components: Vec<Component>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    hosts: Vec<String>,
+}
+
+/// A validated `webstack.toml`.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub path: PathBuf,
+    pub default_profile: String,
+    pub domain: String,
+    pub site_name: String,
+    pub subnet: Subnet,
+    pub vip: Ipv4Addr,
+    pub ports: Ports,
+    pub edge_balance: String,
+    pub edge_health: HealthCheck,
+    /// Absolute path of the code base's static files.
+    pub static_root: PathBuf,
+    pub db_primary: String,
+    pub db_name: String,
+    pub hosts: Vec<Host>,
+    pub profiles: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub components: Vec<Component>,
+}
+
+impl Topology {
+    /// Reads and validates a topology file, reporting every problem with file, line and field.
+    pub fn load(path: impl AsRef<Path>) -> Result<Topology, ConfigErrors> {
+        let source = Source::read(path)?;
+        Self::from_source(&source)
+    }
+
+    pub fn from_source(source: &Source) -> Result<Topology, ConfigErrors> {
+        let raw: RawTopology = source.parse()?;
+        let base_dir = source
+            .path()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        validate(raw, source, &base_dir)
+    }
+
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// Moves every address of the stack into `subnet`, keeping host parts.
+    pub fn rebase(&mut self, subnet: Subnet) {
+        self.vip = self.subnet.rebase(self.vip, &subnet);
+        for host in &mut self.hosts {
+            host.address = self.subnet.rebase(host.address, &subnet);
+        }
+        self.subnet = subnet;
+    }
+}
+
+fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology, ConfigErrors> {
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut err = |field: &str, msg: String| errors.push(src.error_at(field, msg));
+
+    if !is_domain(&raw.site.domain) {
+        err("site.domain", format!("`{}` is not a domain name like foobar.com", raw.site.domain));
+    }
+    if !is_domain(&raw.site.name) {
+        err("site.name", format!("`{}` is not a host name like www.foobar.com", raw.site.name));
+    }
+
+    let subnet = match raw.network.subnet.parse::<Subnet>() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            err("network.subnet", e);
+            None
+        }
+    };
+    let in_subnet = |a: Ipv4Addr| subnet.is_none_or(|s| s.contains(a));
+    if !in_subnet(raw.network.vip) {
+        err("network.vip", format!("{} is outside network.subnet {}", raw.network.vip, raw.network.subnet));
+    }
+
+    let ports = [
+        ("http", raw.ports.http),
+        ("admin", raw.ports.admin),
+        ("app", raw.ports.app),
+        ("db", raw.ports.db),
+        ("db_admin", raw.ports.db_admin),
+    ];
+    for (i, (name, port)) in ports.iter().enumerate() {
+        if *port == 0 {
+            err(&format!("ports.{name}"), "port 0 is not a port a host can listen on".into());
+        }
+        if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+            err(&format!("ports.{name}"), format!("port {port} is also ports.{other}; components of one host need distinct ports"));
+        }
+    }
+
+    if raw.edge.balance != "roundrobin" {
+        err("edge.balance", format!("unknown balance `{}`; expected roundrobin", raw.edge.balance));
+    }
+    check_health(&raw.edge.health, "edge.health", &mut err);
+
+    let static_root = base_dir.join(&raw.web.static_root);
+    if !static_root.is_dir() {
+        err("web.static_root", format!("{} is not a directory", static_root.display()));
+    }
+
+    let mut names = BTreeSet::new();
+    let mut addresses = BTreeMap::new();
+    for (i, host) in raw.hosts.iter().enumerate() {
+        if !is_host_name(&host.name) {
+            err(&format!("hosts[{i}].name"), format!("`{}` is not a host name (lowercase letters, digits, `-`)", host.name));
+        }
+        if !names.insert(host.name.as_str()) {
+            err(&format!("hosts[{i}].name"), format!("host `{}` is defined twice", host.name));
+        }
+        if !in_subnet(host.address) {
+            err(&format!("hosts[{i}].address"), format!("{} is outside network.subnet {}", host.address, raw.network.subnet));
+        }
+        if host.address == raw.network.vip {
+            err(&format!("hosts[{i}].address"), format!("{} is the VIP (network.vip); a host needs its own address", host.address));
+        }
+        if let Some(other) = addresses.insert(host.address, host.name.as_str()) {
+            err(&format!("hosts[{i}].address"), format!("{} is also the address of `{other}`", host.address));
+        }
+        let mut seen = BTreeSet::new();
+        for c in &host.components {
+            if !seen.insert(*c) {
+                err(&format!("hosts[{i}].components"), format!("`{c}` is listed twice"));
+            }
+        }
+        if host.components.contains(&Component::Edge) && host.components.contains(&Component::Web) {
+            err(&format!("hosts[{i}].components"), "`edge` and `web` both use the http port; put them on different hosts".into());
+        }
+        if host.components.contains(&Component::App) && !host.components.contains(&Component::Db) {
+            err(&format!("hosts[{i}].components"), "`app` reads from the database on its own host; add `db`".into());
+        }
+        if host.components.contains(&Component::Web) && !host.components.contains(&Component::App) {
+            err(&format!("hosts[{i}].components"), "`web` forwards to the app on its own host; add `app`".into());
+        }
+    }
+
+    let host_named = |name: &str| raw.hosts.iter().find(|h| h.name == name);
+    if host_named(&raw.database.primary).is_none_or(|h| !h.components.contains(&Component::Db)) {
+        err("database.primary", format!("`{}` is not a host with a `db` component", raw.database.primary));
+    }
+    if !is_identifier(&raw.database.name) {
+        err("database.name", format!("`{}` is not a database name (letters, digits, `_`)", raw.database.name));
+    }
+
+    if !raw.profiles.contains_key(&raw.profile) {
+        err("profile", format!("no profile `{}` in [profiles]; defined: {}", raw.profile, list(raw.profiles.keys())));
+    }
+    for (name, profile) in &raw.profiles {
+        let field = format!("profiles.{name}.hosts");
+        let mut members = Vec::new();
+        for (i, h) in profile.hosts.iter().enumerate() {
+            match host_named(h) {
+                Some(host) => members.push(host),
+                None => err(&format!("{field}[{i}]"), format!("no host `{h}` in [[hosts]]")),
+            }
+        }
+        let runs = |c: Component| members.iter().any(|h| h.components.contains(&c));
+        if !runs(Component::Web) {
+            err(&field, "a profile needs at least one host with `web`".into());
+        }
+        if runs(Component::Db) && !profile.hosts.contains(&raw.database.primary) {
+            err(&field, format!("database.primary `{}` is not in this profile", raw.database.primary));
+        }
+        if members.iter().filter(|h| h.components.contains(&Component::Edge)).count() > 1 {
+            err(&field, "one `edge` host per profile until the load-balancer pair lands".into());
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let Some(subnet) = subnet else {
+        unreachable!("a bad subnet was reported above")
+    };
+    Ok(Topology {
+        path: src.path().to_path_buf(),
+        default_profile: raw.profile,
+        domain: raw.site.domain,
+        site_name: raw.site.name,
+        subnet,
+        vip: raw.network.vip,
+        ports: raw.ports,
+        edge_balance: raw.edge.balance,
+        edge_health: raw.edge.health,
+        static_root: std::path::absolute(&static_root).unwrap_or(static_root),
+        db_primary: raw.database.primary,
+        db_name: raw.database.name,
+        hosts: raw
+            .hosts
+            .into_iter()
+            .map(|h| Host { name: h.name, address: h.address, components: h.components })
+            .collect(),
+        profiles: raw.profiles.into_iter().map(|(k, v)| (k, v.hosts)).collect(),
+    })
+}
+
+fn check_health(h: &HealthCheck, field: &str, err: &mut impl FnMut(&str, String)) {
+    if !h.path.starts_with('/') {
+        err(&format!("{field}.path"), format!("`{}` must start with /", h.path));
+    }
+    if h.interval_ms == 0 {
+        err(&format!("{field}.interval_ms"), "must be more than 0".into());
+    }
+    if h.timeout_ms == 0 {
+        err(&format!("{field}.timeout_ms"), "must be more than 0".into());
+    }
+    if h.rise == 0 {
+        err(&format!("{field}.rise"), "must be at least 1".into());
+    }
+    if h.fall == 0 {
+        err(&format!("{field}.fall"), "must be at least 1".into());
+    }
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    names.map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+fn is_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn is_domain(s: &str) -> bool {
+    s.len() <= 253 && s.contains('.') && s.split('.').all(is_host_name)
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPO_TOPOLOGY: &str = include_str!("../../../webstack.toml");
+
+    fn load(text: &str) -> Result<Topology, ConfigErrors> {
+        // The repo's file names its static root relative to the repo root.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../webstack.toml");
+        Topology::from_source(&Source::from_text(path, text))
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        load(text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|e| format!("{}:{}: {}", e.line.unwrap_or(0), e.field, e.message))
+            .collect()
+    }
+
+    fn line_of(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).expect("needle in text") + 1
+    }
+
+    #[test]
+    fn the_repo_topology_is_valid() {
+        let t = load(REPO_TOPOLOGY).unwrap();
+        assert_eq!(t.hosts.len(), 4);
+        assert_eq!(t.profiles["distributed"].len(), 4);
+        assert_eq!(t.default_profile, "distributed");
+    }
+
+    #[test]
+    fn a_duplicate_address_names_its_line_and_field() {
+        let text = REPO_TOPOLOGY.replace("address = \"127.0.2.2\"", "address = \"127.0.2.1\"");
+        let errs = errors(&text);
+        let line = line_of(&text, "name = \"server-02\"") + 1;
+        assert_eq!(errs, vec![format!("{line}:hosts[2].address: 127.0.2.1 is also the address of `server-01`")]);
+    }
+
+    #[test]
+    fn an_address_outside_the_subnet_is_reported() {
+        let text = REPO_TOPOLOGY.replace("address = \"127.0.2.3\"", "address = \"127.9.2.3\"");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with(&format!("{}:hosts[3].address: 127.9.2.3 is outside", line_of(&text, "127.9.2.3"))), "{errs:?}");
+    }
+
+    #[test]
+    fn an_unknown_component_is_a_parse_error_with_line() {
+        let text = REPO_TOPOLOGY.replacen("components = [\"edge\"]", "components = [\"egde\"]", 1);
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.0[0].line, Some(line_of(&text, "egde")));
+        assert_eq!(e.0[0].field, "hosts[0].components[0]");
+        assert!(e.0[0].message.contains("unknown variant `egde`"), "{}", e.0[0].message);
+    }
+
+    #[test]
+    fn an_unknown_field_is_rejected() {
+        let text = REPO_TOPOLOGY.replace("[database]\n", "[database]\nprimay = \"x\"\n");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.0[0].field, "database.primay");
+        assert_eq!(e.0[0].line, Some(line_of(&text, "primay")));
+    }
+
+    #[test]
+    fn profile_errors_are_all_reported() {
+        let text = REPO_TOPOLOGY
+            .replace("hosts = [\"lb-01\", \"server-01\"", "hosts = [\"lb-01\", \"server-09\"")
+            .replace("profile = \"distributed\"", "profile = \"secured\"");
+        let errs = errors(&text);
+        assert!(errs.iter().any(|e| e.contains("profile: no profile `secured`")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("profiles.distributed.hosts[1]: no host `server-09`")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("database.primary `server-01` is not in this profile")), "{errs:?}");
+    }
+
+    #[test]
+    fn colliding_ports_and_bad_health_are_reported() {
+        let text = REPO_TOPOLOGY.replace("app = 9000", "app = 8404").replace("rise = 2", "rise = 0");
+        let errs = errors(&text);
+        assert!(errs.iter().any(|e| e.contains("ports.app: port 8404 is also ports.admin")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("edge.health.rise: must be at least 1")), "{errs:?}");
+    }
+
+    #[test]
+    fn rebase_moves_every_address() {
+        let mut t = load(REPO_TOPOLOGY).unwrap();
+        t.rebase("127.42.0.0/16".parse().unwrap());
+        assert_eq!(t.vip, Ipv4Addr::new(127, 42, 1, 10));
+        assert_eq!(t.host("server-02").unwrap().address, Ipv4Addr::new(127, 42, 2, 2));
+    }
+}

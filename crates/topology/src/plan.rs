@@ -1,0 +1,116 @@
+//! A profile of the topology, made concrete: what runs on which host, with which config.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Component, Host, Topology};
+use crate::render;
+
+/// Passwords of the database accounts; generated once per state dir by the CLI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    pub db_admin_password: String,
+    pub db_app_password: String,
+    pub db_repl_password: String,
+}
+
+/// Everything the supervisor needs to run one profile; written as `plan.json` in the state dir.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub profile: String,
+    /// Where a browser reaches the site, e.g. `http://127.0.1.10:8080/`.
+    pub site_url: String,
+    pub site_name: String,
+    pub hosts: Vec<PlannedHost>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedHost {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub components: Vec<PlannedComponent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedComponent {
+    pub component: Component,
+    /// The subcommand of the `webstack` binary that runs it (`proxy`, `app`, `db`).
+    pub command: String,
+    /// Where its rendered config is written.
+    pub config_file: PathBuf,
+    /// The rendered config itself.
+    pub config: String,
+    /// Main service first, then admin and metrics listeners.
+    pub listen: Vec<SocketAddr>,
+    /// How the supervisor tells that it is healthy.
+    pub probe: Probe,
+    /// An admin URL path answering JSON `{"role": …, "lag_seconds": …}` where a role applies.
+    pub role_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Probe {
+    /// Healthy when `GET path` on `address` answers 200.
+    Http { address: SocketAddr, path: String },
+}
+
+impl PlannedComponent {
+    /// `HOST/COMPONENT`, the name the CLI uses.
+    pub fn id(&self, host: &str) -> String {
+        format!("{host}/{}", self.component)
+    }
+}
+
+impl Topology {
+    /// Renders `profile` for a stack whose state lives in `state_dir` (an absolute path).
+    pub fn plan(&self, profile: &str, state_dir: &Path, secrets: &Secrets) -> Result<Plan, String> {
+        let names = self.profiles.get(profile).ok_or_else(|| {
+            let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+            format!("no profile `{profile}` in {}; defined: {}", self.path.display(), known.join(", "))
+        })?;
+        let hosts: Vec<&Host> = names.iter().filter_map(|n| self.host(n)).collect();
+        let ctx = render::Context { topology: self, hosts: &hosts, state_dir, secrets };
+        let planned = hosts
+            .iter()
+            .map(|host| PlannedHost {
+                name: host.name.clone(),
+                address: host.address,
+                components: host.components.iter().map(|c| ctx.component(host, *c)).collect(),
+            })
+            .collect();
+        let site = match hosts.iter().any(|h| h.components.contains(&Component::Edge)) {
+            true => self.vip,
+            false => hosts
+                .iter()
+                .find(|h| h.components.contains(&Component::Web))
+                .map(|h| h.address)
+                .ok_or_else(|| format!("profile `{profile}` has no web server"))?,
+        };
+        Ok(Plan {
+            profile: profile.to_string(),
+            site_url: format!("http://{site}:{}/", self.ports.http),
+            site_name: self.site_name.clone(),
+            hosts: planned,
+        })
+    }
+}
+
+impl Plan {
+    pub fn component(&self, host: &str, component: Component) -> Option<&PlannedComponent> {
+        self.hosts
+            .iter()
+            .find(|h| h.name == host)?
+            .components
+            .iter()
+            .find(|c| c.component == component)
+    }
+
+    /// Every (host, component) pair, hosts in plan order.
+    pub fn components(&self) -> impl Iterator<Item = (&PlannedHost, &PlannedComponent)> {
+        self.hosts.iter().flat_map(|h| h.components.iter().map(move |c| (h, c)))
+    }
+}

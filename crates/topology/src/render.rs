@@ -1,0 +1,264 @@
+//! Each component's own config file, rendered from the topology. The formats are the
+//! components' own (each component documents and validates its file); the end-to-end tests
+//! check that every rendered file passes its component's validation.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::model::{Component, HealthCheck, Host, Topology};
+use crate::plan::{PlannedComponent, Probe, Secrets};
+
+pub(crate) struct Context<'a> {
+    pub topology: &'a Topology,
+    pub hosts: &'a [&'a Host],
+    pub state_dir: &'a Path,
+    pub secrets: &'a Secrets,
+}
+
+const APP_DB_USER: &str = "foobar";
+
+impl Context<'_> {
+    pub fn component(&self, host: &Host, component: Component) -> PlannedComponent {
+        let ports = self.topology.ports;
+        let at = |port| SocketAddr::new(host.address.into(), port);
+        let (command, config, listen, probe, role_path) = match component {
+            Component::Edge => {
+                let main = SocketAddr::new(self.topology.vip.into(), ports.http);
+                let probe = Probe::Http { address: at(ports.admin), path: "/healthz".into() };
+                ("proxy", self.edge(host), vec![main, at(ports.admin)], probe, None)
+            }
+            Component::Web => {
+                let probe = Probe::Http { address: at(ports.admin), path: "/healthz".into() };
+                ("proxy", self.web(host), vec![at(ports.http), at(ports.admin)], probe, None)
+            }
+            Component::App => {
+                let probe = Probe::Http { address: at(ports.app), path: "/healthz".into() };
+                ("app", self.app(host), vec![at(ports.app)], probe, None)
+            }
+            Component::Db => {
+                let probe = Probe::Http { address: at(ports.db_admin), path: "/healthz".into() };
+                let role = Some("/status".to_string());
+                ("db", self.db(host), vec![at(ports.db), at(ports.db_admin)], probe, role)
+            }
+        };
+        PlannedComponent {
+            component,
+            command: command.into(),
+            config_file: self.state_dir.join("config").join(format!("{}-{component}.toml", host.name)),
+            config,
+            listen,
+            probe,
+            role_path,
+        }
+    }
+
+    fn hosts_with(&self, component: Component) -> impl Iterator<Item = &&Host> {
+        self.hosts.iter().filter(move |h| h.components.contains(&component))
+    }
+
+    fn edge(&self, host: &Host) -> String {
+        let t = self.topology;
+        let servers = self
+            .hosts_with(Component::Web)
+            .map(|h| Server { name: h.name.clone(), address: SocketAddr::new(h.address.into(), t.ports.http) })
+            .collect();
+        let config = ProxyConfig {
+            name: host.name.clone(),
+            admin: Admin { bind: SocketAddr::new(host.address.into(), t.ports.admin) },
+            listeners: vec![Listener {
+                name: "www".into(),
+                bind: SocketAddr::new(t.vip.into(), t.ports.http),
+                trust_forwarded: false,
+                routes: vec![Route { prefix: "/".into(), pool: Some("web".into()), static_root: None }],
+            }],
+            pools: [(
+                "web".to_string(),
+                Pool {
+                    balance: t.edge_balance.clone(),
+                    served_by_header: true,
+                    health: Some(t.edge_health.clone()),
+                    servers,
+                },
+            )]
+            .into(),
+        };
+        to_toml(&config, &format!("edge proxy of {}", host.name))
+    }
+
+    fn web(&self, host: &Host) -> String {
+        let t = self.topology;
+        let config = ProxyConfig {
+            name: host.name.clone(),
+            admin: Admin { bind: SocketAddr::new(host.address.into(), t.ports.admin) },
+            listeners: vec![Listener {
+                name: "site".into(),
+                bind: SocketAddr::new(host.address.into(), t.ports.http),
+                // The edge in front sets X-Forwarded-For/-Proto; the web server keeps them.
+                trust_forwarded: self.hosts_with(Component::Edge).next().is_some(),
+                routes: vec![
+                    Route { prefix: "/static/".into(), pool: None, static_root: Some(t.static_root.clone()) },
+                    Route { prefix: "/".into(), pool: Some("app".into()), static_root: None },
+                ],
+            }],
+            pools: [(
+                "app".to_string(),
+                Pool {
+                    balance: "roundrobin".into(),
+                    served_by_header: false,
+                    health: Some(HealthCheck { interval_ms: 1000, ..HealthCheck::default() }),
+                    servers: vec![Server {
+                        name: "app".into(),
+                        address: SocketAddr::new(host.address.into(), t.ports.app),
+                    }],
+                },
+            )]
+            .into(),
+        };
+        to_toml(&config, &format!("web server of {}", host.name))
+    }
+
+    fn db_nodes(&self) -> Vec<Node> {
+        self.hosts_with(Component::Db)
+            .map(|h| Node { name: h.name.clone(), address: SocketAddr::new(h.address.into(), self.topology.ports.db) })
+            .collect()
+    }
+
+    fn app(&self, host: &Host) -> String {
+        let t = self.topology;
+        let config = AppConfig {
+            name: host.name.clone(),
+            listen: SocketAddr::new(host.address.into(), t.ports.app),
+            database: AppDatabase {
+                name: t.db_name.clone(),
+                user: APP_DB_USER.into(),
+                password: self.secrets.db_app_password.clone(),
+                local: host.name.clone(),
+                nodes: self.db_nodes(),
+            },
+        };
+        to_toml(&config, &format!("application server of {}", host.name))
+    }
+
+    fn db(&self, host: &Host) -> String {
+        let t = self.topology;
+        let server_id = self.hosts.iter().position(|h| h.name == host.name).unwrap_or(0) as u32 + 1;
+        let primary = self.hosts.iter().find(|h| h.name == t.db_primary).map(|h| h.address);
+        let is_primary = host.name == t.db_primary;
+        let config = DbConfig {
+            name: host.name.clone(),
+            server_id,
+            datadir: self.state_dir.join("db").join(&host.name),
+            listen: SocketAddr::new(host.address.into(), t.ports.db),
+            admin_listen: SocketAddr::new(host.address.into(), t.ports.db_admin),
+            role: if is_primary { "primary" } else { "replica" }.into(),
+            primary: match is_primary {
+                true => None,
+                false => primary.map(|a: Ipv4Addr| SocketAddr::new(a.into(), t.ports.db)),
+            },
+            accounts: DbAccounts {
+                admin_password: self.secrets.db_admin_password.clone(),
+                repl_password: self.secrets.db_repl_password.clone(),
+                app_user: APP_DB_USER.into(),
+                app_password: self.secrets.db_app_password.clone(),
+                app_database: t.db_name.clone(),
+            },
+        };
+        to_toml(&config, &format!("database of {}", host.name))
+    }
+}
+
+fn to_toml<T: Serialize>(value: &T, what: &str) -> String {
+    let body = toml::to_string(value).unwrap_or_else(|e| format!("# rendering failed: {e}\n"));
+    format!("# The {what}, rendered by `webstack up` from the topology; edit webstack.toml, not this file.\n\n{body}")
+}
+
+#[derive(Serialize)]
+struct ProxyConfig {
+    name: String,
+    admin: Admin,
+    listeners: Vec<Listener>,
+    pools: std::collections::BTreeMap<String, Pool>,
+}
+
+#[derive(Serialize)]
+struct Admin {
+    bind: SocketAddr,
+}
+
+#[derive(Serialize)]
+struct Listener {
+    name: String,
+    bind: SocketAddr,
+    trust_forwarded: bool,
+    routes: Vec<Route>,
+}
+
+#[derive(Serialize)]
+struct Route {
+    prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    static_root: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Pool {
+    balance: String,
+    served_by_header: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<HealthCheck>,
+    servers: Vec<Server>,
+}
+
+#[derive(Serialize)]
+struct Server {
+    name: String,
+    address: SocketAddr,
+}
+
+#[derive(Serialize)]
+struct AppConfig {
+    name: String,
+    listen: SocketAddr,
+    database: AppDatabase,
+}
+
+#[derive(Serialize)]
+struct AppDatabase {
+    name: String,
+    user: String,
+    password: String,
+    local: String,
+    nodes: Vec<Node>,
+}
+
+#[derive(Serialize)]
+struct Node {
+    name: String,
+    address: SocketAddr,
+}
+
+#[derive(Serialize)]
+struct DbConfig {
+    name: String,
+    server_id: u32,
+    datadir: PathBuf,
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    role: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    primary: Option<SocketAddr>,
+    accounts: DbAccounts,
+}
+
+#[derive(Serialize)]
+struct DbAccounts {
+    admin_password: String,
+    repl_password: String,
+    app_user: String,
+    app_password: String,
+    app_database: String,
+}
