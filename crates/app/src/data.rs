@@ -1,0 +1,299 @@
+//! Data access: one connection pool per database node, reads from the local node, writes to
+//! the one node that is not `read_only`, and read-your-writes through the session's last GTID.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
+use sqlx::Row;
+
+use crate::config::AppConfig;
+
+/// How long a found writer is trusted before the nodes are asked again.
+const WRITER_TTL: Duration = Duration::from_secs(1);
+/// How long a read waits for the local replica to apply the session's last write.
+const GTID_WAIT_SECONDS: f64 = 0.5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("database {node} is unavailable: {source}")]
+    Unavailable { node: String, source: sqlx::Error },
+    #[error("no database node is writable; writes are refused until one is")]
+    NoWriter,
+    #[error("more than one database node is writable ({0}); writes are refused until one is left")]
+    SplitBrain(String),
+    #[error("the database is not ready yet (schema missing)")]
+    NotReady,
+}
+
+pub struct Node {
+    pub name: String,
+    pub pool: MySqlPool,
+}
+
+pub struct Database {
+    pub nodes: Vec<Node>,
+    local: usize,
+    writer: Mutex<Option<(usize, Instant)>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Product {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+}
+
+impl Product {
+    pub fn price(&self) -> String {
+        format!("${}.{:02}", self.price_cents / 100, self.price_cents % 100)
+    }
+}
+
+/// What a read used, so pages can say where their data came from.
+pub struct Read<T> {
+    pub value: T,
+    pub node: String,
+}
+
+impl Database {
+    pub fn new(config: &AppConfig) -> Database {
+        let db = &config.database;
+        let nodes = db
+            .nodes
+            .iter()
+            .map(|n| {
+                let options = MySqlConnectOptions::new()
+                    .host(&n.address.ip().to_string())
+                    .port(n.address.port())
+                    .username(&db.user)
+                    .password(&db.password)
+                    .database(&db.name)
+                    .ssl_mode(MySqlSslMode::Disabled);
+                let pool = MySqlPoolOptions::new()
+                    .max_connections(16)
+                    .min_connections(0)
+                    .acquire_timeout(Duration::from_secs(2))
+                    .idle_timeout(Duration::from_secs(60))
+                    .connect_lazy_with(options);
+                Node { name: n.name.clone(), pool }
+            })
+            .collect();
+        Database { nodes, local: config.local_index(), writer: Mutex::new(None) }
+    }
+
+    fn unavailable(&self, index: usize, source: sqlx::Error) -> DataError {
+        DataError::Unavailable { node: self.nodes[index].name.clone(), source }
+    }
+
+    /// The writable node: asks every node for `read_only`, at most once per [`WRITER_TTL`].
+    pub async fn writer(&self) -> Result<usize, DataError> {
+        if let Some((index, at)) = *self.writer.lock().unwrap_or_else(|p| p.into_inner()) {
+            if at.elapsed() < WRITER_TTL {
+                return Ok(index);
+            }
+        }
+        let mut writable = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let read_only = sqlx::query_scalar::<_, i64>("SELECT @@global.read_only").fetch_one(&node.pool).await;
+            if let Ok(0) = read_only {
+                writable.push(i);
+            }
+        }
+        let found = match writable.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(DataError::NoWriter),
+            many => Err(DataError::SplitBrain(
+                many.iter().map(|i| self.nodes[*i].name.as_str()).collect::<Vec<_>>().join(", "),
+            )),
+        };
+        *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = found.as_ref().ok().map(|i| (*i, Instant::now()));
+        found
+    }
+
+    fn forget_writer(&self) {
+        *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The node a read goes to: the local one, once it has applied `after_gtid` (the session's
+    /// last write); the writer when the local node cannot catch up in time.
+    async fn read_node(&self, after_gtid: Option<&str>) -> usize {
+        let Some(gtid) = after_gtid else { return self.local };
+        match self.writer().await {
+            Ok(w) if w == self.local => return self.local,
+            Ok(w) => {
+                let waited = sqlx::query_scalar::<_, i64>("SELECT MASTER_GTID_WAIT(?, ?)")
+                    .bind(gtid)
+                    .bind(GTID_WAIT_SECONDS)
+                    .fetch_one(&self.nodes[self.local].pool)
+                    .await;
+                if matches!(waited, Ok(0)) {
+                    return self.local;
+                }
+                w
+            }
+            Err(_) => self.local,
+        }
+    }
+
+    pub async fn products(&self, after_gtid: Option<&str>, limit: u32) -> Result<Read<Vec<Product>>, DataError> {
+        let node = self.read_node(after_gtid).await;
+        let rows = sqlx::query("SELECT id, name, description, price_cents FROM products ORDER BY id DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.nodes[node].pool)
+            .await
+            .map_err(|e| self.classify(node, e))?;
+        let value = rows.iter().map(product_from_row).collect::<Result<_, _>>().map_err(|e| self.classify(node, e))?;
+        Ok(Read { value, node: self.nodes[node].name.clone() })
+    }
+
+    pub async fn product(&self, id: i64, after_gtid: Option<&str>) -> Result<Read<Option<Product>>, DataError> {
+        let node = self.read_node(after_gtid).await;
+        let row = sqlx::query("SELECT id, name, description, price_cents FROM products WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.nodes[node].pool)
+            .await
+            .map_err(|e| self.classify(node, e))?;
+        let value = row.as_ref().map(product_from_row).transpose().map_err(|e| self.classify(node, e))?;
+        Ok(Read { value, node: self.nodes[node].name.clone() })
+    }
+
+    /// Inserts a product on the writer; returns it, the writer's name and the write's GTID.
+    pub async fn create_product(&self, name: &str, description: &str, price_cents: i64) -> Result<(Product, String, String), DataError> {
+        let writer = self.writer().await?;
+        let result = async {
+            let mut conn = self.nodes[writer].pool.acquire().await?;
+            let id = sqlx::query("INSERT INTO products (name, description, price_cents) VALUES (?, ?, ?)")
+                .bind(name)
+                .bind(description)
+                .bind(price_cents)
+                .execute(&mut *conn)
+                .await?
+                .last_insert_id() as i64;
+            let gtid: String = sqlx::query_scalar("SELECT @@last_gtid").fetch_one(&mut *conn).await?;
+            Ok::<_, sqlx::Error>((id, gtid))
+        }
+        .await;
+        match result {
+            Ok((id, gtid)) => {
+                let product = Product { id, name: name.into(), description: description.into(), price_cents };
+                Ok((product, self.nodes[writer].name.clone(), gtid))
+            }
+            Err(e) => {
+                // A failed write may mean the writer changed: ask the nodes again next time.
+                self.forget_writer();
+                Err(self.classify(writer, e))
+            }
+        }
+    }
+
+    /// Healthy when the local node answers and holds the schema.
+    pub async fn check_local(&self) -> Result<String, DataError> {
+        sqlx::query("SELECT 1 FROM products LIMIT 1")
+            .fetch_optional(&self.nodes[self.local].pool)
+            .await
+            .map_err(|e| self.classify(self.local, e))?;
+        Ok(self.nodes[self.local].name.clone())
+    }
+
+    fn classify(&self, node: usize, e: sqlx::Error) -> DataError {
+        // 1146: table doesn't exist — the schema has not reached this node yet.
+        if let sqlx::Error::Database(db) = &e {
+            if db.code().as_deref() == Some("42S02") {
+                return DataError::NotReady;
+            }
+        }
+        self.unavailable(node, e)
+    }
+
+    /// Runs the schema migrations on the writer, once across all app servers (a named lock),
+    /// retrying until a writer is reachable.
+    pub async fn migrate_when_ready(&self) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.migrate().await {
+                Ok(applied) => {
+                    tracing::info!(applied, "schema is up to date");
+                    return;
+                }
+                Err(e) => tracing::info!(error = %e, "migrations waiting for the database"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn migrate(&self) -> Result<usize, DataError> {
+        let writer = self.writer().await?;
+        let pool = &self.nodes[writer].pool;
+        let run = async {
+            let mut conn = pool.acquire().await?;
+            sqlx::query("SELECT GET_LOCK('foobar_migrations', 30)").execute(&mut *conn).await?;
+            let mut applied = 0;
+            let outcome = async {
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY, \
+                     applied_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP) ENGINE=InnoDB",
+                )
+                .execute(&mut *conn)
+                .await?;
+                for (version, statements) in MIGRATIONS {
+                    let done: Option<i32> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
+                        .bind(version)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    if done.is_some() {
+                        continue;
+                    }
+                    for statement in *statements {
+                        sqlx::query(statement).execute(&mut *conn).await?;
+                    }
+                    sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)").bind(version).execute(&mut *conn).await?;
+                    applied += 1;
+                }
+                Ok::<_, sqlx::Error>(())
+            }
+            .await;
+            sqlx::query("SELECT RELEASE_LOCK('foobar_migrations')").execute(&mut *conn).await?;
+            outcome.map(|_| applied)
+        };
+        run.await.map_err(|e| self.unavailable(writer, e))
+    }
+}
+
+fn product_from_row(row: &sqlx::mysql::MySqlRow) -> Result<Product, sqlx::Error> {
+    Ok(Product {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        price_cents: row.try_get::<i32, _>("price_cents")? as i64,
+    })
+}
+
+/// Each migration: a version and its statements, applied in order, each version once.
+const MIGRATIONS: &[(i32, &[&str])] = &[
+    (
+        1,
+        &["CREATE TABLE IF NOT EXISTS products (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            name VARCHAR(200) NOT NULL,
+            description TEXT NOT NULL,
+            price_cents INT NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"],
+    ),
+    (
+        2,
+        &["INSERT INTO products (name, description, price_cents) VALUES
+            ('Espresso cup', 'Thick porcelain, 80 ml, keeps the crema warm.', 900),
+            ('Pour-over kettle', 'Gooseneck spout for a slow, even pour. 1 litre.', 4500),
+            ('Hand grinder', 'Ceramic burrs, 40 clicks from espresso to French press.', 6200),
+            ('Coffee beans, Ethiopia', 'Washed Yirgacheffe, light roast, 250 g. Jasmine and lemon.', 1400),
+            ('Coffee beans, Brazil', 'Natural process, medium roast, 250 g. Chocolate and nuts.', 1100),
+            ('Milk jug', 'Stainless steel, 350 ml, for latte art.', 1800),
+            ('Scale', '0.1 g resolution with a timer, for repeatable brews.', 3200),
+            ('Paper filters', 'Pack of 100, fits size 02 drippers.', 600)"],
+    ),
+];

@@ -1,0 +1,324 @@
+//! Routes of foobar.com: pages, the JSON API under `/api/v1`, and `/healthz`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Form, Json, Router};
+use serde::Deserialize;
+
+use crate::config::AppConfig;
+use crate::data::{DataError, Database, Read};
+use crate::pages;
+
+const GTID_COOKIE: &str = "foobar_gtid";
+const BODY_LIMIT: usize = 64 * 1024;
+static X_DB_READ: HeaderName = HeaderName::from_static("x-db-read");
+static X_DB_WRITE: HeaderName = HeaderName::from_static("x-db-write");
+
+pub struct AppState {
+    pub name: String,
+    pub db: Database,
+}
+
+type Shared = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/products/new", get(new_product_form))
+        .route("/products", axum::routing::post(create_product_form))
+        .route("/products/{id}", get(product_page))
+        .route("/api/v1/products", get(api_products).post(api_create_product))
+        .route("/api/v1/products/{id}", get(api_product))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Serves the app until `shutdown` completes; migrations run in the background meanwhile.
+pub async fn run(config: AppConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))?;
+    let state = Arc::new(AppState { name: config.name.clone(), db: Database::new(&config) });
+    let migrating = state.clone();
+    let migrations = tokio::spawn(async move { migrating.db.migrate_when_ready().await });
+    tracing::info!(listen = %config.listen, "foobar.com app is serving");
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    migrations.abort();
+    served
+}
+
+/// The session's last write, if the cookie holds a well-formed GTID list.
+fn session_gtid(headers: &HeaderMap) -> Option<String> {
+    let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
+    let value = cookies
+        .split(';')
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == GTID_COOKIE)?
+        .1;
+    let well_formed = !value.is_empty()
+        && value.len() <= 200
+        && value.split(',').all(|g| {
+            let parts: Vec<_> = g.split('-').collect();
+            parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        });
+    well_formed.then(|| value.to_string())
+}
+
+fn with_header(mut response: Response, name: &HeaderName, value: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name.clone(), v);
+    }
+    response
+}
+
+fn render(template: impl Template) -> Response {
+    match template.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "template failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }
+    }
+}
+
+fn error_page(state: &AppState, status: StatusCode, title: &str, message: &str) -> Response {
+    let page = pages::ErrorPage { server: &state.name, db_node: "", title, message };
+    let mut response = render(page);
+    *response.status_mut() = status;
+    response
+}
+
+fn data_error_page(state: &AppState, e: &DataError) -> Response {
+    tracing::warn!(error = %e, "database error");
+    error_page(state, StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", &e.to_string())
+}
+
+async fn home(State(state): Shared, headers: HeaderMap) -> Response {
+    match state.db.products(session_gtid(&headers).as_deref(), 60).await {
+        Ok(read) => {
+            let page = pages::Home { server: &state.name, db_node: &read.node, products: &read.value };
+            with_header(render(page), &X_DB_READ, &read.node)
+        }
+        Err(e) => data_error_page(&state, &e),
+    }
+}
+
+async fn product_page(State(state): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return error_page(&state, StatusCode::NOT_FOUND, "Not found", "There is no such product.");
+    };
+    match state.db.product(id, session_gtid(&headers).as_deref()).await {
+        Ok(read) => match &read.value {
+            Some(product) => {
+                let page = pages::ProductPage { server: &state.name, db_node: &read.node, product };
+                with_header(render(page), &X_DB_READ, &read.node)
+            }
+            None => with_header(
+                error_page(&state, StatusCode::NOT_FOUND, "Not found", "There is no such product."),
+                &X_DB_READ,
+                &read.node,
+            ),
+        },
+        Err(e) => data_error_page(&state, &e),
+    }
+}
+
+async fn new_product_form(State(state): Shared) -> Response {
+    render(pages::NewProduct { server: &state.name, db_node: "", errors: &[], name: "", description: "", price: "" })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ProductForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    price: String,
+}
+
+/// A product as submitted, checked: the name, description and price in cents.
+pub fn validate_product(name: &str, description: &str, price_cents: Result<i64, String>) -> Result<(String, String, i64), Vec<String>> {
+    let mut errors = Vec::new();
+    let name = name.trim();
+    if name.is_empty() {
+        errors.push("The name is required.".to_string());
+    } else if name.chars().count() > 200 {
+        errors.push("The name is longer than 200 characters.".to_string());
+    }
+    if description.chars().count() > 2000 {
+        errors.push("The description is longer than 2000 characters.".to_string());
+    }
+    let price = match price_cents {
+        Ok(p) if (0..=100_000_000).contains(&p) => Some(p),
+        Ok(_) => {
+            errors.push("The price must be between 0 and 1,000,000.00.".to_string());
+            None
+        }
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    match (errors.is_empty(), price) {
+        (true, Some(p)) => Ok((name.to_string(), description.trim().to_string(), p)),
+        _ => Err(errors),
+    }
+}
+
+/// `12`, `12.5` or `12.50` (a leading `$` allowed) in cents.
+pub fn parse_price(text: &str) -> Result<i64, String> {
+    let t = text.trim().trim_start_matches('$');
+    let bad = || format!("`{}` is not a price like 12.50.", text.trim());
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    if whole.is_empty() || whole.len() > 9 || frac.len() > 2 || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let whole: i64 = whole.parse().map_err(|_| bad())?;
+    let frac: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<2}").parse().map_err(|_| bad())? };
+    Ok(whole * 100 + frac)
+}
+
+async fn create_product_form(State(state): Shared, Form(form): Form<ProductForm>) -> Response {
+    let (name, description, price) = match validate_product(&form.name, &form.description, parse_price(&form.price)) {
+        Ok(valid) => valid,
+        Err(errors) => {
+            let page = pages::NewProduct {
+                server: &state.name,
+                db_node: "",
+                errors: &errors,
+                name: &form.name,
+                description: &form.description,
+                price: &form.price,
+            };
+            let mut response = render(page);
+            *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            return response;
+        }
+    };
+    match state.db.create_product(&name, &description, price).await {
+        Ok((product, writer, gtid)) => {
+            let mut response = Redirect::to(&format!("/products/{}", product.id)).into_response();
+            let cookie = format!("{GTID_COOKIE}={gtid}; Path=/; HttpOnly; SameSite=Lax");
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            with_header(response, &X_DB_WRITE, &writer)
+        }
+        Err(e) => data_error_page(&state, &e),
+    }
+}
+
+fn api_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn api_data_error(e: &DataError) -> Response {
+    tracing::warn!(error = %e, "database error");
+    api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+}
+
+async fn api_products(State(state): Shared, headers: HeaderMap) -> Response {
+    match state.db.products(session_gtid(&headers).as_deref(), 100).await {
+        Ok(read) => with_header(Json(serde_json::json!({ "products": read.value })).into_response(), &X_DB_READ, &read.node),
+        Err(e) => api_data_error(&e),
+    }
+}
+
+async fn api_product(State(state): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return api_error(StatusCode::NOT_FOUND, "no such product");
+    };
+    match state.db.product(id, session_gtid(&headers).as_deref()).await {
+        Ok(Read { value: Some(p), node }) => with_header(Json(p).into_response(), &X_DB_READ, &node),
+        Ok(Read { value: None, node }) => with_header(api_error(StatusCode::NOT_FOUND, "no such product"), &X_DB_READ, &node),
+        Err(e) => api_data_error(&e),
+    }
+}
+
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProductJson {
+    name: String,
+    #[serde(default)]
+    description: String,
+    price_cents: i64,
+}
+
+async fn api_create_product(State(state): Shared, body: Result<Json<NewProductJson>, axum::extract::rejection::JsonRejection>) -> Response {
+    let Json(input) = match body {
+        Ok(json) => json,
+        Err(rejection) => return api_error(rejection.status(), &rejection.body_text()),
+    };
+    let (name, description, price) = match validate_product(&input.name, &input.description, Ok(input.price_cents)) {
+        Ok(valid) => valid,
+        Err(errors) => return api_error(StatusCode::UNPROCESSABLE_ENTITY, &errors.join(" ")),
+    };
+    match state.db.create_product(&name, &description, price).await {
+        Ok((product, writer, gtid)) => {
+            let mut response = (StatusCode::CREATED, Json(&product)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/products/{}", product.id)) {
+                response.headers_mut().insert(header::LOCATION, v);
+            }
+            let response = with_header(response, &HeaderName::from_static("x-gtid"), &gtid);
+            with_header(response, &X_DB_WRITE, &writer)
+        }
+        Err(e) => api_data_error(&e),
+    }
+}
+
+async fn healthz(State(state): Shared) -> Response {
+    match state.db.check_local().await {
+        Ok(node) => Json(serde_json::json!({ "status": "ok", "server": state.name, "database": node })).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "degraded", "server": state.name, "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn not_found(State(state): Shared) -> Response {
+    error_page(&state, StatusCode::NOT_FOUND, "Not found", "There is nothing at this address.")
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prices() {
+        assert_eq!(parse_price("12"), Ok(1200));
+        assert_eq!(parse_price("12.5"), Ok(1250));
+        assert_eq!(parse_price("$0.05"), Ok(5));
+        for bad in ["", "-1", "1.234", "12,50", "abc", "1e3", "."] {
+            assert!(parse_price(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validates_products() {
+        assert!(validate_product("Mug", "", Ok(100)).is_ok());
+        let errs = validate_product("  ", &"x".repeat(2001), Ok(-1)).unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+
+    #[test]
+    fn only_well_formed_gtids_are_taken_from_the_cookie() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=b; foobar_gtid=0-1-42"));
+        assert_eq!(session_gtid(&h).as_deref(), Some("0-1-42"));
+        h.insert(header::COOKIE, HeaderValue::from_static("foobar_gtid=0-1-42'); DROP"));
+        assert_eq!(session_gtid(&h), None);
+    }
+}
