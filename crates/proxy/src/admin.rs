@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz` for supervisors, `/metrics` in Prometheus text format, and
+//! The admin listener: `/healthz` (200 while every pool has a server up), `/ready` (200 only
+//! while every server of every pool is up), `/metrics` in Prometheus text format, and
 //! `/stats`, a plain page of every pool and server like HAProxy's stats page.
 
 use std::fmt::Write;
@@ -15,13 +16,33 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub fn handle<B>(name: &str, pools: &[std::sync::Arc<PoolState>], req: &Request<B>) -> Response<ProxyBody> {
     let (body, content_type) = match req.uri().path() {
-        "/healthz" => ("ok\n".to_string(), "text/plain; charset=utf-8"),
+        "/healthz" => match pools.iter().find(|p| !p.servers.iter().any(|s| s.is_up())) {
+            None => ("ok\n".to_string(), "text/plain; charset=utf-8"),
+            Some(p) => return unavailable(format!("pool {} has no server up\n", p.config.name)),
+        },
+        "/ready" => {
+            let down: Vec<String> = pools
+                .iter()
+                .flat_map(|p| p.servers.iter().filter(|s| !s.is_up()).map(move |s| format!("{}/{}", p.config.name, s.config.name)))
+                .collect();
+            match down.is_empty() {
+                true => ("ok: every server is up\n".to_string(), "text/plain; charset=utf-8"),
+                false => return unavailable(format!("down: {}\n", down.join(", "))),
+            }
+        }
         "/metrics" => (metrics(pools), "text/plain; version=0.0.4; charset=utf-8"),
         "/stats" | "/" => (stats(name, pools), "text/plain; charset=utf-8"),
         _ => return error_response(StatusCode::NOT_FOUND),
     };
     let mut response = Response::new(ProxyBody::full(body));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn unavailable(body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 

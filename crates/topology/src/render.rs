@@ -26,11 +26,12 @@ impl Context<'_> {
         let (command, config, listen, probe, role_path) = match component {
             Component::Edge => {
                 let main = SocketAddr::new(self.topology.vip.into(), ports.http);
-                let probe = Probe::Http { address: at(ports.admin), path: "/healthz".into() };
+                // Healthy when every web server is in the pool: a degraded pool shows.
+                let probe = Probe::Http { address: at(ports.admin), path: "/ready".into() };
                 ("proxy", self.edge(host), vec![main, at(ports.admin)], probe, None)
             }
             Component::Web => {
-                let probe = Probe::Http { address: at(ports.admin), path: "/healthz".into() };
+                let probe = Probe::Http { address: at(ports.admin), path: "/ready".into() };
                 ("proxy", self.web(host), vec![at(ports.http), at(ports.admin)], probe, None)
             }
             Component::App => {

@@ -1,1 +1,109 @@
-fn main(){}
+//! `webstack`: the one binary. Stack commands (`up`, `status`, `down`, `logs`, `kill`,
+//! `start`, `check`) drive the supervisor; component commands (`proxy`, `app`, `db`) run one
+//! part alone with its own config file, on this machine or a real host.
+
+mod components;
+mod stack;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "webstack", version, about = "The web infrastructure of www.foobar.com — load balancer, web servers, app servers and a replicated MariaDB — from one binary and one topology file.")]
+struct Cli {
+    /// Where the stack keeps configs, logs, pid files and datadirs.
+    #[arg(long, global = true, default_value = ".webstack")]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Render every component's config, start them on their loopback hosts, wait until all are healthy.
+    Up {
+        /// The profile to bring up (default: the topology's `profile`).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Return once healthy and leave the stack running in the background.
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// The topology file.
+        #[arg(long, default_value = "webstack.toml")]
+        topology: PathBuf,
+        /// Move every address into this range (e.g. 127.42.0.0/16), host parts kept.
+        #[arg(long)]
+        subnet: Option<String>,
+        /// How long to wait for every component to be healthy.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+    },
+    /// Show every host and component: state, pid, health, role, listen addresses.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every component and the supervisor.
+    Down,
+    /// Print the logs of all components, a host's, or one (HOST/COMPONENT).
+    Logs {
+        target: Option<String>,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Lines of each log to print first.
+        #[arg(short = 'n', long, default_value_t = 40)]
+        lines: usize,
+    },
+    /// Drill: SIGKILL a host's components or one (HOST/COMPONENT); it is not restarted.
+    Kill {
+        target: String,
+    },
+    /// Start again what `kill` stopped.
+    Start {
+        target: String,
+    },
+    /// Validate a topology file and every config it renders.
+    Check {
+        #[arg(default_value = "webstack.toml")]
+        file: PathBuf,
+    },
+    /// Run the proxy (edge or web role) alone.
+    Proxy(components::ComponentArgs),
+    /// Run the foobar.com application server alone.
+    App(components::ComponentArgs),
+    /// Run one MariaDB node alone.
+    Db(components::ComponentArgs),
+    /// Run the supervisor of a rendered stack (used by `up -d`).
+    #[command(hide = true)]
+    Supervise,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let state_dir = &cli.state_dir;
+    let result = match cli.command {
+        Command::Up { profile, detach, topology, subnet, timeout } => {
+            stack::up(state_dir, &topology, profile.as_deref(), subnet.as_deref(), detach, timeout)
+        }
+        Command::Status { json } => stack::status(state_dir, json),
+        Command::Down => stack::down(state_dir),
+        Command::Logs { target, follow, lines } => stack::logs(state_dir, target.as_deref(), follow, lines),
+        Command::Kill { target } => stack::kill_or_start(state_dir, &target, true),
+        Command::Start { target } => stack::kill_or_start(state_dir, &target, false),
+        Command::Check { file } => stack::check(&file),
+        Command::Supervise => stack::supervise(state_dir),
+        Command::Proxy(args) => return components::proxy(&args),
+        Command::App(args) => return components::app(&args),
+        Command::Db(args) => return components::db(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("webstack: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

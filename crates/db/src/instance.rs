@@ -1,0 +1,216 @@
+//! One MariaDB node: its config file, first-start initialisation, the server process, and
+//! provisioning once it answers.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use crate::config::{DbConfig, Role};
+use crate::{admin, locate, sql};
+
+/// How long a starting server may take to answer its socket (crash recovery included).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a clean shutdown may take before the server is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    NotInstalled(#[from] locate::NotFound),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("initialising {datadir} failed ({status}); its output:\n{output}")]
+    InstallDb { datadir: String, status: String, output: String },
+    #[error("mariadbd did not answer on {socket} within {secs} s; see {log}")]
+    StartTimeout { socket: String, secs: u64, log: String },
+    #[error("mariadbd exited ({status}) while starting; see {log}")]
+    ExitedEarly { status: String, log: String },
+    #[error("provisioning accounts and replication failed: {0}")]
+    Provision(#[source] sqlx::Error),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DbError {
+    let what = what.into();
+    move |source| DbError::Io { what, source }
+}
+
+/// Runs the node until `shutdown` completes (then stops the server cleanly) or the server
+/// exits by itself (an error: the supervisor decides whether to restart).
+pub async fn run(config: DbConfig, shutdown: impl Future<Output = ()>) -> Result<(), DbError> {
+    let server = locate::server()?;
+    // Its own tmpdir: instances initialised at once collide on temp file names in /tmp.
+    let tmp = config.datadir.join("tmp");
+    std::fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+    std::fs::write(config.cnf_path(), my_cnf(&config)).map_err(io_err(format!("writing {}", config.cnf_path().display())))?;
+    let fresh = !config.data_path().join("mysql").is_dir();
+    if fresh {
+        initialise(&config).await?;
+    }
+    // A socket file left by a killed server would make clients wait on a dead path.
+    let _ = std::fs::remove_file(config.socket_path());
+
+    let mut child = spawn_server(&server, &config)?;
+    let mut conn = wait_until_answering(&config, &mut child).await?;
+    if !config.provisioned_marker().exists() {
+        sql::provision(&config, &mut conn).await.map_err(DbError::Provision)?;
+        std::fs::write(config.provisioned_marker(), "").map_err(io_err("writing the provisioned marker"))?;
+        tracing::info!(node = config.name, role = ?config.role, "node provisioned");
+    }
+    if config.role == Role::Primary {
+        sqlx::query("SET GLOBAL read_only = OFF").execute(&mut conn).await.map_err(DbError::Provision)?;
+    }
+    drop(conn);
+
+    let config = Arc::new(config);
+    let admin_task = admin::serve(config.clone()).await.map_err(io_err(format!("admin listener {}", config.admin_listen)))?;
+    tracing::info!(node = config.name, listen = %config.listen, "database is up");
+
+    let outcome = tokio::select! {
+        status = child.wait() => {
+            let status = status.map_err(io_err("waiting for mariadbd"))?;
+            tracing::error!(node = config.name, %status, "mariadbd exited; see {}", config.error_log_path().display());
+            Err(DbError::ExitedEarly { status: status.to_string(), log: config.error_log_path().display().to_string() })
+        }
+        _ = shutdown => {
+            stop_server(&mut child).await;
+            Ok(())
+        }
+    };
+    admin_task.abort();
+    outcome
+}
+
+fn my_cnf(c: &DbConfig) -> String {
+    let user = if unsafe { libc::geteuid() } == 0 { "user = root\n" } else { "" };
+    format!(
+        "# Written by `webstack db` at every start; edit the db config, not this file.\n\
+         [mariadbd]\n\
+         {user}\
+         datadir = {data}\n\
+         socket = {socket}\n\
+         pid-file = {dir}/mysqld.pid\n\
+         tmpdir = {dir}/tmp\n\
+         log-error = {log}\n\
+         bind-address = {ip}\n\
+         port = {port}\n\
+         server-id = {id}\n\
+         log-bin = {name}-bin\n\
+         log-basename = {name}\n\
+         binlog-format = ROW\n\
+         log-slave-updates = ON\n\
+         gtid-strict-mode = ON\n\
+         gtid-domain-id = 0\n\
+         slave-parallel-threads = 4\n\
+         read-only = ON\n\
+         skip-name-resolve = ON\n\
+         innodb-buffer-pool-size = 32M\n\
+         innodb-log-file-size = 32M\n\
+         performance-schema = OFF\n\
+         character-set-server = utf8mb4\n\
+         collation-server = utf8mb4_unicode_ci\n\
+         max-connections = 300\n",
+        data = c.data_path().display(),
+        socket = c.socket_path().display(),
+        dir = c.datadir.display(),
+        log = c.error_log_path().display(),
+        ip = c.listen.ip(),
+        port = c.listen.port(),
+        id = c.server_id,
+        name = c.name,
+    )
+}
+
+async fn initialise(config: &DbConfig) -> Result<(), DbError> {
+    let install = locate::install_db()?;
+    let data = config.data_path();
+    tracing::info!(node = config.name, datadir = %data.display(), "initialising a new datadir");
+    let mut cmd = Command::new(&install);
+    cmd.arg(format!("--defaults-file={}", config.cnf_path().display()))
+        .arg(format!("--datadir={}", data.display()))
+        .arg("--auth-root-authentication-method=normal")
+        .arg("--skip-test-db");
+    if let Some(basedir) = install.parent().and_then(Path::parent) {
+        cmd.arg(format!("--basedir={}", basedir.display()));
+    }
+    let output = cmd.output().await.map_err(io_err(format!("running {}", install.display())))?;
+    if !output.status.success() {
+        // Leave no half-made datadir: the next start initialises again.
+        let _ = std::fs::remove_dir_all(&data);
+        return Err(DbError::InstallDb {
+            datadir: data.display().to_string(),
+            status: output.status.to_string(),
+            output: String::from_utf8_lossy(&[output.stdout, output.stderr].concat()).into_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn spawn_server(server: &Path, config: &DbConfig) -> Result<Child, DbError> {
+    let mut cmd = Command::new(server);
+    cmd.arg(format!("--defaults-file={}", config.cnf_path().display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    // The server dies with this process, so SIGKILL on the db component is a database crash.
+    unsafe {
+        cmd.as_std_mut().pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(io_err(format!("starting {}", server.display())))
+}
+
+async fn wait_until_answering(config: &DbConfig, child: &mut Child) -> Result<sqlx::mysql::MySqlConnection, DbError> {
+    let started = Instant::now();
+    let provisioned = config.provisioned_marker().exists();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(DbError::ExitedEarly { status: status.to_string(), log: config.error_log_path().display().to_string() });
+        }
+        if config.socket_path().exists() {
+            let attempt = match provisioned {
+                true => sql::admin(config).await,
+                // Until provisioned, root has no password yet, or has the admin one if a
+                // previous provisioning got that far.
+                false => match sql::connect(config, "root", None).await {
+                    Ok(c) => Ok(c),
+                    Err(_) => sql::connect(config, "root", Some(&config.accounts.admin_password)).await,
+                },
+            };
+            if let Ok(conn) = attempt {
+                return Ok(conn);
+            }
+        }
+        if started.elapsed() > START_TIMEOUT {
+            let _ = child.start_kill();
+            return Err(DbError::StartTimeout {
+                socket: config.socket_path().display().to_string(),
+                secs: START_TIMEOUT.as_secs(),
+                log: config.error_log_path().display().to_string(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn stop_server(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
+        tracing::warn!("mariadbd did not stop within {} s; killing it", STOP_TIMEOUT.as_secs());
+        let _ = child.kill().await;
+    }
+}

@@ -1,0 +1,457 @@
+//! The supervisor's loop: start every component of the plan, reap and restart what crashes,
+//! probe health, and answer the control socket until `down` or a shutdown signal.
+
+use std::fs::OpenOptions;
+use std::future::Future;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use topology::{Component, Plan, PlannedComponent, Probe};
+
+use crate::control::{Answer, Request};
+use crate::probe;
+use crate::state_dir::StateDir;
+use crate::status::{ComponentStatus, HostStatus, StackStatus};
+
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running,
+    Stopped,
+    Failed,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Stopped => "stopped",
+            State::Failed => "failed",
+        }
+    }
+}
+
+struct Slot {
+    host: String,
+    planned: PlannedComponent,
+    child: Option<Child>,
+    state: State,
+    /// False after `webstack kill`: a drill's kill is not undone by a restart.
+    wanted: bool,
+    healthy: Option<bool>,
+    role: Option<String>,
+    lag_seconds: Option<u64>,
+    restarts: u32,
+    crashes_in_row: u32,
+    restart_at: Option<Instant>,
+    detail: Option<String>,
+}
+
+impl Slot {
+    fn id(&self) -> String {
+        self.planned.id(&self.host)
+    }
+}
+
+pub struct Supervisor {
+    plan: Plan,
+    state_dir: StateDir,
+    exe: PathBuf,
+    slots: Vec<Slot>,
+}
+
+type ControlMessage = (Request, oneshot::Sender<Answer>);
+
+/// Start order: databases first, the edge last, so each finds what it needs sooner.
+fn start_rank(c: Component) -> u8 {
+    match c {
+        Component::Db => 0,
+        Component::App => 1,
+        Component::Web => 2,
+        Component::Edge => 3,
+    }
+}
+
+impl Supervisor {
+    /// `exe` is the `webstack` binary that runs each component.
+    pub fn new(plan: Plan, state_dir: StateDir, exe: PathBuf) -> Supervisor {
+        let mut slots: Vec<Slot> = plan
+            .components()
+            .map(|(h, c)| Slot {
+                host: h.name.clone(),
+                planned: c.clone(),
+                child: None,
+                state: State::Stopped,
+                wanted: true,
+                healthy: None,
+                role: None,
+                lag_seconds: None,
+                restarts: 0,
+                crashes_in_row: 0,
+                restart_at: None,
+                detail: None,
+            })
+            .collect();
+        slots.sort_by_key(|s| start_rank(s.planned.component));
+        Supervisor { plan, state_dir, exe, slots }
+    }
+
+    /// Runs the stack until `down` arrives on the control socket or `shutdown` completes;
+    /// then stops every component. `on_healthy` is called once, when all are first healthy.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>, mut on_healthy: impl FnMut(&StackStatus)) -> io::Result<()> {
+        self.state_dir.create()?;
+        let socket = self.state_dir.socket_path();
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket)
+            .map_err(|e| io::Error::new(e.kind(), format!("control socket {}: {e}", socket.display())))?;
+        std::fs::write(self.state_dir.supervisor_pid_path(), std::process::id().to_string())?;
+        let (control_tx, mut control_rx) = mpsc::channel::<ControlMessage>(16);
+        let acceptor = tokio::spawn(accept_control(listener, control_tx));
+
+        for i in 0..self.slots.len() {
+            self.spawn(i);
+        }
+        let mut probes: JoinSet<(usize, ProbeResult)> = JoinSet::new();
+        let mut probe_tick = tokio::time::interval(PROBE_EVERY);
+        let mut reap_tick = tokio::time::interval(Duration::from_millis(100));
+        let mut announced = false;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = reap_tick.tick() => self.reap_and_restart(),
+                _ = probe_tick.tick() => {
+                    if probes.is_empty() {
+                        for (i, slot) in self.slots.iter().enumerate() {
+                            if slot.state == State::Running {
+                                let planned = slot.planned.clone();
+                                probes.spawn(async move { (i, probe_component(&planned).await) });
+                            }
+                        }
+                    }
+                }
+                Some(done) = probes.join_next(), if !probes.is_empty() => {
+                    if let Ok((i, result)) = done {
+                        self.record_probe(i, result);
+                    }
+                    if probes.is_empty() && !announced {
+                        let status = self.status();
+                        if status.all_healthy() {
+                            announced = true;
+                            on_healthy(&status);
+                        }
+                    }
+                }
+                Some((request, reply)) = control_rx.recv() => {
+                    let down = matches!(request, Request::Down);
+                    if down {
+                        self.stop_all().await;
+                    }
+                    let _ = reply.send(self.handle(request).await);
+                    if down {
+                        break;
+                    }
+                }
+            }
+        }
+        self.stop_all().await;
+        acceptor.abort();
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(self.state_dir.supervisor_pid_path());
+        Ok(())
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let id = self.slots[i].id();
+        let log_path = self.state_dir.log_path(&id);
+        let slot = &mut self.slots[i];
+        let result = (|| {
+            let log = OpenOptions::new().create(true).append(true).open(&log_path)?;
+            let mut cmd = Command::new(&self.exe);
+            cmd.arg(&slot.planned.command)
+                .arg("--config")
+                .arg(&slot.planned.config_file)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .env("WEBSTACK_COMPONENT", &id);
+            let std_cmd = cmd.as_std_mut();
+            // Its own process group: Ctrl-C in the terminal reaches the supervisor only, which
+            // then stops components in order.
+            std_cmd.process_group(0);
+            // If the supervisor dies, its components stop too rather than run unmanaged.
+            unsafe {
+                std_cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            cmd.spawn()
+        })();
+        match result {
+            Ok(child) => {
+                if let Some(pid) = child.id() {
+                    let _ = std::fs::write(self.state_dir.pid_path(&id), pid.to_string());
+                }
+                tracing::info!(component = id, pid = child.id(), "started");
+                slot.child = Some(child);
+                slot.state = State::Running;
+                slot.healthy = None;
+                slot.detail = None;
+            }
+            Err(e) => {
+                tracing::error!(component = id, error = %e, "could not start");
+                slot.state = State::Failed;
+                slot.detail = Some(format!("could not start: {e}"));
+            }
+        }
+    }
+
+    fn reap_and_restart(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if let Some(child) = &mut slot.child {
+                if let Ok(Some(exit)) = child.try_wait() {
+                    let id = slot.id();
+                    slot.child = None;
+                    slot.healthy = None;
+                    slot.role = None;
+                    let _ = std::fs::remove_file(self.state_dir.pid_path(&id));
+                    if slot.wanted {
+                        slot.state = State::Failed;
+                        slot.crashes_in_row += 1;
+                        let backoff = Duration::from_millis(250 * 2u64.pow(slot.crashes_in_row.min(6))).min(MAX_BACKOFF);
+                        slot.restart_at = Some(now + backoff);
+                        slot.detail = Some(format!("exited ({exit}); restarting in {} ms; see {}", backoff.as_millis(), self.state_dir.log_path(&id).display()));
+                        tracing::warn!(component = id, %exit, "exited; restarting in {} ms", backoff.as_millis());
+                    } else {
+                        slot.state = State::Stopped;
+                    }
+                }
+            }
+            let slot = &mut self.slots[i];
+            if slot.wanted && slot.child.is_none() && slot.restart_at.is_some_and(|t| t <= now) {
+                slot.restart_at = None;
+                slot.restarts += 1;
+                self.spawn(i);
+            }
+        }
+    }
+
+    fn record_probe(&mut self, i: usize, result: ProbeResult) {
+        let slot = &mut self.slots[i];
+        if slot.state != State::Running {
+            return;
+        }
+        match result {
+            Ok((role, lag)) => {
+                slot.healthy = Some(true);
+                slot.crashes_in_row = 0;
+                slot.role = role;
+                slot.lag_seconds = lag;
+                slot.detail = None;
+            }
+            Err(e) => {
+                slot.healthy = Some(false);
+                slot.detail = Some(e);
+            }
+        }
+    }
+
+    fn targets(&self, target: &str) -> Result<Vec<usize>, String> {
+        let (host, component) = match target.split_once('/') {
+            Some((h, c)) => (h, Some(c)),
+            None => (target, None),
+        };
+        if !self.slots.iter().any(|s| s.host == host) {
+            let hosts: Vec<&str> = self.plan.hosts.iter().map(|h| h.name.as_str()).collect();
+            return Err(format!("no host `{host}` in this stack; hosts: {}", hosts.join(", ")));
+        }
+        let found: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].host == host && component.is_none_or(|c| self.slots[i].planned.component.name() == c))
+            .collect();
+        if found.is_empty() {
+            let here: Vec<&str> = self.slots.iter().filter(|s| s.host == host).map(|s| s.planned.component.name()).collect();
+            return Err(format!("no component `{}` on {host}; it runs {}", component.unwrap_or(""), here.join(", ")));
+        }
+        Ok(found)
+    }
+
+    async fn handle(&mut self, request: Request) -> Answer {
+        match request {
+            Request::Status => Answer { status: Some(self.status()), ..Answer::ok("") },
+            Request::Down => Answer::ok("stack stopped"),
+            Request::Kill { target } => match self.targets(&target) {
+                Ok(found) => {
+                    let mut killed = Vec::new();
+                    for i in found {
+                        let slot = &mut self.slots[i];
+                        slot.wanted = false;
+                        slot.restart_at = None;
+                        if let Some(mut child) = slot.child.take() {
+                            let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
+                            let _ = child.start_kill();
+                            let _ = child.wait().await;
+                            killed.push(format!("{} (pid {pid})", slot.id()));
+                        }
+                        slot.state = State::Stopped;
+                        slot.healthy = None;
+                        slot.role = None;
+                        slot.detail = Some("killed by `webstack kill`; `webstack start` brings it back".into());
+                        let _ = std::fs::remove_file(self.state_dir.pid_path(&slot.id()));
+                    }
+                    Answer::ok(format!("killed {}", if killed.is_empty() { "nothing (already stopped)".into() } else { killed.join(", ") }))
+                }
+                Err(e) => Answer::error(e),
+            },
+            Request::Start { target } => match self.targets(&target) {
+                Ok(found) => {
+                    let mut started = Vec::new();
+                    for i in found {
+                        self.slots[i].wanted = true;
+                        if self.slots[i].child.is_none() {
+                            self.slots[i].crashes_in_row = 0;
+                            self.spawn(i);
+                            started.push(self.slots[i].id());
+                        }
+                    }
+                    Answer::ok(format!("started {}", if started.is_empty() { "nothing (already running)".into() } else { started.join(", ") }))
+                }
+                Err(e) => Answer::error(e),
+            },
+        }
+    }
+
+    /// Stops components in reverse start order: edge, web, app, then databases.
+    async fn stop_all(&mut self) {
+        if self.slots.iter().any(|s| s.child.is_some()) {
+            tracing::info!("stopping every component: edge, web, app, then databases");
+        }
+        for rank in (0..=3).rev() {
+            let group: Vec<usize> = (0..self.slots.len()).filter(|&i| start_rank(self.slots[i].planned.component) == rank).collect();
+            for &i in &group {
+                self.slots[i].wanted = false;
+                if let Some(pid) = self.slots[i].child.as_ref().and_then(Child::id) {
+                    unsafe {
+                        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                    }
+                }
+            }
+            for &i in &group {
+                let id = self.slots[i].id();
+                if let Some(mut child) = self.slots[i].child.take() {
+                    if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
+                        tracing::warn!(component = id, "did not stop within {} s; killing it", STOP_TIMEOUT.as_secs());
+                        let _ = child.kill().await;
+                    }
+                }
+                self.slots[i].state = State::Stopped;
+                let _ = std::fs::remove_file(self.state_dir.pid_path(&id));
+            }
+        }
+    }
+
+    pub fn status(&self) -> StackStatus {
+        let hosts = self
+            .plan
+            .hosts
+            .iter()
+            .map(|h| HostStatus {
+                name: h.name.clone(),
+                address: h.address.to_string(),
+                components: h
+                    .components
+                    .iter()
+                    .filter_map(|c| self.slots.iter().find(|s| s.host == h.name && s.planned.component == c.component))
+                    .map(|s| ComponentStatus {
+                        name: s.planned.component.name().into(),
+                        state: s.state.name().into(),
+                        pid: s.child.as_ref().and_then(Child::id),
+                        listen: s.planned.listen.iter().map(|a| a.to_string()).collect(),
+                        health: match s.healthy {
+                            Some(true) => "healthy",
+                            Some(false) => "unhealthy",
+                            None => "unknown",
+                        }
+                        .into(),
+                        role: s.role.clone(),
+                        lag_seconds: s.lag_seconds,
+                        restarts: s.restarts,
+                        detail: s.detail.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        StackStatus {
+            profile: self.plan.profile.clone(),
+            site_url: self.plan.site_url.clone(),
+            site_name: self.plan.site_name.clone(),
+            supervisor_pid: Some(std::process::id()),
+            hosts,
+        }
+    }
+}
+
+/// Role and replication lag, where the component reports them.
+type ProbeResult = Result<(Option<String>, Option<u64>), String>;
+
+async fn probe_component(planned: &PlannedComponent) -> ProbeResult {
+    let Probe::Http { address, path } = &planned.probe;
+    match probe::http_get(*address, path, PROBE_TIMEOUT).await? {
+        (200, _) => {}
+        (status, body) => return Err(format!("health check answered {status}: {}", body.trim())),
+    }
+    let Some(role_path) = &planned.role_path else { return Ok((None, None)) };
+    let (_, body) = probe::http_get(*address, role_path, PROBE_TIMEOUT).await?;
+    let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("bad role answer: {e}"))?;
+    let role = json.get("role").and_then(|r| r.as_str()).map(str::to_string);
+    let lag = json.pointer("/replica/lag_seconds").and_then(|l| l.as_u64());
+    Ok((role, lag))
+}
+
+async fn accept_control(listener: UnixListener, tx: mpsc::Sender<ControlMessage>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(read);
+            let read_request = reader.read_line(&mut line);
+            if tokio::time::timeout(Duration::from_secs(5), read_request).await.is_err() {
+                return;
+            }
+            let answer = match serde_json::from_str::<Request>(&line) {
+                Ok(request) => {
+                    let (reply_tx, reply_rx) = oneshot::channel();
+                    if tx.send((request, reply_tx)).await.is_err() {
+                        return;
+                    }
+                    match reply_rx.await {
+                        Ok(answer) => answer,
+                        Err(_) => return,
+                    }
+                }
+                Err(e) => Answer::error(format!("bad request: {e}")),
+            };
+            let mut text = serde_json::to_string(&answer).unwrap_or_else(|_| "{\"ok\":false}".into());
+            text.push('\n');
+            let _ = write.write_all(text.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,81 @@
+//! What `webstack status` shows, as plain data (also its `--json` form).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackStatus {
+    pub profile: String,
+    pub site_url: String,
+    pub site_name: String,
+    pub supervisor_pid: Option<u32>,
+    pub hosts: Vec<HostStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub name: String,
+    pub address: String,
+    pub components: Vec<ComponentStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    pub name: String,
+    /// `running`, `stopped` or `failed`.
+    pub state: String,
+    pub pid: Option<u32>,
+    pub listen: Vec<String>,
+    /// `healthy`, `unhealthy` or `unknown` (not running, or not probed yet).
+    pub health: String,
+    /// `primary` or `replica` for databases; `null` where no role applies.
+    pub role: Option<String>,
+    pub lag_seconds: Option<u64>,
+    pub restarts: u32,
+    /// Why the last probe failed or the process exited, when it did.
+    pub detail: Option<String>,
+}
+
+impl StackStatus {
+    pub fn all_healthy(&self) -> bool {
+        self.hosts.iter().flat_map(|h| &h.components).all(|c| c.state == "running" && c.health == "healthy")
+    }
+
+    pub fn components(&self) -> impl Iterator<Item = (&HostStatus, &ComponentStatus)> {
+        self.hosts.iter().flat_map(|h| h.components.iter().map(move |c| (h, c)))
+    }
+
+    /// A table for people: one line per component.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "profile {}   site {} ({})   supervisor {}\n\n",
+            self.profile,
+            self.site_url,
+            self.site_name,
+            self.supervisor_pid.map(|p| format!("pid {p}")).unwrap_or_else(|| "not running".into())
+        );
+        out.push_str(&format!(
+            "{:<11} {:<12} {:<5} {:<8} {:>8} {:<10} {:<16} {}\n",
+            "HOST", "ADDRESS", "COMP", "STATE", "PID", "HEALTH", "ROLE", "LISTEN"
+        ));
+        for (h, c) in self.components() {
+            let role = match (&c.role, c.lag_seconds) {
+                (Some(r), Some(lag)) if r == "replica" => format!("{r} (lag {lag}s)"),
+                (Some(r), None) if r == "replica" => format!("{r} (stopped)"),
+                (Some(r), _) => r.clone(),
+                (None, _) => "-".into(),
+            };
+            out.push_str(&format!(
+                "{:<11} {:<12} {:<5} {:<8} {:>8} {:<10} {:<16} {}\n",
+                h.name,
+                h.address,
+                c.name,
+                c.state,
+                c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                c.health,
+                role,
+                c.listen.join(" ")
+            ));
+        }
+        out
+    }
+}

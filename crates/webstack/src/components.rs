@@ -1,0 +1,83 @@
+//! `webstack proxy|app|db --config FILE`: one component alone. Each validates its whole config
+//! before it binds a socket; `--check` stops there (like `nginx -t`).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use webstack_config::ConfigErrors;
+
+#[derive(clap::Args)]
+pub struct ComponentArgs {
+    /// The component's config file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Validate the config and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+/// Exit status for a config error, as with `nginx -t`: distinct from a run-time failure.
+const CONFIG_ERROR: u8 = 2;
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+}
+
+/// SIGTERM or SIGINT: the graceful stop every component honours.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+fn run_component<C, E: std::fmt::Display, F: Future<Output = Result<(), E>>>(
+    args: &ComponentArgs,
+    load: impl FnOnce(&PathBuf) -> Result<C, ConfigErrors>,
+    run: impl FnOnce(C) -> F,
+) -> ExitCode {
+    init_logging();
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
+    if args.check {
+        println!("{}: ok", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let outcome = runtime().map_err(|e| e.to_string()).and_then(|rt| rt.block_on(run(config)).map_err(|e| e.to_string()));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn proxy(args: &ComponentArgs) -> ExitCode {
+    run_component(args, |p| proxy::ProxyConfig::load(p), |c| proxy::run(c, stop_signal()))
+}
+
+pub fn app(args: &ComponentArgs) -> ExitCode {
+    run_component(args, |p| app::AppConfig::load(p), |c| app::run(c, stop_signal()))
+}
+
+pub fn db(args: &ComponentArgs) -> ExitCode {
+    run_component(args, |p| db::DbConfig::load(p), |c| db::run(c, stop_signal()))
+}

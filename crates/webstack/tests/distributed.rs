@@ -1,0 +1,176 @@
+//! The seed's distributed design end to end: one load balancer, three servers (web + app +
+//! MariaDB), a primary and two replicas — brought up by `webstack up` on loopback addresses of
+//! its own, used through the load balancer as a user would, then drilled.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::{get, http, Stack};
+
+/// This test's own address range: no other test and no user's stack uses it.
+const SUBNET: &str = "127.201.0.0/16";
+
+fn lb() -> SocketAddr {
+    "127.201.1.10:8080".parse().unwrap()
+}
+
+#[test]
+fn distributed_stack_serves_balances_survives_a_dead_web_server_and_replicates() {
+    let stack = Stack::new();
+    let up = stack.run_ok(&["up", "-d", "--profile", "distributed", "--subnet", SUBNET, "--timeout", "150"]);
+    assert!(up.contains("all healthy"), "{up}");
+
+    // status --json: four hosts, every component running, one primary and two replicas.
+    let status = stack.status();
+    let hosts = status["hosts"].as_array().expect("hosts array");
+    let names: Vec<&str> = hosts.iter().map(|h| h["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["lb-01", "server-01", "server-02", "server-03"]);
+    for h in hosts {
+        for c in h["components"].as_array().unwrap() {
+            assert_eq!(c["state"], "running", "{h}");
+            assert!(c["pid"].as_u64().is_some(), "{c}");
+            assert!(!c["listen"].as_array().unwrap().is_empty(), "{c}");
+        }
+    }
+    let role = |host: usize| {
+        hosts[host]["components"].as_array().unwrap().iter().find(|c| c["name"] == "db").unwrap()["role"].clone()
+    };
+    assert_eq!(role(1), "primary");
+    assert_eq!(role(2), "replica");
+    assert_eq!(role(3), "replica");
+
+    // The home page through the load balancer comes from all three servers in turn, with
+    // products read from the database.
+    let mut served_by = Vec::new();
+    for _ in 0..6 {
+        let page = get(lb(), "/").expect("home page");
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(page.body.contains("Espresso cup"), "{}", page.body);
+        served_by.push(page.header("x-served-by").expect("X-Served-By").to_string());
+    }
+    let distinct: BTreeSet<&str> = served_by.iter().map(String::as_str).collect();
+    assert_eq!(distinct, BTreeSet::from(["server-01", "server-02", "server-03"]), "{served_by:?}");
+    assert_ne!(served_by[0], served_by[1], "round robin alternates: {served_by:?}");
+
+    // Static files come from the web role.
+    let css = get(lb(), "/static/site.css").expect("css");
+    assert_eq!(css.status, 200);
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+
+    // Drill: kill server-02's web server. Requests keep succeeding; count the failures
+    // before the health check takes it out, and require none after.
+    stack.run_ok(&["kill", "server-02/web"]);
+    let killed_at = Instant::now();
+    let (mut before, mut total_before) = (0, 0);
+    let admin: SocketAddr = "127.201.1.1:8404".parse().unwrap();
+    let deadline = killed_at + Duration::from_secs(15);
+    loop {
+        let metrics = get(admin, "/metrics").expect("edge metrics").body;
+        if metrics.contains("webstack_proxy_server_up{pool=\"web\",server=\"server-02\"} 0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the health check never took server-02 out:\n{metrics}");
+        total_before += 1;
+        if get(lb(), "/").map(|r| r.status != 200).unwrap_or(true) {
+            before += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "server-02/web killed: health check acted after {} ms; {before} of {total_before} requests failed before that",
+        killed_at.elapsed().as_millis()
+    );
+    let mut after = Vec::new();
+    for _ in 0..40 {
+        let page = get(lb(), "/").expect("home page after the kill");
+        assert_eq!(page.status, 200, "a request failed after the health check acted: {}", page.body);
+        after.push(page.header("x-served-by").unwrap_or("").to_string());
+    }
+    assert!(!after.iter().any(|s| s == "server-02"), "{after:?}");
+    let stats = stack.status();
+    let web02 = &stats["hosts"][2]["components"].as_array().unwrap().iter().find(|c| c["name"] == "web").unwrap().clone();
+    assert_eq!(web02["state"], "stopped", "a killed component is not restarted: {web02}");
+
+    // A product created through the load balancer (a write, on the primary) is read back
+    // from a replica.
+    let created = http(
+        "POST",
+        lb(),
+        "/api/v1/products",
+        &[("Content-Type", "application/json")],
+        r#"{"name": "Cold brew bottle", "description": "1 litre, glass.", "price_cents": 2400}"#,
+    )
+    .expect("create");
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.header("x-db-write"), Some("server-01"));
+    let product: serde_json::Value = serde_json::from_str(&created.body).unwrap();
+    let path = format!("/api/v1/products/{}", product["id"]);
+    let mut from_replica = None;
+    for _ in 0..50 {
+        let read = get(lb(), &path).expect("read back");
+        let node = read.header("x-db-read").unwrap_or("").to_string();
+        if read.status == 200 && node != "server-01" {
+            from_replica = Some((node, read.body));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (node, body) = from_replica.expect("the product was never read from a replica");
+    assert_eq!(node, "server-03", "server-02's web is down, so the replica read is server-03's");
+    assert!(body.contains("Cold brew bottle"), "{body}");
+    // And straight from server-02's app, which reads its own replica.
+    let direct = get("127.201.2.2:9000".parse().unwrap(), &path).expect("server-02 app");
+    assert_eq!((direct.status, direct.header("x-db-read")), (200, Some("server-02")), "{}", direct.body);
+
+    // The form: a write, then a redirect to the product page that shows it at once.
+    let form = http(
+        "POST",
+        lb(),
+        "/products",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "name=Latte+glass&description=Double+wall&price=7.50",
+    )
+    .expect("form post");
+    assert_eq!(form.status, 303, "{}", form.body);
+    let location = form.header("location").expect("redirect").to_string();
+    let cookie = form.header("set-cookie").expect("gtid cookie").split(';').next().unwrap().to_string();
+    let page = http("GET", lb(), &location, &[("Cookie", &cookie)], "").expect("product page");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Latte glass") && page.body.contains("$7.50"), "{}", page.body);
+
+    // Bad input gets a 4xx, not a crash.
+    let bad = http("POST", lb(), "/api/v1/products", &[("Content-Type", "application/json")], r#"{"name": "", "price_cents": -5}"#).unwrap();
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(bad.body.contains("name is required"), "{}", bad.body);
+
+    // `webstack start` brings the killed web server back, and the LB uses it again.
+    stack.run_ok(&["start", "server-02/web"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let page = get(lb(), "/").expect("home page");
+        if page.header("x-served-by") == Some("server-02") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server-02 never came back into the pool");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // down leaves no process running.
+    let pids = stack.pids();
+    assert!(pids.len() >= 11, "{pids:?}");
+    stack.run_ok(&["down"]);
+    let alive: Vec<u32> = pids.iter().copied().filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p)).collect();
+    assert!(alive.is_empty(), "still running after down: {alive:?}");
+    assert!(stack.processes_left().is_empty(), "processes of this stack left: {:?}", stack.processes_left());
+    let after_down = stack.status();
+    assert_eq!(after_down["supervisor_pid"], serde_json::Value::Null);
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(true)
+}

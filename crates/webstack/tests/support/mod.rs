@@ -1,0 +1,162 @@
+//! What the end-to-end tests share: running the real `webstack` binary on a stack of its own
+//! (own loopback range, own state dir), a minimal HTTP client, and a guard that brings the
+//! stack down — also when a test fails.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+pub fn webstack_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_webstack")
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+/// A stack under test; `Drop` runs `webstack down` and kills anything left by pid.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+}
+
+impl Stack {
+    pub fn new() -> Stack {
+        Stack { dir: tempfile::Builder::new().prefix("ws-").tempdir_in("/tmp").expect("temp dir") }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `webstack ARGS --state-dir DIR` from the repo root.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(webstack_bin())
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .current_dir(repo_root())
+            .output()
+            .expect("run webstack")
+    }
+
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "webstack {args:?} failed:\n{text}\n{}", self.logs());
+        text
+    }
+
+    pub fn logs(&self) -> String {
+        let out = Command::new(webstack_bin()).args(["logs", "-n", "15", "--state-dir"]).arg(self.state_dir()).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let text = self.run_ok(&["status", "--json"]);
+        serde_json::from_str(&text).expect("status --json is JSON")
+    }
+
+    /// Every pid `webstack status` reports.
+    pub fn pids(&self) -> Vec<u32> {
+        let status = self.status();
+        let mut pids: Vec<u32> = status["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|h| h["components"].as_array().into_iter().flatten())
+            .filter_map(|c| c["pid"].as_u64().map(|p| p as u32))
+            .collect();
+        if let Some(p) = status["supervisor_pid"].as_u64() {
+            pids.push(p as u32);
+        }
+        pids
+    }
+
+    /// Processes whose command line names this stack's state dir (components and mariadbd).
+    pub fn processes_left(&self) -> Vec<u32> {
+        let needle = self.state_dir().to_string_lossy().into_owned();
+        let mut left = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z');
+            if !zombie && String::from_utf8_lossy(&cmdline).contains(&needle) {
+                left.push(pid);
+            }
+        }
+        left
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = Command::new(webstack_bin()).arg("down").arg("--state-dir").arg(self.state_dir()).output();
+        for pid in self.processes_left() {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a new connection; `Err` when no answer came.
+pub fn http(method: &str, address: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> Result<HttpResponse, String> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP answer: {text:?}"))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Ok(HttpResponse { status, headers, body })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn get(address: SocketAddr, path: &str) -> Result<HttpResponse, String> {
+    http("GET", address, path, &[], "")
+}
