@@ -61,14 +61,18 @@ impl AppConfig {
         let mut names = BTreeSet::new();
         for (i, node) in db.nodes.iter().enumerate() {
             if !names.insert(node.name.as_str()) {
-                errors.push(src.error_at(&format!("database.nodes[{i}].name"), format!("node `{}` is listed twice", node.name)));
+                errors.push(
+                    src.error_at(&format!("database.nodes[{i}].name"), format!("node `{}` is listed twice", node.name)),
+                );
             }
         }
         if !db.nodes.iter().any(|n| n.name == db.local) {
             errors.push(src.error_at("database.local", format!("`{}` is not one of database.nodes", db.local)));
         }
         if db.name.is_empty() || !db.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            errors.push(src.error_at("database.name", format!("`{}` is not a database name (letters, digits, `_`)", db.name)));
+            errors.push(
+                src.error_at("database.name", format!("`{}` is not a database name (letters, digits, `_`)", db.name)),
+            );
         }
         if db.user.is_empty() {
             errors.push(src.error_at("database.user", "must not be empty"));

@@ -122,7 +122,7 @@ impl Database {
     async fn read_node(&self, after_gtid: Option<&str>) -> usize {
         let Some(gtid) = after_gtid else { return self.local };
         match self.writer().await {
-            Ok(w) if w == self.local => return self.local,
+            Ok(w) if w == self.local => self.local,
             Ok(w) => {
                 let waited = sqlx::query_scalar::<_, i64>("SELECT MASTER_GTID_WAIT(?, ?)")
                     .bind(gtid)
@@ -130,9 +130,10 @@ impl Database {
                     .fetch_one(&self.nodes[self.local].pool)
                     .await;
                 if matches!(waited, Ok(0)) {
-                    return self.local;
+                    self.local
+                } else {
+                    w
                 }
-                w
             }
             Err(_) => self.local,
         }
@@ -161,7 +162,12 @@ impl Database {
     }
 
     /// Inserts a product on the writer; returns it, the writer's name and the write's GTID.
-    pub async fn create_product(&self, name: &str, description: &str, price_cents: i64) -> Result<(Product, String, String), DataError> {
+    pub async fn create_product(
+        &self,
+        name: &str,
+        description: &str,
+        price_cents: i64,
+    ) -> Result<(Product, String, String), DataError> {
         let writer = self.writer().await?;
         let result = async {
             let mut conn = self.nodes[writer].pool.acquire().await?;
@@ -240,17 +246,21 @@ impl Database {
                 .execute(&mut *conn)
                 .await?;
                 for (version, statements) in MIGRATIONS {
-                    let done: Option<i32> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
-                        .bind(version)
-                        .fetch_optional(&mut *conn)
-                        .await?;
+                    let done: Option<i32> =
+                        sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
+                            .bind(version)
+                            .fetch_optional(&mut *conn)
+                            .await?;
                     if done.is_some() {
                         continue;
                     }
                     for statement in *statements {
                         sqlx::query(statement).execute(&mut *conn).await?;
                     }
-                    sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)").bind(version).execute(&mut *conn).await?;
+                    sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)")
+                        .bind(version)
+                        .execute(&mut *conn)
+                        .await?;
                     applied += 1;
                 }
                 Ok::<_, sqlx::Error>(())

@@ -58,11 +58,7 @@ pub async fn run(config: AppConfig, shutdown: impl Future<Output = ()> + Send + 
 /// The session's last write, if the cookie holds a well-formed GTID list.
 fn session_gtid(headers: &HeaderMap) -> Option<String> {
     let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
-    let value = cookies
-        .split(';')
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == GTID_COOKIE)?
-        .1;
+    let value = cookies.split(';').filter_map(|c| c.trim().split_once('=')).find(|(k, _)| *k == GTID_COOKIE)?.1;
     let well_formed = !value.is_empty()
         && value.len() <= 200
         && value.split(',').all(|g| {
@@ -146,7 +142,11 @@ pub struct ProductForm {
 }
 
 /// A product as submitted, checked: the name, description and price in cents.
-pub fn validate_product(name: &str, description: &str, price_cents: Result<i64, String>) -> Result<(String, String, i64), Vec<String>> {
+pub fn validate_product(
+    name: &str,
+    description: &str,
+    price_cents: Result<i64, String>,
+) -> Result<(String, String, i64), Vec<String>> {
     let mut errors = Vec::new();
     let name = name.trim();
     if name.is_empty() {
@@ -179,7 +179,11 @@ pub fn parse_price(text: &str) -> Result<i64, String> {
     let t = text.trim().trim_start_matches('$');
     let bad = || format!("`{}` is not a price like 12.50.", text.trim());
     let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
-    if whole.is_empty() || whole.len() > 9 || frac.len() > 2 || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+    if whole.is_empty()
+        || whole.len() > 9
+        || frac.len() > 2
+        || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
         return Err(bad());
     }
     let whole: i64 = whole.parse().map_err(|_| bad())?;
@@ -228,7 +232,9 @@ fn api_data_error(e: &DataError) -> Response {
 
 async fn api_products(State(state): Shared, headers: HeaderMap) -> Response {
     match state.db.products(session_gtid(&headers).as_deref(), 100).await {
-        Ok(read) => with_header(Json(serde_json::json!({ "products": read.value })).into_response(), &X_DB_READ, &read.node),
+        Ok(read) => {
+            with_header(Json(serde_json::json!({ "products": read.value })).into_response(), &X_DB_READ, &read.node)
+        }
         Err(e) => api_data_error(&e),
     }
 }
@@ -239,11 +245,12 @@ async fn api_product(State(state): Shared, Path(id): Path<String>, headers: Head
     };
     match state.db.product(id, session_gtid(&headers).as_deref()).await {
         Ok(Read { value: Some(p), node }) => with_header(Json(p).into_response(), &X_DB_READ, &node),
-        Ok(Read { value: None, node }) => with_header(api_error(StatusCode::NOT_FOUND, "no such product"), &X_DB_READ, &node),
+        Ok(Read { value: None, node }) => {
+            with_header(api_error(StatusCode::NOT_FOUND, "no such product"), &X_DB_READ, &node)
+        }
         Err(e) => api_data_error(&e),
     }
 }
-
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -254,7 +261,10 @@ pub struct NewProductJson {
     price_cents: i64,
 }
 
-async fn api_create_product(State(state): Shared, body: Result<Json<NewProductJson>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn api_create_product(
+    State(state): Shared,
+    body: Result<Json<NewProductJson>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let Json(input) = match body {
         Ok(json) => json,
         Err(rejection) => return api_error(rejection.status(), &rejection.body_text()),
@@ -290,7 +300,6 @@ async fn healthz(State(state): Shared) -> Response {
 async fn not_found(State(state): Shared) -> Response {
     error_page(&state, StatusCode::NOT_FOUND, "Not found", "There is nothing at this address.")
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -266,7 +266,8 @@ mod tests {
         weight: u32,
     }
 
-    const TEXT: &str = "name = \"web\"\n\n[[servers]]\naddress = \"a\"\nweight = 1\n\n[[servers]]\naddress = \"b\"\nweight = 2\n";
+    const TEXT: &str =
+        "name = \"web\"\n\n[[servers]]\naddress = \"a\"\nweight = 1\n\n[[servers]]\naddress = \"b\"\nweight = 2\n";
 
     #[test]
     fn error_at_finds_the_line_of_an_array_item_field() {

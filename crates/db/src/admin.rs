@@ -26,7 +26,8 @@ pub async fn serve(config: Arc<DbConfig>) -> std::io::Result<JoinHandle<()>> {
                     let config = config.clone();
                     async move { Ok::<_, Infallible>(handle(&config, req).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     }))
@@ -50,16 +51,24 @@ async fn handle(config: &DbConfig, req: Request<Incoming>) -> Response<Full<Byte
     };
     match (path, status) {
         (_, Ok(s)) if path == "/healthz" => reply(StatusCode::OK, "text/plain", format!("ok {}\n", s.role)),
-        (_, Ok(s)) if path == "/status" => reply(StatusCode::OK, "application/json", serde_json::to_string(&s).unwrap_or_default()),
+        (_, Ok(s)) if path == "/status" => {
+            reply(StatusCode::OK, "application/json", serde_json::to_string(&s).unwrap_or_default())
+        }
         (_, Ok(s)) => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(&s, true)),
-        ("/metrics", Err(_)) => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(&sql::NodeStatus::default(), false)),
+        ("/metrics", Err(_)) => {
+            reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(&sql::NodeStatus::default(), false))
+        }
         (_, Err(e)) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("database unavailable: {e}\n")),
     }
 }
 
 fn metrics(s: &sql::NodeStatus, up: bool) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP webstack_db_up 1 when the server answers SQL.\n# TYPE webstack_db_up gauge\nwebstack_db_up {}", up as u8);
+    let _ = writeln!(
+        out,
+        "# HELP webstack_db_up 1 when the server answers SQL.\n# TYPE webstack_db_up gauge\nwebstack_db_up {}",
+        up as u8
+    );
     let _ = writeln!(out, "# HELP webstack_db_writable 1 when read_only is OFF.\n# TYPE webstack_db_writable gauge\nwebstack_db_writable {}", (up && !s.read_only) as u8);
     if let Some(r) = &s.replica {
         let _ = writeln!(out, "# HELP webstack_db_replication_running 1 when both replication threads run.\n# TYPE webstack_db_replication_running gauge\nwebstack_db_replication_running {}", (r.io_running && r.sql_running) as u8);

@@ -83,17 +83,26 @@ impl DbConfig {
         }
         // The server's Unix socket lives in the datadir: its path must fit in sun_path.
         if c.socket_path().as_os_str().len() > 100 {
-            errors.push(src.error_at("datadir", "is too long for the server's Unix socket path (100 bytes); use a shorter path"));
+            errors.push(
+                src.error_at(
+                    "datadir",
+                    "is too long for the server's Unix socket path (100 bytes); use a shorter path",
+                ),
+            );
         }
         match (c.role, c.primary) {
             (Role::Replica, None) => errors.push(src.error_at("primary", "a replica needs the address of its primary")),
-            (Role::Primary, Some(_)) => errors.push(src.error_at("primary", "a primary replicates from nobody; remove `primary`")),
+            (Role::Primary, Some(_)) => {
+                errors.push(src.error_at("primary", "a primary replicates from nobody; remove `primary`"))
+            }
             _ => {}
         }
         if c.listen == c.admin_listen {
             errors.push(src.error_at("admin_listen", "must differ from `listen`"));
         }
-        for (field, value) in [("accounts.app_user", &c.accounts.app_user), ("accounts.app_database", &c.accounts.app_database)] {
+        for (field, value) in
+            [("accounts.app_user", &c.accounts.app_user), ("accounts.app_database", &c.accounts.app_database)]
+        {
             if !is_identifier(value) {
                 errors.push(src.error_at(field, format!("`{value}` must be letters, digits and `_`")));
             }

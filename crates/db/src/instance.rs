@@ -47,7 +47,8 @@ pub async fn run(config: DbConfig, shutdown: impl Future<Output = ()>) -> Result
     // Its own tmpdir: instances initialised at once collide on temp file names in /tmp.
     let tmp = config.datadir.join("tmp");
     std::fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-    std::fs::write(config.cnf_path(), my_cnf(&config)).map_err(io_err(format!("writing {}", config.cnf_path().display())))?;
+    std::fs::write(config.cnf_path(), my_cnf(&config))
+        .map_err(io_err(format!("writing {}", config.cnf_path().display())))?;
     let fresh = !config.data_path().join("mysql").is_dir();
     if fresh {
         initialise(&config).await?;
@@ -68,7 +69,8 @@ pub async fn run(config: DbConfig, shutdown: impl Future<Output = ()>) -> Result
     drop(conn);
 
     let config = Arc::new(config);
-    let admin_task = admin::serve(config.clone()).await.map_err(io_err(format!("admin listener {}", config.admin_listen)))?;
+    let admin_task =
+        admin::serve(config.clone()).await.map_err(io_err(format!("admin listener {}", config.admin_listen)))?;
     tracing::info!(node = config.name, listen = %config.listen, "database is up");
 
     let outcome = tokio::select! {
@@ -175,7 +177,10 @@ async fn wait_until_answering(config: &DbConfig, child: &mut Child) -> Result<sq
     let provisioned = config.provisioned_marker().exists();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(DbError::ExitedEarly { status: status.to_string(), log: config.error_log_path().display().to_string() });
+            return Err(DbError::ExitedEarly {
+                status: status.to_string(),
+                log: config.error_log_path().display().to_string(),
+            });
         }
         if config.socket_path().exists() {
             let attempt = match provisioned {

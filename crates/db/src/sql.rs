@@ -10,16 +10,12 @@ use crate::config::{DbConfig, Role, ADMIN_USER, REPL_USER};
 
 /// Connects over the node's Unix socket as `user`.
 pub async fn connect(config: &DbConfig, user: &str, password: Option<&str>) -> Result<MySqlConnection, sqlx::Error> {
-    let mut options = MySqlConnectOptions::new()
-        .socket(config.socket_path())
-        .username(user)
-        .ssl_mode(MySqlSslMode::Disabled);
+    let mut options =
+        MySqlConnectOptions::new().socket(config.socket_path()).username(user).ssl_mode(MySqlSslMode::Disabled);
     if let Some(p) = password {
         options = options.password(p);
     }
-    tokio::time::timeout(Duration::from_secs(5), options.connect())
-        .await
-        .map_err(|_| sqlx::Error::PoolTimedOut)?
+    tokio::time::timeout(Duration::from_secs(5), options.connect()).await.map_err(|_| sqlx::Error::PoolTimedOut)?
 }
 
 pub async fn admin(config: &DbConfig) -> Result<MySqlConnection, sqlx::Error> {
@@ -98,9 +94,8 @@ pub struct ReplicaStatus {
 }
 
 pub async fn status(config: &DbConfig, conn: &mut MySqlConnection) -> Result<NodeStatus, sqlx::Error> {
-    let row = sqlx::query("SELECT @@global.read_only AS ro, @@global.gtid_current_pos AS pos")
-        .fetch_one(&mut *conn)
-        .await?;
+    let row =
+        sqlx::query("SELECT @@global.read_only AS ro, @@global.gtid_current_pos AS pos").fetch_one(&mut *conn).await?;
     let read_only: i64 = row.try_get_unchecked("ro")?;
     let gtid_current_pos: String = row.try_get_unchecked("pos")?;
     let replica = match sqlx::query("SHOW SLAVE STATUS").fetch_optional(&mut *conn).await? {
@@ -108,12 +103,20 @@ pub async fn status(config: &DbConfig, conn: &mut MySqlConnection) -> Result<Nod
             let text = |name: &str| r.try_get_unchecked::<Option<String>, _>(name).ok().flatten().unwrap_or_default();
             let lag = r.try_get_unchecked::<Option<u64>, _>("Seconds_Behind_Master").ok().flatten();
             Some(ReplicaStatus {
-                primary: format!("{}:{}", text("Master_Host"), r.try_get_unchecked::<u32, _>("Master_Port").unwrap_or(0)),
+                primary: format!(
+                    "{}:{}",
+                    text("Master_Host"),
+                    r.try_get_unchecked::<u32, _>("Master_Port").unwrap_or(0)
+                ),
                 io_running: text("Slave_IO_Running") == "Yes",
                 sql_running: text("Slave_SQL_Running") == "Yes",
                 lag_seconds: lag,
                 gtid_io_pos: text("Gtid_IO_Pos"),
-                last_error: [text("Last_IO_Error"), text("Last_SQL_Error")].into_iter().filter(|e| !e.is_empty()).collect::<Vec<_>>().join("; "),
+                last_error: [text("Last_IO_Error"), text("Last_SQL_Error")]
+                    .into_iter()
+                    .filter(|e| !e.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; "),
             })
         }
         None => None,
@@ -123,5 +126,11 @@ pub async fn status(config: &DbConfig, conn: &mut MySqlConnection) -> Result<Nod
         (false, Some(_)) => "replica",
         (false, None) => "read-only",
     };
-    Ok(NodeStatus { name: config.name.clone(), role: role.into(), read_only: read_only != 0, gtid_current_pos, replica })
+    Ok(NodeStatus {
+        name: config.name.clone(),
+        role: role.into(),
+        read_only: read_only != 0,
+        gtid_current_pos,
+        replica,
+    })
 }

@@ -23,7 +23,9 @@ pub fn handle<B>(name: &str, pools: &[std::sync::Arc<PoolState>], req: &Request<
         "/ready" => {
             let down: Vec<String> = pools
                 .iter()
-                .flat_map(|p| p.servers.iter().filter(|s| !s.is_up()).map(move |s| format!("{}/{}", p.config.name, s.config.name)))
+                .flat_map(|p| {
+                    p.servers.iter().filter(|s| !s.is_up()).map(move |s| format!("{}/{}", p.config.name, s.config.name))
+                })
                 .collect();
             match down.is_empty() {
                 true => ("ok: every server is up\n".to_string(), "text/plain; charset=utf-8"),
@@ -51,7 +53,11 @@ pub fn metrics(pools: &[std::sync::Arc<PoolState>]) -> String {
     let families: [(&str, &str, &str); 7] = [
         ("webstack_proxy_server_up", "gauge", "1 when the server takes traffic, 0 when health checks took it out."),
         ("webstack_proxy_requests_total", "counter", "Requests sent to the server, retries included."),
-        ("webstack_proxy_responses_total", "counter", "Responses by status class, including the proxy's own 502/504 for the server."),
+        (
+            "webstack_proxy_responses_total",
+            "counter",
+            "Responses by status class, including the proxy's own 502/504 for the server.",
+        ),
         ("webstack_proxy_connect_failures_total", "counter", "Requests that could not be sent to the server."),
         ("webstack_proxy_retries_total", "counter", "Requests this server got after another server failed them."),
         ("webstack_proxy_idle_connections", "gauge", "Idle keep-alive connections to the server."),
@@ -65,7 +71,8 @@ pub fn metrics(pools: &[std::sync::Arc<PoolState>]) -> String {
                 match name {
                     "webstack_proxy_responses_total" => {
                         for (class, count) in CLASSES.iter().zip(&s.responses) {
-                            let _ = writeln!(out, "{name}{{{labels},class=\"{class}\"}} {}", count.load(Ordering::Relaxed));
+                            let _ =
+                                writeln!(out, "{name}{{{labels},class=\"{class}\"}} {}", count.load(Ordering::Relaxed));
                         }
                     }
                     _ => {
@@ -84,9 +91,17 @@ pub fn metrics(pools: &[std::sync::Arc<PoolState>]) -> String {
         }
     }
     let name = "webstack_proxy_no_server_available_total";
-    let _ = writeln!(out, "# HELP {name} Requests answered 503 because no server of the pool was up.\n# TYPE {name} counter");
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests answered 503 because no server of the pool was up.\n# TYPE {name} counter"
+    );
     for pool in pools {
-        let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", pool.config.name, pool.no_server_available.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "{name}{{pool=\"{}\"}} {}",
+            pool.config.name,
+            pool.no_server_available.load(Ordering::Relaxed)
+        );
     }
     out
 }
@@ -96,7 +111,11 @@ fn stats(name: &str, pools: &[std::sync::Arc<PoolState>]) -> String {
     for pool in pools {
         let up = pool.servers.iter().filter(|s| s.is_up()).count();
         let _ = writeln!(out, "pool {} ({up}/{} up)", pool.config.name, pool.servers.len());
-        let _ = writeln!(out, "  {:<16} {:<22} {:<5} {:>9} {:>8} {:>8} {:>8} {:>6}", "server", "address", "state", "requests", "2xx", "5xx", "conn-err", "idle");
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<22} {:<5} {:>9} {:>8} {:>8} {:>8} {:>6}",
+            "server", "address", "state", "requests", "2xx", "5xx", "conn-err", "idle"
+        );
         for s in &pool.servers {
             let _ = writeln!(
                 out,

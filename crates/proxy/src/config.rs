@@ -262,13 +262,8 @@ impl ProxyConfig {
                     routes.push(Route { prefix: r.prefix.clone(), target });
                 }
             }
-            routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
-            listeners.push(Listener {
-                name: l.name.clone(),
-                bind: l.bind,
-                trust_forwarded: l.trust_forwarded,
-                routes,
-            });
+            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+            listeners.push(Listener { name: l.name.clone(), bind: l.bind, trust_forwarded: l.trust_forwarded, routes });
         }
 
         let mut pools = Vec::new();
@@ -323,23 +318,14 @@ impl ProxyConfig {
                 connect_timeout: Duration::from_millis(p.connect_timeout_ms),
                 response_timeout: Duration::from_millis(p.response_timeout_ms),
                 health,
-                servers: p
-                    .servers
-                    .iter()
-                    .map(|s| Server { name: s.name.clone(), address: s.address })
-                    .collect(),
+                servers: p.servers.iter().map(|s| Server { name: s.name.clone(), address: s.address }).collect(),
             });
         }
 
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(ProxyConfig {
-            name: raw.name,
-            admin: raw.admin.map(|a| a.bind),
-            listeners,
-            pools,
-        })
+        Ok(ProxyConfig { name: raw.name, admin: raw.admin.map(|a| a.bind), listeners, pools })
     }
 }
 
@@ -377,7 +363,10 @@ address = "127.0.0.1:9001"
 
     #[test]
     fn an_unknown_pool_is_reported_on_its_line() {
-        let text = GOOD.replace("pool = \"web\"\n[[listeners.routes]]\nprefix = \"/api/\"", "pool = \"wbe\"\n[[listeners.routes]]\nprefix = \"/api/\"");
+        let text = GOOD.replace(
+            "pool = \"web\"\n[[listeners.routes]]\nprefix = \"/api/\"",
+            "pool = \"wbe\"\n[[listeners.routes]]\nprefix = \"/api/\"",
+        );
         let e = load(&text).unwrap_err();
         assert_eq!(e.0.len(), 1, "{e}");
         assert_eq!(e.0[0].field, "listeners[0].routes[0].pool");

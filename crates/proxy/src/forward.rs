@@ -99,7 +99,12 @@ async fn send(pool: &PoolState, req: Request<Incoming>) -> Result<(Arc<ServerSta
             Ok(response) => return Ok((server.clone(), response)),
             Err(SendError::NotSent(back, reason)) => {
                 server.connect_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(pool = pool.config.name, server = server.config.name, reason, "could not send; trying another server");
+                tracing::info!(
+                    pool = pool.config.name,
+                    server = server.config.name,
+                    reason,
+                    "could not send; trying another server"
+                );
                 last_failure = Failure::Connect(server.clone(), reason);
                 req = back;
             }
@@ -110,6 +115,9 @@ async fn send(pool: &PoolState, req: Request<Incoming>) -> Result<(Arc<ServerSta
     Err(last_failure)
 }
 
+// The request rides back in `NotSent` so it can go to another server; boxing it would cost
+// an allocation on every failed attempt for no gain.
+#[allow(clippy::large_enum_variant)]
 enum SendError {
     /// Nothing reached the server; the request comes back for another try.
     NotSent(Request<Incoming>, String),
@@ -117,7 +125,11 @@ enum SendError {
     TimedOut,
 }
 
-async fn send_to(pool: &PoolState, server: &Arc<ServerState>, req: Request<Incoming>) -> Result<Response<ProxyBody>, SendError> {
+async fn send_to(
+    pool: &PoolState,
+    server: &Arc<ServerState>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, SendError> {
     let mut req = req;
     // A pooled connection may have been closed by the server since it was idle: then try the
     // next one, and at last a new connection. Only a failed connect counts against the server.
@@ -148,7 +160,11 @@ async fn send_to(pool: &PoolState, server: &Arc<ServerState>, req: Request<Incom
     }
 }
 
-fn into_client_response(response: Response<Incoming>, server: &Arc<ServerState>, sender: Sender) -> Response<ProxyBody> {
+fn into_client_response(
+    response: Response<Incoming>,
+    server: &Arc<ServerState>,
+    sender: Sender,
+) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = if body.is_end_stream() {

@@ -59,9 +59,17 @@ pub async fn watch(pool: String, server: Arc<ServerState>, health: Health) {
             server.set_up(up);
             let name = &server.config.name;
             match (up, result) {
-                (true, _) => tracing::warn!(pool, server = name, "server is UP (health check passed {} times)", health.rise),
+                (true, _) => {
+                    tracing::warn!(pool, server = name, "server is UP (health check passed {} times)", health.rise)
+                }
                 (false, Err(reason)) => {
-                    tracing::warn!(pool, server = name, reason, "server is DOWN (health check failed {} times)", health.fall)
+                    tracing::warn!(
+                        pool,
+                        server = name,
+                        reason,
+                        "server is DOWN (health check failed {} times)",
+                        health.fall
+                    )
                 }
                 (false, Ok(())) => {}
             }
@@ -72,9 +80,8 @@ pub async fn watch(pool: String, server: Arc<ServerState>, health: Health) {
 /// One check: `Err` says why it failed, as HAProxy's logs do.
 pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> {
     let attempt = async {
-        let mut stream = connect_tcp(server.config.address, health.timeout)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let mut stream =
+            connect_tcp(server.config.address, health.timeout).await.map_err(|e| format!("connect: {e}"))?;
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: webstack-health-check\r\nConnection: close\r\n\r\n",
             health.path, server.config.address

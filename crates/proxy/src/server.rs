@@ -87,9 +87,7 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io:
 }
 
 async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))
+    TcpListener::bind(address).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))
 }
 
 async fn accept_loop(
@@ -141,7 +139,12 @@ async fn accept_loop(
     }
 }
 
-async fn route(shared: &Shared, listener_index: Option<usize>, client: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn route(
+    shared: &Shared,
+    listener_index: Option<usize>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let Some(index) = listener_index else {
         return admin::handle(&shared.config.name, &shared.pools, &req);
     };

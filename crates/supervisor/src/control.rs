@@ -41,7 +41,8 @@ impl Answer {
 /// Sends one request to the supervisor listening on `socket`.
 pub async fn ask(socket: &Path, request: &Request, timeout: Duration) -> Result<Answer, String> {
     let exchange = async {
-        let mut stream = UnixStream::connect(socket).await.map_err(|e| format!("no supervisor at {} ({e})", socket.display()))?;
+        let mut stream =
+            UnixStream::connect(socket).await.map_err(|e| format!("no supervisor at {} ({e})", socket.display()))?;
         let mut line = serde_json::to_string(request).map_err(|e| e.to_string())?;
         line.push('\n');
         stream.write_all(line.as_bytes()).await.map_err(|e| e.to_string())?;
@@ -50,5 +51,7 @@ pub async fn ask(socket: &Path, request: &Request, timeout: Duration) -> Result<
         reader.read_line(&mut answer).await.map_err(|e| e.to_string())?;
         serde_json::from_str(&answer).map_err(|e| format!("bad answer from the supervisor: {e}"))
     };
-    tokio::time::timeout(timeout, exchange).await.unwrap_or_else(|_| Err("the supervisor did not answer in time".into()))
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| Err("the supervisor did not answer in time".into()))
 }

@@ -12,7 +12,9 @@ const MAX_BODY: usize = 64 * 1024;
 pub async fn http_get(address: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
     let attempt = async {
         let mut stream = TcpStream::connect(address).await.map_err(|e| format!("connect {address}: {e}"))?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: webstack-supervisor\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: webstack-supervisor\r\nConnection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
@@ -25,7 +27,9 @@ pub async fn http_get(address: SocketAddr, path: &str, timeout: Duration) -> Res
         }
         parse_response(&buf).ok_or_else(|| format!("{address} gave no HTTP answer"))
     };
-    tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| Err(format!("{address} did not answer in {} ms", timeout.as_millis())))
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("{address} did not answer in {} ms", timeout.as_millis())))
 }
 
 fn parse_response(raw: &[u8]) -> Option<(u16, String)> {

@@ -110,7 +110,11 @@ impl Supervisor {
 
     /// Runs the stack until `down` arrives on the control socket or `shutdown` completes;
     /// then stops every component. `on_healthy` is called once, when all are first healthy.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>, mut on_healthy: impl FnMut(&StackStatus)) -> io::Result<()> {
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        mut on_healthy: impl FnMut(&StackStatus),
+    ) -> io::Result<()> {
         self.state_dir.create()?;
         let socket = self.state_dir.socket_path();
         let _ = std::fs::remove_file(&socket);
@@ -235,9 +239,14 @@ impl Supervisor {
                     if slot.wanted {
                         slot.state = State::Failed;
                         slot.crashes_in_row += 1;
-                        let backoff = Duration::from_millis(250 * 2u64.pow(slot.crashes_in_row.min(6))).min(MAX_BACKOFF);
+                        let backoff =
+                            Duration::from_millis(250 * 2u64.pow(slot.crashes_in_row.min(6))).min(MAX_BACKOFF);
                         slot.restart_at = Some(now + backoff);
-                        slot.detail = Some(format!("exited ({exit}); restarting in {} ms; see {}", backoff.as_millis(), self.state_dir.log_path(&id).display()));
+                        slot.detail = Some(format!(
+                            "exited ({exit}); restarting in {} ms; see {}",
+                            backoff.as_millis(),
+                            self.state_dir.log_path(&id).display()
+                        ));
                         tracing::warn!(component = id, %exit, "exited; restarting in {} ms", backoff.as_millis());
                     } else {
                         slot.state = State::Stopped;
@@ -283,10 +292,13 @@ impl Supervisor {
             return Err(format!("no host `{host}` in this stack; hosts: {}", hosts.join(", ")));
         }
         let found: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].host == host && component.is_none_or(|c| self.slots[i].planned.component.name() == c))
+            .filter(|&i| {
+                self.slots[i].host == host && component.is_none_or(|c| self.slots[i].planned.component.name() == c)
+            })
             .collect();
         if found.is_empty() {
-            let here: Vec<&str> = self.slots.iter().filter(|s| s.host == host).map(|s| s.planned.component.name()).collect();
+            let here: Vec<&str> =
+                self.slots.iter().filter(|s| s.host == host).map(|s| s.planned.component.name()).collect();
             return Err(format!("no component `{}` on {host}; it runs {}", component.unwrap_or(""), here.join(", ")));
         }
         Ok(found)
@@ -315,7 +327,10 @@ impl Supervisor {
                         slot.detail = Some("killed by `webstack kill`; `webstack start` brings it back".into());
                         let _ = std::fs::remove_file(self.state_dir.pid_path(&slot.id()));
                     }
-                    Answer::ok(format!("killed {}", if killed.is_empty() { "nothing (already stopped)".into() } else { killed.join(", ") }))
+                    Answer::ok(format!(
+                        "killed {}",
+                        if killed.is_empty() { "nothing (already stopped)".into() } else { killed.join(", ") }
+                    ))
                 }
                 Err(e) => Answer::error(e),
             },
@@ -330,7 +345,10 @@ impl Supervisor {
                             started.push(self.slots[i].id());
                         }
                     }
-                    Answer::ok(format!("started {}", if started.is_empty() { "nothing (already running)".into() } else { started.join(", ") }))
+                    Answer::ok(format!(
+                        "started {}",
+                        if started.is_empty() { "nothing (already running)".into() } else { started.join(", ") }
+                    ))
                 }
                 Err(e) => Answer::error(e),
             },
@@ -343,7 +361,8 @@ impl Supervisor {
             tracing::info!("stopping every component: edge, web, app, then databases");
         }
         for rank in (0..=3).rev() {
-            let group: Vec<usize> = (0..self.slots.len()).filter(|&i| start_rank(self.slots[i].planned.component) == rank).collect();
+            let group: Vec<usize> =
+                (0..self.slots.len()).filter(|&i| start_rank(self.slots[i].planned.component) == rank).collect();
             for &i in &group {
                 self.slots[i].wanted = false;
                 if let Some(pid) = self.slots[i].child.as_ref().and_then(Child::id) {

@@ -83,7 +83,8 @@ impl StateDir {
         let text = std::fs::read_to_string(self.plan_path()).map_err(|e| {
             io::Error::new(e.kind(), format!("no stack in {} ({e}); run `webstack up` first", self.root.display()))
         })?;
-        serde_json::from_str(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", self.plan_path().display())))
+        serde_json::from_str(&text)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", self.plan_path().display())))
     }
 
     /// The pid in a pid file, if that process still runs.
@@ -103,8 +104,8 @@ pub fn process_alive(pid: u32) -> bool {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -186,11 +186,7 @@ impl Topology {
 
     pub fn from_source(source: &Source) -> Result<Topology, ConfigErrors> {
         let raw: RawTopology = source.parse()?;
-        let base_dir = source
-            .path()
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let base_dir = source.path().parent().map(Path::to_path_buf).unwrap_or_default();
         validate(raw, source, &base_dir)
     }
 
@@ -243,7 +239,10 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
             err(&format!("ports.{name}"), "port 0 is not a port a host can listen on".into());
         }
         if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
-            err(&format!("ports.{name}"), format!("port {port} is also ports.{other}; components of one host need distinct ports"));
+            err(
+                &format!("ports.{name}"),
+                format!("port {port} is also ports.{other}; components of one host need distinct ports"),
+            );
         }
     }
 
@@ -261,16 +260,25 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
     let mut addresses = BTreeMap::new();
     for (i, host) in raw.hosts.iter().enumerate() {
         if !is_host_name(&host.name) {
-            err(&format!("hosts[{i}].name"), format!("`{}` is not a host name (lowercase letters, digits, `-`)", host.name));
+            err(
+                &format!("hosts[{i}].name"),
+                format!("`{}` is not a host name (lowercase letters, digits, `-`)", host.name),
+            );
         }
         if !names.insert(host.name.as_str()) {
             err(&format!("hosts[{i}].name"), format!("host `{}` is defined twice", host.name));
         }
         if !in_subnet(host.address) {
-            err(&format!("hosts[{i}].address"), format!("{} is outside network.subnet {}", host.address, raw.network.subnet));
+            err(
+                &format!("hosts[{i}].address"),
+                format!("{} is outside network.subnet {}", host.address, raw.network.subnet),
+            );
         }
         if host.address == raw.network.vip {
-            err(&format!("hosts[{i}].address"), format!("{} is the VIP (network.vip); a host needs its own address", host.address));
+            err(
+                &format!("hosts[{i}].address"),
+                format!("{} is the VIP (network.vip); a host needs its own address", host.address),
+            );
         }
         if let Some(other) = addresses.insert(host.address, host.name.as_str()) {
             err(&format!("hosts[{i}].address"), format!("{} is also the address of `{other}`", host.address));
@@ -282,7 +290,10 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
             }
         }
         if host.components.contains(&Component::Edge) && host.components.contains(&Component::Web) {
-            err(&format!("hosts[{i}].components"), "`edge` and `web` both use the http port; put them on different hosts".into());
+            err(
+                &format!("hosts[{i}].components"),
+                "`edge` and `web` both use the http port; put them on different hosts".into(),
+            );
         }
         if host.components.contains(&Component::App) && !host.components.contains(&Component::Db) {
             err(&format!("hosts[{i}].components"), "`app` reads from the database on its own host; add `db`".into());
@@ -327,9 +338,7 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    let Some(subnet) = subnet else {
-        unreachable!("a bad subnet was reported above")
-    };
+    let Some(subnet) = subnet else { unreachable!("a bad subnet was reported above") };
     Ok(Topology {
         path: src.path().to_path_buf(),
         default_profile: raw.profile,
@@ -436,7 +445,10 @@ mod tests {
         let text = REPO_TOPOLOGY.replace("address = \"127.0.2.3\"", "address = \"127.9.2.3\"");
         let errs = errors(&text);
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].starts_with(&format!("{}:hosts[3].address: 127.9.2.3 is outside", line_of(&text, "127.9.2.3"))), "{errs:?}");
+        assert!(
+            errs[0].starts_with(&format!("{}:hosts[3].address: 127.9.2.3 is outside", line_of(&text, "127.9.2.3"))),
+            "{errs:?}"
+        );
     }
 
     #[test]

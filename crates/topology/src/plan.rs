@@ -101,12 +101,7 @@ impl Topology {
 
 impl Plan {
     pub fn component(&self, host: &str, component: Component) -> Option<&PlannedComponent> {
-        self.hosts
-            .iter()
-            .find(|h| h.name == host)?
-            .components
-            .iter()
-            .find(|c| c.component == component)
+        self.hosts.iter().find(|h| h.name == host)?.components.iter().find(|c| c.component == component)
     }
 
     /// Every (host, component) pair, hosts in plan order.

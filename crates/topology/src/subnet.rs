@@ -38,9 +38,7 @@ impl FromStr for Subnet {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| format!("`{s}` is not a network like 127.0.0.0/16"))?;
+        let (addr, prefix) = s.split_once('/').ok_or_else(|| format!("`{s}` is not a network like 127.0.0.0/16"))?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| format!("`{addr}` is not an IPv4 address"))?;
         let prefix: u8 = prefix
             .parse()
@@ -49,10 +47,10 @@ impl FromStr for Subnet {
             .ok_or_else(|| format!("`/{prefix}` is not a prefix length from 0 to 32"))?;
         let subnet = Subnet { network: u32::from(addr), prefix };
         if subnet.network & !subnet.mask() != 0 {
-            return Err(format!("`{s}` has host bits set; the network is {}", Subnet {
-                network: subnet.network & subnet.mask(),
-                prefix
-            }));
+            return Err(format!(
+                "`{s}` has host bits set; the network is {}",
+                Subnet { network: subnet.network & subnet.mask(), prefix }
+            ));
         }
         Ok(subnet)
     }

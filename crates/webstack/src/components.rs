@@ -22,7 +22,8 @@ const CONFIG_ERROR: u8 = 2;
 
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
 }
 
 /// SIGTERM or SIGINT: the graceful stop every component honours.
@@ -60,7 +61,8 @@ fn run_component<C, E: std::fmt::Display, F: Future<Output = Result<(), E>>>(
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }
-    let outcome = runtime().map_err(|e| e.to_string()).and_then(|rt| rt.block_on(run(config)).map_err(|e| e.to_string()));
+    let outcome =
+        runtime().map_err(|e| e.to_string()).and_then(|rt| rt.block_on(run(config)).map_err(|e| e.to_string()));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "webstack", version, about = "The web infrastructure of www.foobar.com — load balancer, web servers, app servers and a replicated MariaDB — from one binary and one topology file.")]
+#[command(
+    name = "webstack",
+    version,
+    about = "The web infrastructure of www.foobar.com — load balancer, web servers, app servers and a replicated MariaDB — from one binary and one topology file."
+)]
 struct Cli {
     /// Where the stack keeps configs, logs, pid files and datadirs.
     #[arg(long, global = true, default_value = ".webstack")]
@@ -58,13 +62,9 @@ enum Command {
         lines: usize,
     },
     /// Drill: SIGKILL a host's components or one (HOST/COMPONENT); it is not restarted.
-    Kill {
-        target: String,
-    },
+    Kill { target: String },
     /// Start again what `kill` stopped.
-    Start {
-        target: String,
-    },
+    Start { target: String },
     /// Validate a topology file and every config it renders.
     Check {
         #[arg(default_value = "webstack.toml")]

@@ -49,7 +49,14 @@ fn validate_rendered(plan: &Plan) -> Result<(), ConfigErrors> {
     }
 }
 
-pub fn up(state_dir: &Path, topology: &Path, profile: Option<&str>, subnet: Option<&str>, detach: bool, timeout: u64) -> Result<()> {
+pub fn up(
+    state_dir: &Path,
+    topology: &Path,
+    profile: Option<&str>,
+    subnet: Option<&str>,
+    detach: bool,
+    timeout: u64,
+) -> Result<()> {
     let mut topology = load_topology(topology)?;
     if let Some(subnet) = subnet {
         let subnet = subnet.parse().map_err(|e| anyhow!("--subnet: {e}"))?;
@@ -77,7 +84,7 @@ pub fn up(state_dir: &Path, topology: &Path, profile: Option<&str>, subnet: Opti
     println!("starting profile `{profile}` in {} (Ctrl-C stops everything)", state.root().display());
     let rt = runtime()?;
     let supervisor = Supervisor::new(plan, state.clone(), exe);
-    rt.block_on(supervisor.run(stop_signal(), |status| print_ready(status)))?;
+    rt.block_on(supervisor.run(stop_signal(), print_ready))?;
     println!("stack stopped");
     Ok(())
 }
@@ -85,12 +92,7 @@ pub fn up(state_dir: &Path, topology: &Path, profile: Option<&str>, subnet: Opti
 fn up_detached(state: &StateDir, exe: &Path, timeout: u64) -> Result<()> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(state.logs_dir().join("supervisor.log"))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("supervise")
-        .arg("--state-dir")
-        .arg(state.root())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    cmd.arg("supervise").arg("--state-dir").arg(state.root()).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     // Its own session: the supervisor outlives this command and the terminal.
     unsafe {
         cmd.pre_exec(|| {
@@ -119,7 +121,12 @@ fn up_detached(state: &StateDir, exe: &Path, timeout: u64) -> Result<()> {
             if let Some(status) = last {
                 message.push_str(&status.render());
                 for (h, c) in status.components().filter(|(_, c)| c.health != "healthy") {
-                    message.push_str(&format!("\n{}/{}: {}", h.name, c.name, c.detail.as_deref().unwrap_or("no answer yet")));
+                    message.push_str(&format!(
+                        "\n{}/{}: {}",
+                        h.name,
+                        c.name,
+                        c.detail.as_deref().unwrap_or("no answer yet")
+                    ));
                 }
             }
             bail!(message);
@@ -135,7 +142,12 @@ fn print_ready(status: &StackStatus) {
     let port = host_port.rsplit(':').next().unwrap_or("80");
     println!("all healthy. The site: {url}");
     println!("  curl {url}");
-    println!("  curl --resolve {}:{port}:{} http://{}:{port}/", status.site_name, host_port.split(':').next().unwrap_or(""), status.site_name);
+    println!(
+        "  curl --resolve {}:{port}:{} http://{}:{port}/",
+        status.site_name,
+        host_port.split(':').next().unwrap_or(""),
+        status.site_name
+    );
 }
 
 /// The status of a stack whose supervisor is not running: everything stopped.
@@ -236,7 +248,8 @@ pub fn kill_or_start(state_dir: &Path, target: &str, kill: bool) -> Result<()> {
         true => Request::Kill { target: target.into() },
         false => Request::Start { target: target.into() },
     };
-    let answer = ask(&state, request, Duration::from_secs(60)).map_err(|e| anyhow!("{e}; is the stack up (`webstack up -d`)?"))?;
+    let answer = ask(&state, request, Duration::from_secs(60))
+        .map_err(|e| anyhow!("{e}; is the stack up (`webstack up -d`)?"))?;
     match answer.ok {
         true => {
             println!("{}", answer.message.unwrap_or_default());
@@ -282,7 +295,10 @@ pub fn logs(state_dir: &Path, target: Option<&str>, follow: bool, lines: usize) 
         }
         offsets.push(text.len() as u64);
     }
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         std::thread::sleep(Duration::from_millis(200));
         for ((id, path), offset) in files.iter().zip(offsets.iter_mut()) {
             let Ok(mut file) = std::fs::File::open(path) else { continue };
@@ -305,7 +321,6 @@ pub fn logs(state_dir: &Path, target: Option<&str>, follow: bool, lines: usize) 
             *offset += complete as u64;
         }
     }
-    Ok(())
 }
 
 pub fn check(file: &Path) -> Result<()> {
@@ -321,7 +336,12 @@ pub fn check(file: &Path) -> Result<()> {
         let plan = topology.plan(profile, &state, &secrets).map_err(|e| anyhow!(e))?;
         validate_rendered(&plan).map_err(|e| anyhow!("profile `{profile}` renders an invalid config:\n{e}"))?;
     }
-    println!("{}: ok ({} hosts; profiles: {})", file.display(), topology.hosts.len(), topology.profiles.keys().cloned().collect::<Vec<_>>().join(", "));
+    println!(
+        "{}: ok ({} hosts; profiles: {})",
+        file.display(),
+        topology.hosts.len(),
+        topology.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
     Ok(())
 }
 

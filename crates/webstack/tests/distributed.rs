@@ -91,7 +91,8 @@ fn distributed_stack_serves_balances_survives_a_dead_web_server_and_replicates()
     }
     assert!(!after.iter().any(|s| s == "server-02"), "{after:?}");
     let stats = stack.status();
-    let web02 = &stats["hosts"][2]["components"].as_array().unwrap().iter().find(|c| c["name"] == "web").unwrap().clone();
+    let web02 =
+        &stats["hosts"][2]["components"].as_array().unwrap().iter().find(|c| c["name"] == "web").unwrap().clone();
     assert_eq!(web02["state"], "stopped", "a killed component is not restarted: {web02}");
 
     // A product created through the load balancer (a write, on the primary) is read back
@@ -142,7 +143,14 @@ fn distributed_stack_serves_balances_survives_a_dead_web_server_and_replicates()
     assert!(page.body.contains("Latte glass") && page.body.contains("$7.50"), "{}", page.body);
 
     // Bad input gets a 4xx, not a crash.
-    let bad = http("POST", lb(), "/api/v1/products", &[("Content-Type", "application/json")], r#"{"name": "", "price_cents": -5}"#).unwrap();
+    let bad = http(
+        "POST",
+        lb(),
+        "/api/v1/products",
+        &[("Content-Type", "application/json")],
+        r#"{"name": "", "price_cents": -5}"#,
+    )
+    .unwrap();
     assert_eq!(bad.status, 422, "{}", bad.body);
     assert!(bad.body.contains("name is required"), "{}", bad.body);
 
@@ -162,7 +170,11 @@ fn distributed_stack_serves_balances_survives_a_dead_web_server_and_replicates()
     let pids = stack.pids();
     assert!(pids.len() >= 11, "{pids:?}");
     stack.run_ok(&["down"]);
-    let alive: Vec<u32> = pids.iter().copied().filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p)).collect();
+    let alive: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p))
+        .collect();
     assert!(alive.is_empty(), "still running after down: {alive:?}");
     assert!(stack.processes_left().is_empty(), "processes of this stack left: {:?}", stack.processes_left());
     let after_down = stack.status();

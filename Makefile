@@ -1,0 +1,37 @@
+# The two commands of the README: `make up` and `make test`.
+CARGO ?= cargo
+STATE_DIR ?= .webstack
+PROFILE ?=
+
+.PHONY: up down status setup build test lint fmt clean
+
+up: setup
+	$(CARGO) build --release --bin webstack
+	./target/release/webstack up --state-dir $(STATE_DIR) $(if $(PROFILE),--profile $(PROFILE),)
+
+down:
+	./target/release/webstack down --state-dir $(STATE_DIR)
+
+status:
+	./target/release/webstack status --state-dir $(STATE_DIR)
+
+setup:
+	scripts/setup
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+test: setup
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) lint
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
