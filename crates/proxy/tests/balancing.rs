@@ -1,0 +1,326 @@
+//! The proxy against real upstream servers on loopback: balancing, forwarded headers,
+//! keep-alive pooling, health checks taking servers out and back, retries, and error pages.
+//! Each test uses its own 127.210.N.0/24 addresses.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use proxy::ProxyConfig;
+use tokio::sync::oneshot;
+use webstack_config::Source;
+
+/// An upstream that answers `NAME PATH xff=… proto=…`, counts its connections, and answers
+/// `/healthz` with a status the test sets.
+struct Upstream {
+    connections: Arc<AtomicUsize>,
+    health: Arc<AtomicU16>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    fn start(name: &'static str, address: SocketAddr) -> Upstream {
+        let connections = Arc::new(AtomicUsize::new(0));
+        let health = Arc::new(AtomicU16::new(200));
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (c, h) = (connections.clone(), health.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+                ready_tx.send(()).unwrap();
+                let serve = async {
+                    loop {
+                        let (stream, _) = listener.accept().await.unwrap();
+                        c.fetch_add(1, Ordering::SeqCst);
+                        let h = h.clone();
+                        tokio::spawn(async move {
+                            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                                let h = h.clone();
+                                async move {
+                                    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+                                    let mut response = if req.uri().path() == "/healthz" {
+                                        let mut r = hyper::Response::new(Full::new(Bytes::from("health")));
+                                        *r.status_mut() = hyper::StatusCode::from_u16(h.load(Ordering::SeqCst)).unwrap();
+                                        r
+                                    } else {
+                                        let body = format!("{name} {} xff={} proto={} conn={}", req.uri().path(), header("x-forwarded-for"), header("x-forwarded-proto"), header("connection"));
+                                        hyper::Response::new(Full::new(Bytes::from(body)))
+                                    };
+                                    response.headers_mut().insert("x-upstream", hyper::header::HeaderValue::from_static(name));
+                                    Ok::<_, std::convert::Infallible>(response)
+                                }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).expect("upstream started");
+        Upstream { connections, health, stop: Some(stop_tx), thread: Some(thread) }
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The proxy, in-process on its own thread, stopped on drop.
+struct Proxy {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(config_text: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        let config = ProxyConfig::from_source(&Source::from_text(&path, config_text)).expect("valid config");
+        let listen = config.listeners[0].bind;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(proxy::run(config, async {
+                let _ = stop_rx.await;
+            }))
+            .unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(listen).is_err() {
+            assert!(Instant::now() < deadline, "proxy did not listen on {listen}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Proxy { stop: Some(stop_tx), thread: Some(thread) }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+fn request(address: SocketAddr, raw: &str) -> Answer {
+    let mut s = TcpStream::connect(address).expect("connect to proxy");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Answer { status, head: head.to_string(), body: body.to_string() }
+}
+
+fn get(address: SocketAddr, path: &str) -> Answer {
+    request(address, &format!("GET {path} HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n"))
+}
+
+fn config(net: u8, servers: &[(&str, SocketAddr)], health: &str) -> String {
+    let mut c = format!(
+        "name = \"lb\"\n[admin]\nbind = \"127.210.{net}.1:8404\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.{net}.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n[pools.web]\nserved_by_header = true\nconnect_timeout_ms = 500\n{health}"
+    );
+    for (name, address) in servers {
+        c.push_str(&format!("[[pools.web.servers]]\nname = \"{name}\"\naddress = \"{address}\"\n"));
+    }
+    c
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn round_robin_with_forwarded_headers_and_pooled_upstream_connections() {
+    let servers = [("s1", addr("127.210.1.11:9000")), ("s2", addr("127.210.1.12:9000")), ("s3", addr("127.210.1.13:9000"))];
+    let upstreams: Vec<Upstream> = servers.iter().map(|(n, a)| Upstream::start(n, *a)).collect();
+    let _proxy = Proxy::start(&config(1, &servers, ""));
+    let lb = addr("127.210.1.1:8080");
+
+    let mut order = Vec::new();
+    for _ in 0..30 {
+        let a = request(
+            lb,
+            "GET /page HTTP/1.1\r\nHost: www.foobar.com\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(a.status, 200, "{}", a.head);
+        let served_by = a.header("x-served-by").expect("X-Served-By");
+        assert_eq!(Some(served_by.clone()), a.header("x-upstream"));
+        // An untrusted client's X-Forwarded-* are replaced; Connection is not passed on.
+        assert!(a.body.ends_with("/page xff=127.0.0.1 proto=http conn=-"), "{}", a.body);
+        order.push(served_by);
+    }
+    assert_eq!(&order[..6], ["s1", "s2", "s3", "s1", "s2", "s3"]);
+    // Ten requests each, over kept-alive upstream connections.
+    for u in &upstreams {
+        let n = u.connections.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&n), "an upstream saw {n} connections for 10 requests");
+    }
+}
+
+#[test]
+fn client_keep_alive_serves_many_requests_on_one_connection() {
+    let servers = [("s1", addr("127.210.2.11:9000"))];
+    let _u = Upstream::start("s1", servers[0].1);
+    let _proxy = Proxy::start(&config(2, &servers, ""));
+    let mut s = TcpStream::connect(addr("127.210.2.1:8080")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for i in 0..5 {
+        s.write_all(format!("GET /k{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains(&format!("s1 /k{i}")), "{text}");
+    }
+}
+
+#[test]
+fn health_checks_take_a_server_out_and_bring_it_back() {
+    let servers = [("s1", addr("127.210.3.11:9000")), ("s2", addr("127.210.3.12:9000"))];
+    let ups: Vec<Upstream> = servers.iter().map(|(n, a)| Upstream::start(n, *a)).collect();
+    let health = "[pools.web.health]\npath = \"/healthz\"\ninterval_ms = 100\ntimeout_ms = 500\nrise = 2\nfall = 2\n";
+    let _proxy = Proxy::start(&config(3, &servers, health));
+    let lb = addr("127.210.3.1:8080");
+    let admin = addr("127.210.3.1:8404");
+
+    ups[1].health.store(503, Ordering::SeqCst);
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = get(admin, "/metrics").body;
+            if m.contains(needle) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never saw `{needle}` in:\n{m}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("webstack_proxy_server_up{pool=\"web\",server=\"s2\"} 0");
+    for _ in 0..6 {
+        assert_eq!(get(lb, "/").header("x-served-by").as_deref(), Some("s1"));
+    }
+    assert_eq!(get(admin, "/ready").status, 503);
+    assert_eq!(get(admin, "/healthz").status, 200, "one server up is enough for /healthz");
+    assert!(get(admin, "/stats").body.contains("DOWN"));
+
+    ups[1].health.store(200, Ordering::SeqCst);
+    wait_for("webstack_proxy_server_up{pool=\"web\",server=\"s2\"} 1");
+    let served: Vec<String> = (0..4).filter_map(|_| get(lb, "/").header("x-served-by")).collect();
+    assert!(served.iter().any(|s| s == "s2"), "{served:?}");
+    assert_eq!(get(admin, "/ready").status, 200);
+}
+
+#[test]
+fn a_dead_server_is_skipped_at_once_and_all_dead_gives_a_clear_503_or_502() {
+    let servers = [("s1", addr("127.210.4.11:9000")), ("dead", addr("127.210.4.12:9000"))];
+    let mut up = Upstream::start("s1", servers[0].1);
+    let _proxy = Proxy::start(&config(4, &servers, ""));
+    let lb = addr("127.210.4.1:8080");
+    // No health check here: the connect failure itself sends the request on to s1.
+    for _ in 0..6 {
+        let a = get(lb, "/");
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("x-served-by").as_deref(), Some("s1"));
+    }
+    up.stop();
+    let a = get(lb, "/");
+    assert_eq!(a.status, 502, "{}", a.head);
+    assert!(a.body.contains("502 Bad Gateway") && a.body.contains("could not be reached"), "{}", a.body);
+    assert_eq!(a.header("content-type").as_deref(), Some("text/html; charset=utf-8"));
+}
+
+#[test]
+fn no_server_up_gives_503() {
+    let servers = [("s1", addr("127.210.5.11:9000"))];
+    let u = Upstream::start("s1", servers[0].1);
+    u.health.store(500, Ordering::SeqCst);
+    let health = "[pools.web.health]\ninterval_ms = 50\nfall = 1\nrise = 1\n";
+    let _proxy = Proxy::start(&config(5, &servers, health));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = get(addr("127.210.5.1:8080"), "/");
+        if a.status == 503 {
+            assert!(a.body.contains("No server is available"), "{}", a.body);
+            break;
+        }
+        assert!(Instant::now() < deadline, "never 503");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(addr("127.210.5.1:8404"), "/healthz").status, 503);
+}
+
+#[test]
+fn static_routes_serve_files_and_refuse_traversal() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("static");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("site.css"), "body{}").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "secret").unwrap();
+    let text = format!(
+        "name = \"web\"\n[[listeners]]\nname = \"site\"\nbind = \"127.210.6.1:8080\"\n[[listeners.routes]]\nprefix = \"/static/\"\nstatic_root = \"{}\"\n",
+        root.display()
+    );
+    let _proxy = Proxy::start(&text);
+    let web = addr("127.210.6.1:8080");
+    let css = get(web, "/static/site.css");
+    assert_eq!((css.status, css.body.as_str()), (200, "body{}"));
+    assert_eq!(css.header("content-type").as_deref(), Some("text/css; charset=utf-8"));
+    let etag = css.header("etag").expect("etag");
+    let again = request(web, &format!("GET /static/site.css HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"));
+    assert_eq!(again.status, 304);
+    for path in ["/static/../secret.txt", "/static/%2e%2e/secret.txt", "/static/..%2fsecret.txt", "/static/site.css%00"] {
+        let a = get(web, path);
+        assert!(a.status == 400 || a.status == 404, "{path}: {}", a.status);
+        assert!(!a.body.contains("secret"), "{path} leaked the file");
+    }
+    assert_eq!(get(web, "/static/nope.css").status, 404);
+    assert_eq!(get(web, "/other").status, 404, "no route matches");
+    let post = request(web, "POST /static/site.css HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert_eq!(post.status, 405);
+}
