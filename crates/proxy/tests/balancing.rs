@@ -46,20 +46,33 @@ impl Upstream {
                             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                                 let h = h.clone();
                                 async move {
-                                    let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+                                    let header = |n: &str| {
+                                        req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string()
+                                    };
                                     let mut response = if req.uri().path() == "/healthz" {
                                         let mut r = hyper::Response::new(Full::new(Bytes::from("health")));
-                                        *r.status_mut() = hyper::StatusCode::from_u16(h.load(Ordering::SeqCst)).unwrap();
+                                        *r.status_mut() =
+                                            hyper::StatusCode::from_u16(h.load(Ordering::SeqCst)).unwrap();
                                         r
                                     } else {
-                                        let body = format!("{name} {} xff={} proto={} conn={}", req.uri().path(), header("x-forwarded-for"), header("x-forwarded-proto"), header("connection"));
+                                        let body = format!(
+                                            "{name} {} xff={} proto={} conn={}",
+                                            req.uri().path(),
+                                            header("x-forwarded-for"),
+                                            header("x-forwarded-proto"),
+                                            header("connection")
+                                        );
                                         hyper::Response::new(Full::new(Bytes::from(body)))
                                     };
-                                    response.headers_mut().insert("x-upstream", hyper::header::HeaderValue::from_static(name));
+                                    response
+                                        .headers_mut()
+                                        .insert("x-upstream", hyper::header::HeaderValue::from_static(name));
                                     Ok::<_, std::convert::Infallible>(response)
                                 }
                             });
-                            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
                         });
                     }
                 };
@@ -177,7 +190,8 @@ fn addr(s: &str) -> SocketAddr {
 
 #[test]
 fn round_robin_with_forwarded_headers_and_pooled_upstream_connections() {
-    let servers = [("s1", addr("127.210.1.11:9000")), ("s2", addr("127.210.1.12:9000")), ("s3", addr("127.210.1.13:9000"))];
+    let servers =
+        [("s1", addr("127.210.1.11:9000")), ("s2", addr("127.210.1.12:9000")), ("s3", addr("127.210.1.13:9000"))];
     let upstreams: Vec<Upstream> = servers.iter().map(|(n, a)| Upstream::start(n, *a)).collect();
     let _proxy = Proxy::start(&config(1, &servers, ""));
     let lb = addr("127.210.1.1:8080");
@@ -312,15 +326,20 @@ fn static_routes_serve_files_and_refuse_traversal() {
     assert_eq!((css.status, css.body.as_str()), (200, "body{}"));
     assert_eq!(css.header("content-type").as_deref(), Some("text/css; charset=utf-8"));
     let etag = css.header("etag").expect("etag");
-    let again = request(web, &format!("GET /static/site.css HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"));
+    let again = request(
+        web,
+        &format!("GET /static/site.css HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"),
+    );
     assert_eq!(again.status, 304);
-    for path in ["/static/../secret.txt", "/static/%2e%2e/secret.txt", "/static/..%2fsecret.txt", "/static/site.css%00"] {
+    for path in ["/static/../secret.txt", "/static/%2e%2e/secret.txt", "/static/..%2fsecret.txt", "/static/site.css%00"]
+    {
         let a = get(web, path);
         assert!(a.status == 400 || a.status == 404, "{path}: {}", a.status);
         assert!(!a.body.contains("secret"), "{path} leaked the file");
     }
     assert_eq!(get(web, "/static/nope.css").status, 404);
     assert_eq!(get(web, "/other").status, 404, "no route matches");
-    let post = request(web, "POST /static/site.css HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let post =
+        request(web, "POST /static/site.css HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     assert_eq!(post.status, 405);
 }

@@ -41,8 +41,17 @@ fn check_names_file_line_and_field_of_each_error() {
     let text = std::fs::read_to_string(&path).unwrap();
     let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
     let dup_line = text.lines().position(|l| l.contains("name = \"server-02\"")).unwrap() + 2;
-    assert!(out.contains(&format!("{}:{dup_line}: hosts[2].address: 127.0.2.1 is also the address of `server-01`", path.display())), "{out}");
-    assert!(out.contains(&format!("{}:{}: ports.db: port 8080 is also ports.http", path.display(), line_of("db = 8080"))), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}:{dup_line}: hosts[2].address: 127.0.2.1 is also the address of `server-01`",
+            path.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{}:{}: ports.db: port 8080 is also ports.http", path.display(), line_of("db = 8080"))),
+        "{out}"
+    );
 }
 
 #[test]

@@ -30,7 +30,14 @@ fn two_single_server_stacks_run_side_by_side() {
     assert_eq!(db["role"], "primary");
 
     // A product written to one stack is not in the other.
-    let created = http("POST", site_a, "/api/v1/products", &[("Content-Type", "application/json")], r#"{"name":"Only in A","price_cents":100}"#).unwrap();
+    let created = http(
+        "POST",
+        site_a,
+        "/api/v1/products",
+        &[("Content-Type", "application/json")],
+        r#"{"name":"Only in A","price_cents":100}"#,
+    )
+    .unwrap();
     assert_eq!(created.status, 201, "{}", created.body);
     assert!(get(site_a, "/").unwrap().body.contains("Only in A"));
     assert!(!get(site_b, "/").unwrap().body.contains("Only in A"));
