@@ -21,9 +21,15 @@ setup:
 build:
 	$(CARGO) build --workspace --all-targets
 
+# cargo-nextest runs each test in its own process (tests start servers); plain cargo test
+# where it is not installed.
 test: setup
 	$(CARGO) build --workspace --all-targets
-	$(CARGO) test --workspace --no-fail-fast
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	  $(CARGO) test --workspace --no-fail-fast; \
+	fi
 	$(MAKE) lint
 
 lint:

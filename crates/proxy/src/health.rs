@@ -107,7 +107,8 @@ pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> 
         .unwrap_or_else(|_| Err(format!("no answer within {} ms", health.timeout.as_millis())))
 }
 
-fn parse_status(head: &[u8]) -> Option<u16> {
+/// The status code of an HTTP/1.x status line at the start of `head`.
+pub fn parse_status(head: &[u8]) -> Option<u16> {
     let rest = head.strip_prefix(b"HTTP/1.")?;
     let code = rest.get(2..5)?;
     std::str::from_utf8(code).ok()?.parse().ok()

@@ -108,7 +108,8 @@ impl Context<'_> {
                 Pool {
                     balance: "roundrobin".into(),
                     served_by_header: false,
-                    health: Some(HealthCheck { interval_ms: 1000, ..HealthCheck::default() }),
+                    // The app is local and the only server: notice quickly that it is back.
+                    health: Some(HealthCheck { interval_ms: 500, rise: 1, fall: 2, ..HealthCheck::default() }),
                     servers: vec![Server {
                         name: "app".into(),
                         address: SocketAddr::new(host.address.into(), t.ports.app),

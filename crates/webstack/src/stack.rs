@@ -74,6 +74,7 @@ pub fn up(
     if plan.components().any(|(_, c)| c.component == Component::Db) {
         db::locate::server()?;
     }
+    ensure_addresses_free(&plan)?;
     state.write_plan(&plan)?;
     let exe = std::env::current_exe().context("finding the webstack binary")?;
 
@@ -86,6 +87,24 @@ pub fn up(
     let supervisor = Supervisor::new(plan, state.clone(), exe);
     rt.block_on(supervisor.run(stop_signal(), print_ready))?;
     println!("stack stopped");
+    Ok(())
+}
+
+/// Fails early, naming the address, when something already listens where the stack would:
+/// otherwise a component would crash-loop until the health timeout.
+fn ensure_addresses_free(plan: &Plan) -> Result<()> {
+    let busy: Vec<String> = plan
+        .components()
+        .flat_map(|(h, c)| c.listen.iter().map(move |a| (h, c, *a)))
+        .filter(|(_, _, address)| std::net::TcpListener::bind(address).is_err())
+        .map(|(h, c, address)| format!("{address} ({})", c.id(&h.name)))
+        .collect();
+    if !busy.is_empty() {
+        bail!(
+            "these addresses are already in use: {}; is another stack up on them? Use `--subnet` to move this one",
+            busy.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -83,3 +83,22 @@ fn stack_commands_without_a_stack_say_what_to_do() {
     assert_ne!(code, 0);
     assert!(out.contains("is the stack up"), "{out}");
 }
+
+#[test]
+fn up_refuses_addresses_already_in_use() {
+    // Something else holds server-01's web address of this range.
+    let _squatter = std::net::TcpListener::bind("127.205.2.1:8080").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = run(&[
+        "up",
+        "-d",
+        "--profile",
+        "single",
+        "--subnet",
+        "127.205.0.0/16",
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("127.205.2.1:8080 (server-01/web)") && out.contains("--subnet"), "{out}");
+}
