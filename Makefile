@@ -3,7 +3,7 @@ CARGO ?= cargo
 STATE_DIR ?= .webstack
 PROFILE ?=
 
-.PHONY: up down status setup build test lint fmt clean
+.PHONY: up down status setup build test lint fmt clean fuzz
 
 up: setup
 	$(CARGO) build --release --bin webstack
@@ -41,3 +41,10 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+# Fuzz every parser of outside input for FUZZ_SECONDS each (needs nightly and cargo-fuzz).
+FUZZ_SECONDS ?= 60
+fuzz:
+	cd fuzz && for t in config_files static_path health_status_line; do \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done

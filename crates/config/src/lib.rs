@@ -177,11 +177,13 @@ fn parse_path(field: &str) -> Vec<PathStep<'_>> {
         if !key.is_empty() {
             steps.push(PathStep::Key(key));
         }
-        while let Some(close) = rest.find(']') {
-            if let Ok(i) = rest[1..close].parse() {
-                steps.push(PathStep::Index(i));
+        // `[i]` suffixes; anything else after the key is not a path and ends the part.
+        while let Some((index, after)) = rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            match index.parse() {
+                Ok(i) => steps.push(PathStep::Index(i)),
+                Err(_) => break,
             }
-            rest = &rest[close + 1..];
+            rest = after;
         }
     }
     steps
@@ -299,6 +301,15 @@ mod tests {
         assert_eq!(e.line, Some(6), "{e}");
         assert!(e.message.contains("unknown field `wieght`"), "{e}");
         assert_eq!(e.field, "servers[0].wieght", "{e}");
+    }
+
+    #[test]
+    fn odd_field_paths_do_not_panic() {
+        let src = Source::from_text("t.toml", TEXT);
+        for path in ["[[IIIII]]", "]]", "servers[", "servers[x].address", "servers[0]]", "..", ""] {
+            let _ = src.error_at(path, "x");
+        }
+        assert_eq!(src.locate("servers[1]").map(|s| src.line_of(s.start)), Some(7));
     }
 
     #[test]
