@@ -19,7 +19,7 @@ use topology::{Component, Plan, PlannedComponent, Probe};
 use crate::control::{Answer, Request};
 use crate::probe;
 use crate::state_dir::StateDir;
-use crate::status::{ComponentStatus, HostStatus, StackStatus};
+use crate::status::StackStatus;
 
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -386,43 +386,29 @@ impl Supervisor {
     }
 
     pub fn status(&self) -> StackStatus {
-        let hosts = self
-            .plan
-            .hosts
-            .iter()
-            .map(|h| HostStatus {
-                name: h.name.clone(),
-                address: h.address.to_string(),
-                components: h
-                    .components
-                    .iter()
-                    .filter_map(|c| self.slots.iter().find(|s| s.host == h.name && s.planned.component == c.component))
-                    .map(|s| ComponentStatus {
-                        name: s.planned.component.name().into(),
-                        state: s.state.name().into(),
-                        pid: s.child.as_ref().and_then(Child::id),
-                        listen: s.planned.listen.iter().map(|a| a.to_string()).collect(),
-                        health: match s.healthy {
-                            Some(true) => "healthy",
-                            Some(false) => "unhealthy",
-                            None => "unknown",
-                        }
-                        .into(),
-                        role: s.role.clone(),
-                        lag_seconds: s.lag_seconds,
-                        restarts: s.restarts,
-                        detail: s.detail.clone(),
-                    })
-                    .collect(),
-            })
-            .collect();
-        StackStatus {
-            profile: self.plan.profile.clone(),
-            site_url: self.plan.site_url.clone(),
-            site_name: self.plan.site_name.clone(),
-            supervisor_pid: Some(std::process::id()),
-            hosts,
+        let mut status = StackStatus::offline(&self.plan);
+        status.supervisor_pid = Some(std::process::id());
+        for host in &mut status.hosts {
+            for c in &mut host.components {
+                let Some(s) = self.slots.iter().find(|s| s.host == host.name && s.planned.component.name() == c.name)
+                else {
+                    continue;
+                };
+                c.state = s.state.name().into();
+                c.pid = s.child.as_ref().and_then(Child::id);
+                c.health = match s.healthy {
+                    Some(true) => "healthy",
+                    Some(false) => "unhealthy",
+                    None => "unknown",
+                }
+                .into();
+                c.role = s.role.clone();
+                c.lag_seconds = s.lag_seconds;
+                c.restarts = s.restarts;
+                c.detail = s.detail.clone();
+            }
         }
+        status
     }
 }
 

@@ -1,6 +1,7 @@
 //! What `webstack status` shows, as plain data (also its `--json` form).
 
 use serde::{Deserialize, Serialize};
+use topology::Plan;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StackStatus {
@@ -36,6 +37,39 @@ pub struct ComponentStatus {
 }
 
 impl StackStatus {
+    /// The plan with every component stopped: the status of a stack whose supervisor is gone.
+    pub fn offline(plan: &Plan) -> StackStatus {
+        StackStatus {
+            profile: plan.profile.clone(),
+            site_url: plan.site_url.clone(),
+            site_name: plan.site_name.clone(),
+            supervisor_pid: None,
+            hosts: plan
+                .hosts
+                .iter()
+                .map(|h| HostStatus {
+                    name: h.name.clone(),
+                    address: h.address.to_string(),
+                    components: h
+                        .components
+                        .iter()
+                        .map(|c| ComponentStatus {
+                            name: c.component.name().into(),
+                            state: "stopped".into(),
+                            pid: None,
+                            listen: c.listen.iter().map(|a| a.to_string()).collect(),
+                            health: "unknown".into(),
+                            role: None,
+                            lag_seconds: None,
+                            restarts: 0,
+                            detail: None,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
     pub fn all_healthy(&self) -> bool {
         self.hosts.iter().flat_map(|h| &h.components).all(|c| c.state == "running" && c.health == "healthy")
     }

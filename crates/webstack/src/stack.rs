@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use supervisor::control::{self, Request};
-use supervisor::{ComponentStatus, HostStatus, StackStatus, StateDir, Supervisor};
+use supervisor::{StackStatus, StateDir, Supervisor};
 use topology::{Component, Plan, Secrets, Topology};
 use webstack_config::{ConfigErrors, Source};
 
@@ -169,45 +169,11 @@ fn print_ready(status: &StackStatus) {
     );
 }
 
-/// The status of a stack whose supervisor is not running: everything stopped.
-fn offline_status(state: &StateDir) -> Result<StackStatus> {
-    let plan = state.read_plan()?;
-    Ok(StackStatus {
-        profile: plan.profile.clone(),
-        site_url: plan.site_url.clone(),
-        site_name: plan.site_name.clone(),
-        supervisor_pid: None,
-        hosts: plan
-            .hosts
-            .iter()
-            .map(|h| HostStatus {
-                name: h.name.clone(),
-                address: h.address.to_string(),
-                components: h
-                    .components
-                    .iter()
-                    .map(|c| ComponentStatus {
-                        name: c.component.name().into(),
-                        state: "stopped".into(),
-                        pid: None,
-                        listen: c.listen.iter().map(|a| a.to_string()).collect(),
-                        health: "unknown".into(),
-                        role: None,
-                        lag_seconds: None,
-                        restarts: 0,
-                        detail: None,
-                    })
-                    .collect(),
-            })
-            .collect(),
-    })
-}
-
 pub fn status(state_dir: &Path, json: bool) -> Result<()> {
     let state = StateDir::new(state_dir)?;
     let status = match ask(&state, Request::Status, ASK_TIMEOUT) {
         Ok(answer) => answer.status.ok_or_else(|| anyhow!(answer.error.unwrap_or_default()))?,
-        Err(_) => offline_status(&state)?,
+        Err(_) => StackStatus::offline(&state.read_plan()?),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
