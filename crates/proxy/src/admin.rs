@@ -61,7 +61,7 @@ pub fn metrics(pools: &[std::sync::Arc<PoolState>]) -> String {
         ("webstack_proxy_connect_failures_total", "counter", "Requests that could not be sent to the server."),
         ("webstack_proxy_retries_total", "counter", "Requests this server got after another server failed them."),
         ("webstack_proxy_idle_connections", "gauge", "Idle keep-alive connections to the server."),
-        ("webstack_proxy_active_responses", "gauge", "Responses being streamed from the server."),
+        ("webstack_proxy_in_flight_requests", "gauge", "Requests sent to the server and not yet answered in full."),
     ];
     for (name, kind, help) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -82,7 +82,7 @@ pub fn metrics(pools: &[std::sync::Arc<PoolState>]) -> String {
                             "webstack_proxy_connect_failures_total" => s.connect_failures.load(Ordering::Relaxed),
                             "webstack_proxy_retries_total" => s.retries.load(Ordering::Relaxed),
                             "webstack_proxy_idle_connections" => s.idle_count() as u64,
-                            _ => s.active.load(Ordering::Relaxed),
+                            _ => s.in_flight.load(Ordering::Relaxed),
                         };
                         let _ = writeln!(out, "{name}{{{labels}}} {value}");
                     }

@@ -2,15 +2,13 @@
 //! back to the pool when the body ends), or made here (error pages, static files, admin).
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::upstream::{Sender, ServerState};
+use crate::upstream::{InFlight, Sender};
 
 pub enum ProxyBody {
     Upstream(UpstreamBody),
@@ -29,30 +27,24 @@ impl ProxyBody {
 
 /// An upstream response body. When it ends cleanly the connection goes back to the server's
 /// idle pool; no task is spawned per request for that.
+///
+/// A body dropped before its end (the client went away) drops its connection too: it is
+/// mid-response and cannot be reused.
 pub struct UpstreamBody {
     inner: Incoming,
-    server: Arc<ServerState>,
+    flight: InFlight,
     sender: Option<Sender>,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, server: Arc<ServerState>, sender: Sender) -> Self {
-        server.active.fetch_add(1, Ordering::Relaxed);
-        UpstreamBody { inner, server, sender: Some(sender) }
+    pub fn new(inner: Incoming, flight: InFlight, sender: Sender) -> Self {
+        UpstreamBody { inner, flight, sender: Some(sender) }
     }
 
     fn release(&mut self) {
         if let Some(sender) = self.sender.take() {
-            self.server.put_idle(sender);
+            self.flight.server().put_idle(sender);
         }
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // A body dropped before its end (client went away) leaves its connection mid-response:
-        // that connection is closed, not reused.
-        self.server.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -18,7 +18,9 @@
 //! pool = "web"
 //!
 //! [pools.web]
-//! balance = "roundrobin"
+//! balance = "roundrobin"           # leastconn, random, source, hdr(NAME), cookie(NAME)
+//! sticky_cookie = "SERVERID"       # optional: pins a client to the server that served it
+//! slow_start_ms = 10000            # a server back from DOWN ramps up over this time
 //! served_by_header = true          # adds X-Served-By: <server name> to responses
 //! connect_timeout_ms = 1000
 //! response_timeout_ms = 30000
@@ -31,6 +33,8 @@
 //! [[pools.web.servers]]
 //! name = "server-01"
 //! address = "127.0.2.1:8080"
+//! weight = 1                       # 0 to 256; 0 takes no new requests
+//! backup = false                   # true: only used when every other server is down
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,6 +44,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use webstack_config::{ConfigErrors, Source};
+
+use crate::balancer::Algorithm;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,6 +88,9 @@ struct RawPool {
     balance: String,
     #[serde(default)]
     served_by_header: bool,
+    sticky_cookie: Option<String>,
+    #[serde(default)]
+    slow_start_ms: u64,
     #[serde(default = "default_connect_timeout")]
     connect_timeout_ms: u64,
     #[serde(default = "default_response_timeout")]
@@ -133,7 +142,18 @@ fn default_fall() -> u32 {
 struct RawServer {
     name: String,
     address: SocketAddr,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default)]
+    backup: bool,
 }
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// HAProxy's limit on server weights.
+pub const MAX_WEIGHT: u32 = 256;
 
 /// A validated proxy config.
 #[derive(Debug, Clone)]
@@ -170,6 +190,9 @@ pub enum RouteTarget {
 #[derive(Debug, Clone)]
 pub struct Pool {
     pub name: String,
+    pub algorithm: Algorithm,
+    pub sticky_cookie: Option<String>,
+    pub slow_start: Duration,
     pub served_by_header: bool,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
@@ -190,6 +213,8 @@ pub struct Health {
 pub struct Server {
     pub name: String,
     pub address: SocketAddr,
+    pub weight: u32,
+    pub backup: bool,
 }
 
 impl ProxyConfig {
@@ -269,8 +294,17 @@ impl ProxyConfig {
         let mut pools = Vec::new();
         for (name, p) in &raw.pools {
             let field = format!("pools.{name}");
-            if p.balance != "roundrobin" {
-                err(format!("{field}.balance"), format!("unknown balance `{}`; expected roundrobin", p.balance));
+            let algorithm = Algorithm::parse(&p.balance).unwrap_or_else(|e| {
+                err(format!("{field}.balance"), e);
+                Algorithm::RoundRobin
+            });
+            if let Some(cookie) = &p.sticky_cookie {
+                if cookie.is_empty() || !cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+                    err(
+                        format!("{field}.sticky_cookie"),
+                        format!("`{cookie}` is not a cookie name (letters, digits, - and _)"),
+                    );
+                }
             }
             if p.servers.is_empty() {
                 err(format!("{field}.servers"), "a pool needs at least one server".into());
@@ -288,6 +322,12 @@ impl ProxyConfig {
                 }
                 if s.address.port() == 0 {
                     err(format!("{field}.servers[{j}].address"), "port 0 is not a server's port".into());
+                }
+                if s.weight > MAX_WEIGHT {
+                    err(
+                        format!("{field}.servers[{j}].weight"),
+                        format!("{} is above the maximum weight {MAX_WEIGHT}", s.weight),
+                    );
                 }
             }
             let health = p.health.as_ref().map(|h| {
@@ -314,11 +354,18 @@ impl ProxyConfig {
             });
             pools.push(Pool {
                 name: name.clone(),
+                algorithm,
+                sticky_cookie: p.sticky_cookie.clone(),
+                slow_start: Duration::from_millis(p.slow_start_ms),
                 served_by_header: p.served_by_header,
                 connect_timeout: Duration::from_millis(p.connect_timeout_ms),
                 response_timeout: Duration::from_millis(p.response_timeout_ms),
                 health,
-                servers: p.servers.iter().map(|s| Server { name: s.name.clone(), address: s.address }).collect(),
+                servers: p
+                    .servers
+                    .iter()
+                    .map(|s| Server { name: s.name.clone(), address: s.address, weight: s.weight, backup: s.backup })
+                    .collect(),
             });
         }
 

@@ -12,9 +12,9 @@ use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::balancer;
+use crate::balancer::{self, Algorithm, Pick};
 use crate::body::{ProxyBody, UpstreamBody};
-use crate::upstream::{PoolState, Sender, ServerState};
+use crate::upstream::{InFlight, PoolState, Sender, ServerState};
 
 /// How many servers one request may be tried on before it fails (HAProxy's `retries 3` with
 /// `option redispatch`).
@@ -41,16 +41,25 @@ pub async fn forward(
     client: SocketAddr,
     trust_forwarded: bool,
 ) -> Response<ProxyBody> {
+    let key = request_key(&pool.config.algorithm, &req, client);
+    let pinned = pool.config.sticky_cookie.as_deref().and_then(|name| pinned_server(pool, req.headers(), name));
     prepare_upstream_headers(req.headers_mut(), client, trust_forwarded);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    match send(pool, req).await {
-        Ok((server, mut response)) => {
-            let status = response.status().as_u16();
-            server.count_response(status);
+    match send(pool, req, key, pinned).await {
+        Ok((index, mut response)) => {
+            let server = &pool.servers[index];
+            server.count_response(response.status().as_u16());
+            let headers = response.headers_mut();
             if pool.config.served_by_header {
                 if let Ok(name) = HeaderValue::from_str(&server.config.name) {
-                    response.headers_mut().insert(X_SERVED_BY.clone(), name);
+                    headers.insert(X_SERVED_BY.clone(), name);
+                }
+            }
+            if let (Some(cookie), false) = (&pool.config.sticky_cookie, pinned == Some(index)) {
+                let value = format!("{cookie}={}; Path=/; HttpOnly", server.config.name);
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.append(header::SET_COOKIE, value);
                 }
             }
             response
@@ -78,16 +87,52 @@ pub async fn forward(
     }
 }
 
-async fn send(pool: &PoolState, req: Request<Incoming>) -> Result<(Arc<ServerState>, Response<ProxyBody>), Failure> {
+/// The hash of what a hashing algorithm balances on; `None` when the request lacks it.
+fn request_key<B>(algorithm: &Algorithm, req: &Request<B>, client: SocketAddr) -> Option<u64> {
+    match algorithm {
+        Algorithm::Source => Some(match client.ip() {
+            std::net::IpAddr::V4(ip) => balancer::hash_bytes(&ip.octets()),
+            std::net::IpAddr::V6(ip) => balancer::hash_bytes(&ip.octets()),
+        }),
+        Algorithm::Header(name) => req.headers().get(name.as_str()).map(|v| balancer::hash_bytes(v.as_bytes())),
+        Algorithm::Cookie(name) => cookie_value(req.headers(), name).map(|v| balancer::hash_bytes(v.as_bytes())),
+        _ => None,
+    }
+}
+
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The server a sticky cookie names, if it can take the request (drained servers still do).
+fn pinned_server(pool: &PoolState, headers: &HeaderMap, cookie: &str) -> Option<usize> {
+    let name = cookie_value(headers, cookie)?;
+    pool.servers.iter().position(|s| s.config.name == name && s.takes_pinned_requests())
+}
+
+async fn send(
+    pool: &PoolState,
+    req: Request<Incoming>,
+    key: Option<u64>,
+    pinned: Option<usize>,
+) -> Result<(usize, Response<ProxyBody>), Failure> {
     let mut req = req;
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut last_failure = Failure::NoServer;
     for attempt in 0..MAX_ATTEMPTS {
-        let cursor = pool.next.fetch_add(1, Ordering::Relaxed);
-        let Some(index) =
-            balancer::round_robin(cursor, pool.servers.len(), |i| pool.servers[i].is_up() && !tried.contains(&i))
-        else {
-            break;
+        let index = match pinned.filter(|_| attempt == 0) {
+            Some(index) => index,
+            None => match choose(pool, &tried, key) {
+                Some(index) => index,
+                None => break,
+            },
         };
         tried[attempt] = index;
         let server = &pool.servers[index];
@@ -96,7 +141,7 @@ async fn send(pool: &PoolState, req: Request<Incoming>) -> Result<(Arc<ServerSta
         }
         server.requests.fetch_add(1, Ordering::Relaxed);
         match send_to(pool, server, req).await {
-            Ok(response) => return Ok((server.clone(), response)),
+            Ok(response) => return Ok((index, response)),
             Err(SendError::NotSent(back, reason)) => {
                 server.connect_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
@@ -115,6 +160,46 @@ async fn send(pool: &PoolState, req: Request<Incoming>) -> Result<(Arc<ServerSta
     Err(last_failure)
 }
 
+/// The balancer's choice, with slow start: a server still ramping up after coming back is
+/// passed over in proportion to how far it has to go, when another server can take the request.
+fn choose(pool: &PoolState, tried: &[usize; MAX_ATTEMPTS], key: Option<u64>) -> Option<usize> {
+    let balancer = pool.balancer.load();
+    let random = random_u64();
+    let pick = Pick { cursor: pool.next.fetch_add(1, Ordering::Relaxed), key, random };
+    let index = balancer.pick(&pool.view(tried), pick)?;
+    let ramp = pool.servers[index].ramp(pool.config.slow_start);
+    if ramp < 1.0 && ((random >> 11) as f64 / (1u64 << 53) as f64) >= ramp {
+        let mut without = *tried;
+        if let Some(slot) = without.iter_mut().find(|t| **t == usize::MAX) {
+            *slot = index;
+            if let Some(other) = balancer.pick(&pool.view(&without), pick) {
+                return Some(other);
+            }
+        }
+    }
+    Some(index)
+}
+
+/// A fast per-thread xorshift generator: balancing needs spread, not secrecy.
+fn random_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+                ^ (std::process::id() as u64) << 32)
+                | 1,
+        );
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
 // The request rides back in `NotSent` so it can go to another server; boxing it would cost
 // an allocation on every failed attempt for no gain.
 #[allow(clippy::large_enum_variant)]
@@ -131,6 +216,7 @@ async fn send_to(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, SendError> {
     let mut req = req;
+    let flight = InFlight::start(server);
     // A pooled connection may have been closed by the server since it was idle: then try the
     // next one, and at last a new connection. Only a failed connect counts against the server.
     loop {
@@ -150,7 +236,7 @@ async fn send_to(
         let sent = tokio::time::timeout(pool.config.response_timeout, sender.try_send_request(req)).await;
         match sent {
             Err(_) => return Err(SendError::TimedOut),
-            Ok(Ok(response)) => return Ok(into_client_response(response, server, sender)),
+            Ok(Ok(response)) => return Ok(into_client_response(response, flight, sender)),
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if pooled => req = back,
                 Some(back) => return Err(SendError::NotSent(back, e.into_error().to_string())),
@@ -160,19 +246,15 @@ async fn send_to(
     }
 }
 
-fn into_client_response(
-    response: Response<Incoming>,
-    server: &Arc<ServerState>,
-    sender: Sender,
-) -> Response<ProxyBody> {
+fn into_client_response(response: Response<Incoming>, flight: InFlight, sender: Sender) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = if body.is_end_stream() {
         // Nothing to stream (HEAD, 204, 304, empty body): the connection is free now.
-        server.put_idle(sender);
+        flight.server().put_idle(sender);
         ProxyBody::empty()
     } else {
-        ProxyBody::Upstream(UpstreamBody::new(body, server.clone(), sender))
+        ProxyBody::Upstream(UpstreamBody::new(body, flight, sender))
     };
     Response::from_parts(parts, body)
 }

@@ -3,15 +3,18 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::balancer::{self, Balancer};
 use crate::config;
 
 /// Idle connections kept per server; more are closed when handed back.
@@ -24,15 +27,115 @@ pub type Sender = SendRequest<Incoming>;
 pub struct PoolState {
     pub config: config::Pool,
     pub servers: Vec<Arc<ServerState>>,
+    /// Rebuilt when a weight changes; requests read it without a lock.
+    pub balancer: ArcSwap<Balancer>,
     pub next: AtomicUsize,
     pub no_server_available: AtomicU64,
 }
 
 impl PoolState {
     pub fn new(config: config::Pool) -> Self {
-        let servers = config.servers.iter().map(|s| Arc::new(ServerState::new(s.clone()))).collect();
-        PoolState { config, servers, next: AtomicUsize::new(0), no_server_available: AtomicU64::new(0) }
+        let servers: Vec<Arc<ServerState>> =
+            config.servers.iter().map(|s| Arc::new(ServerState::new(s.clone()))).collect();
+        let balancer = ArcSwap::from_pointee(build_balancer(&config, &servers));
+        PoolState { config, servers, balancer, next: AtomicUsize::new(0), no_server_available: AtomicU64::new(0) }
     }
+
+    /// Rebuilds the balancing structures after a weight change.
+    pub fn rebalance(&self) {
+        self.balancer.store(Arc::new(build_balancer(&self.config, &self.servers)));
+    }
+
+    /// The servers as the balancer sees them for one request, `tried` ones excluded.
+    pub fn view<'a>(&'a self, tried: &'a [usize]) -> ServersView<'a> {
+        ServersView { servers: &self.servers, tried }
+    }
+}
+
+fn build_balancer(config: &config::Pool, servers: &[Arc<ServerState>]) -> Balancer {
+    let names: Vec<&str> = servers.iter().map(|s| s.config.name.as_str()).collect();
+    let weights: Vec<u32> = servers.iter().map(|s| s.weight()).collect();
+    Balancer::new(config.algorithm.clone(), &names, &weights)
+}
+
+pub struct ServersView<'a> {
+    servers: &'a [Arc<ServerState>],
+    tried: &'a [usize],
+}
+
+impl balancer::Servers for ServersView<'_> {
+    fn count(&self) -> usize {
+        self.servers.len()
+    }
+    fn eligible(&self, i: usize) -> bool {
+        self.servers[i].takes_new_requests() && !self.tried.contains(&i)
+    }
+    fn is_backup(&self, i: usize) -> bool {
+        self.servers[i].config.backup
+    }
+    fn load(&self, i: usize) -> u64 {
+        self.servers[i].in_flight.load(Ordering::Relaxed)
+    }
+    fn weight(&self, i: usize) -> u32 {
+        self.servers[i].weight()
+    }
+}
+
+/// What an operator set on a server (HAProxy's admin states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AdminState {
+    /// Takes requests when up.
+    Ready = 0,
+    /// Finishes what it has; no new requests except those pinned by a sticky cookie.
+    Drain = 1,
+    /// Takes nothing (HAProxy's maintenance).
+    Maint = 2,
+}
+
+impl AdminState {
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+
+    fn from_u8(v: u8) -> AdminState {
+        match v {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+}
+
+/// One request in flight on a server: counted while this lives.
+#[derive(Debug)]
+pub struct InFlight(Arc<ServerState>);
+
+impl InFlight {
+    pub fn start(server: &Arc<ServerState>) -> InFlight {
+        server.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(server.clone())
+    }
+
+    pub fn server(&self) -> &Arc<ServerState> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the process started: a clock that fits an atomic.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// One upstream server: whether it takes traffic, what it did, and its idle connections.
@@ -40,26 +143,34 @@ impl PoolState {
 pub struct ServerState {
     pub config: config::Server,
     up: AtomicBool,
+    admin: AtomicU8,
+    weight: AtomicU32,
+    /// When it last came up (see [`now_ms`]), for slow start.
+    up_since_ms: AtomicU64,
+    /// Requests sent and not yet answered in full: least-connections' load.
+    pub in_flight: AtomicU64,
     idle: Mutex<Vec<Sender>>,
     pub requests: AtomicU64,
     /// Responses by status class: index 0 for 1xx … 4 for 5xx.
     pub responses: [AtomicU64; 5],
     pub connect_failures: AtomicU64,
     pub retries: AtomicU64,
-    pub active: AtomicU64,
 }
 
 impl ServerState {
     pub fn new(config: config::Server) -> Self {
         ServerState {
+            weight: AtomicU32::new(config.weight),
             config,
             up: AtomicBool::new(true),
+            admin: AtomicU8::new(AdminState::Ready as u8),
+            up_since_ms: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
             requests: AtomicU64::new(0),
             responses: Default::default(),
             connect_failures: AtomicU64::new(0),
             retries: AtomicU64::new(0),
-            active: AtomicU64::new(0),
         }
     }
 
@@ -67,8 +178,46 @@ impl ServerState {
         self.up.load(Ordering::Relaxed)
     }
 
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    pub fn admin(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Ordering::Relaxed))
+    }
+
+    pub fn set_admin(&self, state: AdminState) {
+        self.admin.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Up, and neither drained nor in maintenance.
+    pub fn takes_new_requests(&self) -> bool {
+        self.is_up() && self.admin() == AdminState::Ready
+    }
+
+    /// Up and not in maintenance: may take a request pinned to it by a sticky cookie.
+    pub fn takes_pinned_requests(&self) -> bool {
+        self.is_up() && self.admin() != AdminState::Maint
+    }
+
+    /// Between 0 and 1: how far through its slow start a server that came back is.
+    pub fn ramp(&self, slow_start: Duration) -> f64 {
+        let since = self.up_since_ms.load(Ordering::Relaxed);
+        if slow_start.is_zero() || since == 0 {
+            return 1.0;
+        }
+        ((now_ms().saturating_sub(since)) as f64 / slow_start.as_millis() as f64).min(1.0)
+    }
+
     pub fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
+        let was_up = self.up.swap(up, Ordering::Relaxed);
+        if up && !was_up {
+            self.up_since_ms.store(now_ms().max(1), Ordering::Relaxed);
+        }
         if !up {
             // Connections to a server taken out are not reused when it comes back.
             self.lock_idle().clear();

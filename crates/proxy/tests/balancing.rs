@@ -343,3 +343,77 @@ fn static_routes_serve_files_and_refuse_traversal() {
         request(web, "POST /static/site.css HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     assert_eq!(post.status, 405);
 }
+
+fn pool_config(net: u8, pool_options: &str, servers: &[(&str, SocketAddr, &str)]) -> String {
+    let mut c = format!(
+        "name = \"lb\"\n[admin]\nbind = \"127.210.{net}.1:8404\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.{net}.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n[pools.web]\nserved_by_header = true\n{pool_options}\n"
+    );
+    for (name, address, options) in servers {
+        c.push_str(&format!("[[pools.web.servers]]\nname = \"{name}\"\naddress = \"{address}\"\n{options}\n"));
+    }
+    c
+}
+
+fn served_by(address: SocketAddr, path: &str, headers: &str) -> String {
+    request(address, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"))
+        .header("x-served-by")
+        .unwrap_or_default()
+}
+
+#[test]
+fn weights_backups_and_active_passive() {
+    let s1 = addr("127.210.7.11:9000");
+    let s2 = addr("127.210.7.12:9000");
+    let standby = addr("127.210.7.13:9000");
+    let mut ups = vec![Upstream::start("s1", s1), Upstream::start("s2", s2), Upstream::start("standby", standby)];
+    let _proxy = Proxy::start(&pool_config(
+        7,
+        "connect_timeout_ms = 300",
+        &[("s1", s1, "weight = 3"), ("s2", s2, "weight = 1"), ("standby", standby, "backup = true")],
+    ));
+    let lb = addr("127.210.7.1:8080");
+    let picks: Vec<String> = (0..8).map(|_| served_by(lb, "/", "")).collect();
+    assert_eq!(picks.iter().filter(|p| *p == "s1").count(), 6, "weight 3 of 4: {picks:?}");
+    assert_eq!(picks.iter().filter(|p| *p == "s2").count(), 2, "{picks:?}");
+    // Active-passive: the backup takes traffic only once both primaries are gone.
+    ups[0].stop();
+    ups[1].stop();
+    let picks: Vec<String> = (0..4).map(|_| served_by(lb, "/", "")).collect();
+    assert!(picks.iter().all(|p| p == "standby"), "{picks:?}");
+}
+
+#[test]
+fn sticky_cookie_pins_a_client_and_hashing_keeps_keys_on_servers() {
+    let servers: Vec<(&str, SocketAddr)> =
+        vec![("s1", addr("127.210.8.11:9000")), ("s2", addr("127.210.8.12:9000")), ("s3", addr("127.210.8.13:9000"))];
+    let _ups: Vec<Upstream> = servers.iter().map(|(n, a)| Upstream::start(n, *a)).collect();
+    let list: Vec<(&str, SocketAddr, &str)> = servers.iter().map(|(n, a)| (*n, *a, "")).collect();
+    let _proxy = Proxy::start(&pool_config(8, "sticky_cookie = \"SERVERID\"", &list));
+    let lb = addr("127.210.8.1:8080");
+    let first = request(lb, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let server = first.header("x-served-by").unwrap();
+    assert_eq!(first.header("set-cookie"), Some(format!("SERVERID={server}; Path=/; HttpOnly")));
+    for _ in 0..5 {
+        let again = request(
+            lb,
+            &format!("GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1; SERVERID={server}\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(again.header("x-served-by").as_deref(), Some(server.as_str()));
+        assert_eq!(again.header("set-cookie"), None, "a pinned client is not told again");
+    }
+    // A cookie naming no server is ignored and replaced.
+    let stale = request(lb, "GET / HTTP/1.1\r\nHost: x\r\nCookie: SERVERID=gone\r\nConnection: close\r\n\r\n");
+    assert!(stale.header("set-cookie").is_some());
+
+    drop(_proxy);
+    let _proxy = Proxy::start(&pool_config(8, "balance = \"hdr(X-User)\"", &list));
+    for user in ["alice", "bob", "carol", "dave"] {
+        let header = format!("X-User: {user}\r\n");
+        let first = served_by(lb, "/", &header);
+        assert!((0..4).all(|_| served_by(lb, "/", &header) == first), "{user} moved");
+    }
+    let spread: std::collections::BTreeSet<String> =
+        (0..40).map(|i| served_by(lb, "/", &format!("X-User: user{i}\r\n"))).collect();
+    assert_eq!(spread.len(), 3, "keys spread over every server: {spread:?}");
+}

@@ -246,8 +246,14 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
         }
     }
 
-    if raw.edge.balance != "roundrobin" {
-        err("edge.balance", format!("unknown balance `{}`; expected roundrobin", raw.edge.balance));
+    if !is_balance(&raw.edge.balance) {
+        err(
+            "edge.balance",
+            format!(
+                "unknown balance `{}`; expected roundrobin, leastconn, random, source, hdr(NAME) or cookie(NAME)",
+                raw.edge.balance
+            ),
+        );
     }
     check_health(&raw.edge.health, "edge.health", &mut err);
 
@@ -381,6 +387,16 @@ fn check_health(h: &HealthCheck, field: &str, err: &mut impl FnMut(&str, String)
 
 fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
     names.map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// The edge proxy's balancing algorithms, as its config spells them.
+fn is_balance(s: &str) -> bool {
+    let named = |prefix: &str| {
+        s.strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix(')'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    };
+    matches!(s, "roundrobin" | "leastconn" | "random" | "source") || named("hdr(") || named("cookie(")
 }
 
 fn is_host_name(s: &str) -> bool {
