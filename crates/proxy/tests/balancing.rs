@@ -366,7 +366,7 @@ fn weights_backups_and_active_passive() {
     let s1 = addr("127.210.7.11:9000");
     let s2 = addr("127.210.7.12:9000");
     let standby = addr("127.210.7.13:9000");
-    let mut ups = vec![Upstream::start("s1", s1), Upstream::start("s2", s2), Upstream::start("standby", standby)];
+    let mut ups = [Upstream::start("s1", s1), Upstream::start("s2", s2), Upstream::start("standby", standby)];
     let _proxy = Proxy::start(&pool_config(
         7,
         "connect_timeout_ms = 300",

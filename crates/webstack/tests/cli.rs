@@ -60,12 +60,12 @@ fn a_component_config_error_exits_2_before_binding() {
     let path = dir.path().join("lb.toml");
     std::fs::write(
         &path,
-        "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.0.0.1:8080\"\n[[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n\n[pools.web]\nbalance = \"random\"\n[[pools.web.servers]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n",
+        "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.0.0.1:8080\"\n[[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n\n[pools.web]\nbalance = \"static-rr\"\n[[pools.web.servers]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n",
     )
     .unwrap();
     let (code, out) = run(&["proxy", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains(&format!("{}:10: pools.web.balance: unknown balance `random`", path.display())), "{out}");
+    assert!(out.contains(&format!("{}:10: pools.web.balance: unknown balance `static-rr`", path.display())), "{out}");
 
     let (code, out) = run(&["app", "--config", "/nonexistent/app.toml"]);
     assert_eq!(code, 2, "{out}");
