@@ -3,7 +3,7 @@ CARGO ?= cargo
 STATE_DIR ?= .webstack
 PROFILE ?=
 
-.PHONY: up down status setup build test lint fmt clean fuzz
+.PHONY: up down status setup build test lint fmt clean fuzz bench
 
 up: setup
 	$(CARGO) build --release --bin webstack
@@ -48,3 +48,10 @@ fuzz:
 	cd fuzz && for t in config_files static_path health_status_line; do \
 	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
+
+# Side by side with HAProxy and nginx on the same rig, in one run (see bench/RESULTS.md).
+BENCH_ARGS ?=
+bench:
+	scripts/setup --bench
+	$(CARGO) build --release --bin webstack
+	python3 bench/proxy_bench.py $(BENCH_ARGS)

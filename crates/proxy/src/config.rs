@@ -317,6 +317,12 @@ impl ProxyConfig {
             }
             let mut names = BTreeSet::new();
             for (j, s) in p.servers.iter().enumerate() {
+                if s.name.is_empty() || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                    err(
+                        format!("{field}.servers[{j}].name"),
+                        format!("`{}` is not a server name (letters, digits, - _ .)", s.name),
+                    );
+                }
                 if !names.insert(s.name.as_str()) {
                     err(format!("{field}.servers[{j}].name"), format!("server `{}` is in this pool twice", s.name));
                 }

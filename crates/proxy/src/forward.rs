@@ -45,16 +45,15 @@ pub async fn forward(
     let pinned = pool.config.sticky_cookie.as_deref().and_then(|name| pinned_server(pool, req.headers(), name));
     prepare_upstream_headers(req.headers_mut(), client, trust_forwarded);
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // Kept for the log line of a failure; cloning a Uri only bumps a reference count.
+    let uri = req.uri().clone();
     match send(pool, req, key, pinned).await {
         Ok((index, mut response)) => {
             let server = &pool.servers[index];
             server.count_response(response.status().as_u16());
             let headers = response.headers_mut();
             if pool.config.served_by_header {
-                if let Ok(name) = HeaderValue::from_str(&server.config.name) {
-                    headers.insert(X_SERVED_BY.clone(), name);
-                }
+                headers.insert(X_SERVED_BY.clone(), server.name_header.clone());
             }
             if let (Some(cookie), false) = (&pool.config.sticky_cookie, pinned == Some(index)) {
                 let value = format!("{cookie}={}; Path=/; HttpOnly", server.config.name);
@@ -81,7 +80,7 @@ pub async fn forward(
             if let Failure::Connect(s, _) | Failure::Upstream(s, _) | Failure::Timeout(s) = &failure {
                 s.count_response(status.as_u16());
             }
-            tracing::warn!(pool = pool.config.name, server, %method, path, status = status.as_u16(), reason, "request failed");
+            tracing::warn!(pool = pool.config.name, server, %method, path = uri.path(), status = status.as_u16(), reason, "request failed");
             error_response(status)
         }
     }
@@ -263,12 +262,27 @@ fn into_client_response(response: Response<Incoming>, flight: InFlight, sender: 
 /// over the headers named by `Connection`.
 pub fn prepare_upstream_headers(headers: &mut HeaderMap, client: SocketAddr, trust_forwarded: bool) {
     strip_hop_by_hop(headers);
-    let client_ip = client.ip().to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) if trust_forwarded => format!("{previous}, {client_ip}"),
-        _ => client_ip,
+    // Formatted on the stack: an address is at most 39 bytes, a header value ends up one
+    // allocation either way.
+    let mut ip = [0u8; 48];
+    let ip_len = {
+        use std::io::Write;
+        let mut cursor = std::io::Cursor::new(&mut ip[..]);
+        let _ = write!(cursor, "{}", client.ip());
+        cursor.position() as usize
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    let ip = &ip[..ip_len];
+    let value = match headers.get(&X_FORWARDED_FOR) {
+        Some(previous) if trust_forwarded => {
+            let mut joined = Vec::with_capacity(previous.len() + 2 + ip.len());
+            joined.extend_from_slice(previous.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ip);
+            HeaderValue::from_bytes(&joined)
+        }
+        _ => HeaderValue::from_bytes(ip),
+    };
+    if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     if !trust_forwarded || !headers.contains_key(&X_FORWARDED_PROTO) {

@@ -142,6 +142,8 @@ pub fn now_ms() -> u64 {
 #[derive(Debug)]
 pub struct ServerState {
     pub config: config::Server,
+    /// The name as a header value, made once: X-Served-By costs no allocation per response.
+    pub name_header: http::HeaderValue,
     up: AtomicBool,
     admin: AtomicU8,
     weight: AtomicU32,
@@ -161,6 +163,8 @@ impl ServerState {
     pub fn new(config: config::Server) -> Self {
         ServerState {
             weight: AtomicU32::new(config.weight),
+            // Validated names are header-safe; the fallback only guards against a future change.
+            name_header: http::HeaderValue::from_str(&config.name).unwrap_or(http::HeaderValue::from_static("-")),
             config,
             up: AtomicBool::new(true),
             admin: AtomicU8::new(AdminState::Ready as u8),

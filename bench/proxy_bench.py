@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""Load balancer benchmark: webstack's proxy, HAProxy and nginx side by side, in one run.
+
+The rig of ../shared/notes/benchmark-facts.md: three origin servers (nginx, answering "hello")
+and wrk on CPU 0; the proxy under test alone on CPU 1, one worker thread, round robin over the
+three origins with keep-alive on both sides. For each proxy and connection count: requests/s,
+p50 and p99 latency, proxy CPU time per request, and peak RSS, as medians of several runs,
+with each figure's ratio to HAProxy's.
+
+Usage: bench/proxy_bench.py [--runs 3] [--seconds 10] [--conns 64,256] [--webstack PATH]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+NET = "127.0.9"  # the benchmark's own loopback range
+ORIGINS = [f"{NET}.{i}:8081" for i in (11, 12, 13)]
+PROXY = f"{NET}.1:8080"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def wait_listening(address, timeout=10):
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {address}")
+
+
+def pids_of(root_pid):
+    """The process and all its descendants (nginx and HAProxy fork workers)."""
+    pids, frontier = [root_pid], [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except OSError:
+            kids = []
+        pids += kids
+        frontier += kids
+    return pids
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return total / CLK_TCK
+
+
+def peak_rss_mib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                m = re.search(r"VmHWM:\s+(\d+) kB", f.read())
+                total += int(m.group(1)) if m else 0
+        except OSError:
+            pass
+    return total / 1024
+
+
+def parse_latency(text, label):
+    m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not m:
+        return float("nan")
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def wrk(conns, seconds, path="/"):
+    out = subprocess.run(
+        ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", f"http://{PROXY}{path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "requests": requests,
+        "rps": rps,
+        "p50": parse_latency(out, "50"),
+        "p99": parse_latency(out, "99"),
+        "errors": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def start(cmd, cpu):
+    return subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def origin_config(work):
+    servers = "\n".join(
+        f"  server {{ listen {o}; access_log off; keepalive_requests 1000000; location / {{ return 200 'hello'; }} }}"
+        for o in ORIGINS
+    )
+    return f"""worker_processes 1;
+daemon off;
+pid {work}/origin.pid;
+error_log {work}/origin-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  default_type text/plain;
+{servers}
+}}
+"""
+
+
+def haproxy_config(work):
+    servers = "\n".join(f"  server o{i} {o}" for i, o in enumerate(ORIGINS, 1))
+    return f"""global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+  option forwardfor
+frontend www
+  bind {PROXY}
+  default_backend web
+backend web
+  balance roundrobin
+{servers}
+"""
+
+
+def nginx_config(work):
+    servers = "\n".join(f"    server {o};" for o in ORIGINS)
+    return f"""worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream web {{
+{servers}
+    keepalive 64;
+    keepalive_requests 1000000;
+  }}
+  server {{
+    listen {PROXY};
+    location / {{
+      proxy_pass http://web;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+"""
+
+
+def webstack_config(work):
+    servers = "".join(f'[[pools.web.servers]]\nname = "o{i}"\naddress = "{o}"\n' for i, o in enumerate(ORIGINS, 1))
+    return f"""name = "bench"
+[[listeners]]
+name = "www"
+bind = "{PROXY}"
+[[listeners.routes]]
+prefix = "/"
+pool = "web"
+[pools.web]
+balance = "roundrobin"
+{servers}"""
+
+
+def write(work, name, text):
+    path = os.path.join(work, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def proxies(work, webstack):
+    return {
+        "webstack": [webstack, "proxy", "--config", write(work, "webstack.toml", webstack_config(work))],
+        "haproxy": ["haproxy", "-f", write(work, "haproxy.cfg", haproxy_config(work))],
+        "nginx": ["nginx", "-c", write(work, "nginx.conf", nginx_config(work)), "-e", os.path.join(work, "nginx-e.log")],
+    }
+
+
+def measure(cmd, conns, seconds, runs):
+    results = []
+    for _ in range(runs):
+        proc = start(cmd, 1)
+        try:
+            try:
+                wait_listening(PROXY)
+            except SystemExit:
+                stop(proc)
+                raise SystemExit(f"{cmd[0]} did not start: {proc.stderr.read().decode(errors='replace')}")
+            wrk(conns, 2)  # warm-up: connections, pools, caches
+            pids = pids_of(proc.pid)
+            cpu_before = cpu_seconds(pids)
+            r = wrk(conns, seconds)
+            r["cpu_us"] = (cpu_seconds(pids) - cpu_before) / max(r["requests"], 1) * 1e6
+            r["rss"] = peak_rss_mib(pids_of(proc.pid))
+            results.append(r)
+        finally:
+            stop(proc)
+    median = {k: statistics.median(r[k] for r in results) for k in ("rps", "p50", "p99", "cpu_us", "rss")}
+    median["errors"] = sum(r["errors"] for r in results)
+    median["socket_errors"] = "; ".join(r["socket_errors"] for r in results if r["socket_errors"])
+    return median
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--conns", default="64,256")
+    ap.add_argument("--webstack", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "webstack"))
+    ap.add_argument("--only", default="webstack,haproxy,nginx")
+    args = ap.parse_args()
+    for tool in ("wrk", "haproxy", "nginx", "taskset"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            raise SystemExit(f"{tool} not found; run scripts/setup --bench")
+    os.environ["PATH"] += ":/usr/sbin"
+    # nginx workers may run as nobody: the work dir must be readable by them.
+    work = tempfile.mkdtemp(prefix="webstack-bench-")
+    os.chmod(work, 0o755)
+    origin = start(["nginx", "-c", write(work, "origin.conf", origin_config(work)), "-e", os.path.join(work, "origin-e.log")], 0)
+    try:
+        for o in ORIGINS:
+            wait_listening(o)
+        table = []
+        for conns in [int(c) for c in args.conns.split(",")]:
+            figures = {}
+            for name, cmd in proxies(work, args.webstack).items():
+                if name in args.only.split(","):
+                    figures[name] = measure(cmd, conns, args.seconds, args.runs)
+                    print(f"  measured {name} at {conns} connections", file=sys.stderr)
+            base = figures.get("haproxy")
+            for name, f in figures.items():
+                ratio = lambda k: f[k] / base[k] if base and base[k] else float("nan")
+                table.append((name, conns, f, ratio))
+        print(f"\n{'proxy':<9} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'µs/req':>7} {'RSS MiB':>8}   vs HAProxy: {'req/s':>6} {'p99':>6} {'µs/req':>6} {'errors':>6}")
+        for name, conns, f, ratio in table:
+            print(
+                f"{name:<9} {conns:>5} {f['rps']:>9,.0f} {f['p50']:>7.2f} {f['p99']:>7.2f} {f['cpu_us']:>7.2f} {f['rss']:>8.1f}"
+                f"               {ratio('rps'):>6.2f} {ratio('p99'):>6.2f} {ratio('cpu_us'):>6.2f} {f['errors']:>6}"
+                + (f"  socket errors: {f['socket_errors']}" if f["socket_errors"] else "")
+            )
+    finally:
+        stop(origin)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
