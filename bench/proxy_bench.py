@@ -218,25 +218,51 @@ def proxies(work, webstack):
     }
 
 
-def measure(cmd, conns, seconds, runs):
-    results = []
-    for _ in range(runs):
-        proc = start(cmd, 1)
+def busy_cpu_share(seconds=1.0):
+    """The share of the machine's CPU time used over `seconds` (both cores)."""
+
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    t0, i0 = sample()
+    time.sleep(seconds)
+    t1, i1 = sample()
+    return 1 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def wait_until_quiet(limit=0.05, tries=10):
+    """Other processes using the machine make runs 5-15% low: wait for a quiet moment."""
+    for _ in range(tries):
+        share = busy_cpu_share()
+        if share <= limit:
+            return share
+        print(f"  machine busy ({share:.0%} CPU in use); waiting", file=sys.stderr)
+    return share
+
+
+def measure_once(cmd, conns, seconds):
+    wait_until_quiet()
+    proc = start(cmd, 1)
+    try:
         try:
-            try:
-                wait_listening(PROXY)
-            except SystemExit:
-                stop(proc)
-                raise SystemExit(f"{cmd[0]} did not start: {proc.stderr.read().decode(errors='replace')}")
-            wrk(conns, 2)  # warm-up: connections, pools, caches
-            pids = pids_of(proc.pid)
-            cpu_before = cpu_seconds(pids)
-            r = wrk(conns, seconds)
-            r["cpu_us"] = (cpu_seconds(pids) - cpu_before) / max(r["requests"], 1) * 1e6
-            r["rss"] = peak_rss_mib(pids_of(proc.pid))
-            results.append(r)
-        finally:
+            wait_listening(PROXY)
+        except SystemExit:
             stop(proc)
+            raise SystemExit(f"{cmd[0]} did not start: {proc.stderr.read().decode(errors='replace')}")
+        wrk(conns, 2)  # warm-up: connections, pools, caches
+        pids = pids_of(proc.pid)
+        cpu_before = cpu_seconds(pids)
+        r = wrk(conns, seconds)
+        r["cpu_us"] = (cpu_seconds(pids) - cpu_before) / max(r["requests"], 1) * 1e6
+        r["rss"] = peak_rss_mib(pids_of(proc.pid))
+        return r
+    finally:
+        stop(proc)
+
+
+def median_of(results):
     median = {k: statistics.median(r[k] for r in results) for k in ("rps", "p50", "p99", "cpu_us", "rss")}
     median["errors"] = sum(r["errors"] for r in results)
     median["socket_errors"] = "; ".join(r["socket_errors"] for r in results if r["socket_errors"])
@@ -263,15 +289,18 @@ def main():
         for o in ORIGINS:
             wait_listening(o)
         table = []
+        chosen = {n: c for n, c in proxies(work, args.webstack).items() if n in args.only.split(",")}
         for conns in [int(c) for c in args.conns.split(",")]:
-            figures = {}
-            for name, cmd in proxies(work, args.webstack).items():
-                if name in args.only.split(","):
-                    figures[name] = measure(cmd, conns, args.seconds, args.runs)
-                    print(f"  measured {name} at {conns} connections", file=sys.stderr)
+            # Runs interleave the proxies, so a noisy minute hurts each of them alike.
+            results = {name: [] for name in chosen}
+            for run in range(args.runs):
+                for name, cmd in chosen.items():
+                    results[name].append(measure_once(cmd, conns, args.seconds))
+                    print(f"  run {run + 1}: {name} at {conns} connections", file=sys.stderr)
+            figures = {name: median_of(rs) for name, rs in results.items()}
             base = figures.get("haproxy")
             for name, f in figures.items():
-                ratio = lambda k: f[k] / base[k] if base and base[k] else float("nan")
+                ratio = lambda k, f=f, base=base: f[k] / base[k] if base and base[k] else float("nan")
                 table.append((name, conns, f, ratio))
         print(f"\n{'proxy':<9} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'µs/req':>7} {'RSS MiB':>8}   vs HAProxy: {'req/s':>6} {'p99':>6} {'µs/req':>6} {'errors':>6}")
         for name, conns, f, ratio in table:

@@ -262,16 +262,8 @@ fn into_client_response(response: Response<Incoming>, flight: InFlight, sender: 
 /// over the headers named by `Connection`.
 pub fn prepare_upstream_headers(headers: &mut HeaderMap, client: SocketAddr, trust_forwarded: bool) {
     strip_hop_by_hop(headers);
-    // Formatted on the stack: an address is at most 39 bytes, a header value ends up one
-    // allocation either way.
-    let mut ip = [0u8; 48];
-    let ip_len = {
-        use std::io::Write;
-        let mut cursor = std::io::Cursor::new(&mut ip[..]);
-        let _ = write!(cursor, "{}", client.ip());
-        cursor.position() as usize
-    };
-    let ip = &ip[..ip_len];
+    let mut buffer = [0u8; 48];
+    let ip = format_ip(client.ip(), &mut buffer);
     let value = match headers.get(&X_FORWARDED_FOR) {
         Some(previous) if trust_forwarded => {
             let mut joined = Vec::with_capacity(previous.len() + 2 + ip.len());
@@ -290,7 +282,55 @@ pub fn prepare_upstream_headers(headers: &mut HeaderMap, client: SocketAddr, tru
     }
 }
 
+/// The address as text in `buffer`, without the formatting machinery (this runs per request).
+fn format_ip(ip: std::net::IpAddr, buffer: &mut [u8; 48]) -> &[u8] {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buffer[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    buffer[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    buffer[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                buffer[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            &buffer[..len]
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+            let _ = write!(cursor, "{v6}");
+            let len = cursor.position() as usize;
+            &buffer[..len]
+        }
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these but Connection: one scan over the names costs less
+    // than seven hashed lookups.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(connection) = headers.remove(header::CONNECTION) {
         if let Ok(names) = connection.to_str() {
             for name in names.split(',') {
@@ -300,6 +340,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
                 }
             }
         }
+    }
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
     }
     for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
         headers.remove(name);
@@ -355,6 +398,14 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "127.0.0.9", "an untrusted client's X-Forwarded-For is replaced");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h[header::HOST], "www.foobar.com");
+    }
+
+    #[test]
+    fn formats_addresses() {
+        let mut b = [0u8; 48];
+        for ip in ["0.0.0.0", "127.0.2.1", "10.20.255.199", "::1", "2001:db8::7"] {
+            assert_eq!(format_ip(ip.parse().unwrap(), &mut b), ip.as_bytes());
+        }
     }
 
     #[test]

@@ -1,0 +1,209 @@
+//! The access log: one line per request, in the combined format (with the proxy's own fields
+//! after it, as HAProxy's httplog adds them) or as JSON. Lines go through a buffer that a
+//! background task flushes, so the request path never waits on the disk.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, Method, StatusCode, Uri, Version};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Combined,
+    Json,
+}
+
+/// Where lines go; shared by every connection of the process.
+#[derive(Clone)]
+pub struct AccessLog {
+    format: Format,
+    out: Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>,
+}
+
+/// What one line says about one request.
+pub struct Entry<'a> {
+    pub client: SocketAddr,
+    pub listener: &'a str,
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub version: Version,
+    pub request_headers: &'a HeaderMap,
+    pub status: StatusCode,
+    /// Content-Length of the response when it is known up front.
+    pub bytes: Option<u64>,
+    /// From the request's arrival to the response's headers.
+    pub duration: Duration,
+    pub pool: Option<&'a str>,
+    pub server: Option<&'a str>,
+    pub request_id: &'a str,
+}
+
+impl AccessLog {
+    /// Appends to `path`, or writes to stderr when `path` is `-`.
+    pub fn open(path: &Path, format: Format) -> io::Result<AccessLog> {
+        let sink: Box<dyn Write + Send> = if path == Path::new("-") {
+            Box::new(io::stderr())
+        } else {
+            Box::new(open_append(path)?)
+        };
+        Ok(AccessLog { format, out: Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, sink))) })
+    }
+
+    /// Flushes the buffer every `every` until the task is dropped.
+    pub async fn flush_every(self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            self.flush();
+        }
+    }
+
+    pub fn flush(&self) {
+        let _ = self.out.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    }
+
+    pub fn write(&self, entry: &Entry<'_>) {
+        let mut line = String::with_capacity(256);
+        match self.format {
+            Format::Combined => combined(&mut line, entry),
+            Format::Json => json(&mut line, entry),
+        }
+        line.push('\n');
+        let _ = self.out.lock().unwrap_or_else(|p| p.into_inner()).write_all(line.as_bytes());
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("access log {}: {e}", path.display())))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: http::header::HeaderName) -> &'a str {
+    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-")
+}
+
+fn version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// `[25/Nov/2026:19:26:34 +0000]`, in UTC.
+fn clf_time(out: &mut String, now: SystemTime) {
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let _ = write!(
+        out,
+        "[{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000]",
+        MONTHS[(m - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+}
+
+/// Howard Hinnant's days-to-civil-date algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + (m <= 2) as i64, m, d)
+}
+
+fn combined(out: &mut String, e: &Entry<'_>) {
+    let _ = write!(out, "{} - - ", e.client.ip());
+    clf_time(out, SystemTime::now());
+    let bytes = e.bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+    let _ = write!(
+        out,
+        " \"{} {} {}\" {} {} \"{}\" \"{}\" rid={} listener={} pool={} server={} ms={}",
+        e.method,
+        e.uri,
+        version(e.version),
+        e.status.as_u16(),
+        bytes,
+        escape_quotes(header(e.request_headers, http::header::REFERER)),
+        escape_quotes(header(e.request_headers, http::header::USER_AGENT)),
+        e.request_id,
+        e.listener,
+        e.pool.unwrap_or("-"),
+        e.server.unwrap_or("-"),
+        e.duration.as_millis()
+    );
+}
+
+fn escape_quotes(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('"') || s.contains('\\') {
+        s.replace('\\', "\\\\").replace('"', "\\\"").into()
+    } else {
+        s.into()
+    }
+}
+
+fn json(out: &mut String, e: &Entry<'_>) {
+    let time = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let string = |v: &str| serde_json::Value::String(v.to_string()).to_string();
+    let _ = write!(
+        out,
+        "{{\"time\":{time:.3},\"client\":\"{}\",\"method\":{},\"uri\":{},\"version\":\"{}\",\"status\":{},\"bytes\":{},\
+         \"duration_ms\":{:.3},\"listener\":{},\"pool\":{},\"server\":{},\"request_id\":{},\"referer\":{},\"user_agent\":{}}}",
+        e.client.ip(),
+        string(e.method.as_str()),
+        string(&e.uri.to_string()),
+        version(e.version),
+        e.status.as_u16(),
+        e.bytes.map(|b| b.to_string()).unwrap_or_else(|| "null".into()),
+        e.duration.as_secs_f64() * 1000.0,
+        string(e.listener),
+        e.pool.map(string).unwrap_or_else(|| "null".into()),
+        e.server.map(string).unwrap_or_else(|| "null".into()),
+        string(e.request_id),
+        string(header(e.request_headers, http::header::REFERER)),
+        string(header(e.request_headers, http::header::USER_AGENT)),
+    );
+}
+
+/// A request id the client sent, if it is one we may keep: 1 to 128 visible characters of
+/// a safe set (so it can go into logs and upstream headers as is).
+pub fn valid_request_id(value: &[u8]) -> bool {
+    (1..=128).contains(&value.len()) && value.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(valid_request_id(b"abc-123_x.y:z"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+    }
+}
