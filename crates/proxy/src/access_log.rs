@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, Method, StatusCode, Uri, Version};
+use http::{Method, StatusCode, Uri, Version};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,7 +33,8 @@ pub struct Entry<'a> {
     pub method: &'a Method,
     pub uri: &'a Uri,
     pub version: Version,
-    pub request_headers: &'a HeaderMap,
+    pub referer: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
     pub status: StatusCode,
     /// Content-Length of the response when it is known up front.
     pub bytes: Option<u64>,
@@ -47,11 +48,8 @@ pub struct Entry<'a> {
 impl AccessLog {
     /// Appends to `path`, or writes to stderr when `path` is `-`.
     pub fn open(path: &Path, format: Format) -> io::Result<AccessLog> {
-        let sink: Box<dyn Write + Send> = if path == Path::new("-") {
-            Box::new(io::stderr())
-        } else {
-            Box::new(open_append(path)?)
-        };
+        let sink: Box<dyn Write + Send> =
+            if path == Path::new("-") { Box::new(io::stderr()) } else { Box::new(open_append(path)?) };
         Ok(AccessLog { format, out: Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, sink))) })
     }
 
@@ -85,10 +83,6 @@ fn open_append(path: &Path) -> io::Result<File> {
         .append(true)
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("access log {}: {e}", path.display())))
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: http::header::HeaderName) -> &'a str {
-    headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("-")
 }
 
 fn version(v: Version) -> &'static str {
@@ -141,8 +135,8 @@ fn combined(out: &mut String, e: &Entry<'_>) {
         version(e.version),
         e.status.as_u16(),
         bytes,
-        escape_quotes(header(e.request_headers, http::header::REFERER)),
-        escape_quotes(header(e.request_headers, http::header::USER_AGENT)),
+        escape_quotes(e.referer.unwrap_or("-")),
+        escape_quotes(e.user_agent.unwrap_or("-")),
         e.request_id,
         e.listener,
         e.pool.unwrap_or("-"),
@@ -177,8 +171,8 @@ fn json(out: &mut String, e: &Entry<'_>) {
         e.pool.map(string).unwrap_or_else(|| "null".into()),
         e.server.map(string).unwrap_or_else(|| "null".into()),
         string(e.request_id),
-        string(header(e.request_headers, http::header::REFERER)),
-        string(header(e.request_headers, http::header::USER_AGENT)),
+        e.referer.map(string).unwrap_or_else(|| "null".into()),
+        e.user_agent.map(string).unwrap_or_else(|| "null".into()),
     );
 }
 

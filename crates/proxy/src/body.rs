@@ -1,85 +1,145 @@
 //! The body of a response the proxy sends: streamed from an upstream (handing its connection
 //! back to the pool when the body ends), or made here (error pages, static files, admin).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::upstream::{InFlight, Sender};
 
-pub enum ProxyBody {
-    Upstream(UpstreamBody),
-    Full(Option<Bytes>),
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project_lite::pin_project! {
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        Upstream { #[pin] body: UpstreamBody },
+        Full { bytes: Option<Bytes> },
+    }
 }
 
 impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
-        ProxyBody::Full(Some(bytes.into()))
+        ProxyBody::Full { bytes: Some(bytes.into()) }
     }
 
     pub fn empty() -> Self {
-        ProxyBody::Full(None)
+        ProxyBody::Full { bytes: None }
+    }
+
+    pub fn upstream(body: UpstreamBody) -> Self {
+        ProxyBody::Upstream { body }
     }
 }
 
-/// An upstream response body. When it ends cleanly the connection goes back to the server's
-/// idle pool; no task is spawned per request for that.
-///
-/// A body dropped before its end (the client went away) drops its connection too: it is
-/// mid-response and cannot be reused.
-pub struct UpstreamBody {
-    inner: Incoming,
-    flight: InFlight,
-    sender: Option<Sender>,
+pin_project_lite::pin_project! {
+    /// An upstream response body. When it ends cleanly the connection goes back to the
+    /// server's idle pool; no task is spawned per request for that. A body dropped before its
+    /// end (the client went away) drops its connection too: it is mid-response and cannot be
+    /// reused. Silence longer than the pool's idle timeout ends the response with an error.
+    pub struct UpstreamBody {
+        inner: Incoming,
+        flight: InFlight,
+        sender: Option<Sender>,
+        idle_timeout: Duration,
+        #[pin]
+        idle: Sleep,
+    }
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, flight: InFlight, sender: Sender) -> Self {
-        UpstreamBody { inner, flight, sender: Some(sender) }
+    pub fn new(inner: Incoming, flight: InFlight, sender: Sender, idle_timeout: Duration) -> Self {
+        let idle = tokio::time::sleep(idle_timeout);
+        UpstreamBody { inner, flight, sender: Some(sender), idle_timeout, idle }
+    }
+}
+
+#[derive(Debug)]
+struct IdleTimeout(Duration);
+
+impl std::fmt::Display for IdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upstream sent nothing for {} ms mid-response", self.0.as_millis())
+    }
+}
+
+impl std::error::Error for IdleTimeout {}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut this = self.project();
+        match Pin::new(&mut *this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                if let Some(sender) = this.sender.take() {
+                    this.flight.server().put_idle(sender);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.inner.is_end_stream() {
+                    if let Some(sender) = this.sender.take() {
+                        this.flight.server().put_idle(sender);
+                    }
+                } else {
+                    this.idle.as_mut().reset(Instant::now() + *this.idle_timeout);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.sender.take();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Pending => match this.idle.poll(cx) {
+                Poll::Ready(()) => {
+                    this.sender.take();
+                    tracing::warn!(server = this.flight.server().config.name, "response body stalled; closing");
+                    Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle_timeout)))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 
-    fn release(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.flight.server().put_idle(sender);
-        }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream(up) => {
-                let polled = Pin::new(&mut up.inner).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(None) => up.release(),
-                    Poll::Ready(Some(Ok(_))) if up.inner.is_end_stream() => up.release(),
-                    Poll::Ready(Some(Err(_))) => drop(up.sender.take()),
-                    _ => {}
-                }
-                polled
-            }
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.project() {
+            ProxyBodyProj::Full { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBodyProj::Upstream { body } => body.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Upstream(up) => up.inner.is_end_stream(),
+            ProxyBody::Full { bytes } => bytes.is_none(),
+            ProxyBody::Upstream { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            ProxyBody::Full(None) => SizeHint::with_exact(0),
-            ProxyBody::Upstream(up) => up.inner.size_hint(),
+            ProxyBody::Full { bytes: Some(b) } => SizeHint::with_exact(b.len() as u64),
+            ProxyBody::Full { bytes: None } => SizeHint::with_exact(0),
+            ProxyBody::Upstream { body } => body.size_hint(),
         }
     }
 }

@@ -4,7 +4,10 @@
 //! ```toml
 //! name = "lb-01"
 //! [admin]
-//! bind = "127.0.1.1:8404"          # /healthz, /metrics, /stats
+//! bind = "127.0.1.1:8404"          # /healthz, /ready, /metrics, /stats
+//! [access_log]
+//! path = "/var/log/webstack/access.log"   # "-" for stderr
+//! format = "combined"              # or "json"
 //!
 //! [[listeners]]
 //! name = "www"
@@ -23,7 +26,11 @@
 //! slow_start_ms = 10000            # a server back from DOWN ramps up over this time
 //! served_by_header = true          # adds X-Served-By: <server name> to responses
 //! connect_timeout_ms = 1000
-//! response_timeout_ms = 30000
+//! first_byte_timeout_ms = 30000    # from sending the request to the response's headers
+//! idle_timeout_ms = 60000          # longest silence while a response body streams
+//! [pools.web.passive]
+//! failures = 3                     # connect failures or 5xx in a row take a server out
+//! cooldown_ms = 10000              # back after this when the pool has no active check
 //! [pools.web.health]
 //! path = "/healthz"
 //! interval_ms = 1000
@@ -52,6 +59,7 @@ use crate::balancer::Algorithm;
 struct RawConfig {
     name: String,
     admin: Option<RawAdmin>,
+    access_log: Option<RawAccessLog>,
     listeners: Vec<RawListener>,
     #[serde(default)]
     pools: BTreeMap<String, RawPool>,
@@ -61,6 +69,34 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     bind: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    path: PathBuf,
+    #[serde(default = "default_log_format")]
+    format: crate::access_log::Format,
+}
+
+fn default_log_format() -> crate::access_log::Format {
+    crate::access_log::Format::Combined
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPassive {
+    #[serde(default = "default_passive_failures")]
+    failures: u32,
+    #[serde(default = "default_cooldown")]
+    cooldown_ms: u64,
+}
+
+fn default_passive_failures() -> u32 {
+    3
+}
+fn default_cooldown() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,8 +129,11 @@ struct RawPool {
     slow_start_ms: u64,
     #[serde(default = "default_connect_timeout")]
     connect_timeout_ms: u64,
-    #[serde(default = "default_response_timeout")]
-    response_timeout_ms: u64,
+    #[serde(default = "default_first_byte_timeout")]
+    first_byte_timeout_ms: u64,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout_ms: u64,
+    passive: Option<RawPassive>,
     health: Option<RawHealth>,
     servers: Vec<RawServer>,
 }
@@ -105,8 +144,11 @@ fn default_balance() -> String {
 fn default_connect_timeout() -> u64 {
     1000
 }
-fn default_response_timeout() -> u64 {
+fn default_first_byte_timeout() -> u64 {
     30_000
+}
+fn default_idle_timeout() -> u64 {
+    60_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,8 +202,23 @@ pub const MAX_WEIGHT: u32 = 256;
 pub struct ProxyConfig {
     pub name: String,
     pub admin: Option<SocketAddr>,
+    pub access_log: Option<AccessLogConfig>,
     pub listeners: Vec<Listener>,
     pub pools: Vec<Pool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLogConfig {
+    pub path: PathBuf,
+    pub format: crate::access_log::Format,
+}
+
+/// Passive health: taken out after `failures` connect failures or 5xx answers in a row.
+#[derive(Debug, Clone)]
+pub struct Passive {
+    pub failures: u32,
+    /// When the pool has no active check, how long a server stays out.
+    pub cooldown: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -195,7 +252,9 @@ pub struct Pool {
     pub slow_start: Duration,
     pub served_by_header: bool,
     pub connect_timeout: Duration,
-    pub response_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub passive: Option<Passive>,
     pub health: Option<Health>,
     pub servers: Vec<Server>,
 }
@@ -312,8 +371,14 @@ impl ProxyConfig {
             if p.connect_timeout_ms == 0 {
                 err(format!("{field}.connect_timeout_ms"), "must be more than 0".into());
             }
-            if p.response_timeout_ms == 0 {
-                err(format!("{field}.response_timeout_ms"), "must be more than 0".into());
+            if p.first_byte_timeout_ms == 0 {
+                err(format!("{field}.first_byte_timeout_ms"), "must be more than 0".into());
+            }
+            if p.idle_timeout_ms == 0 {
+                err(format!("{field}.idle_timeout_ms"), "must be more than 0".into());
+            }
+            if p.passive.as_ref().is_some_and(|x| x.failures == 0) {
+                err(format!("{field}.passive.failures"), "must be at least 1".into());
             }
             let mut names = BTreeSet::new();
             for (j, s) in p.servers.iter().enumerate() {
@@ -365,7 +430,12 @@ impl ProxyConfig {
                 slow_start: Duration::from_millis(p.slow_start_ms),
                 served_by_header: p.served_by_header,
                 connect_timeout: Duration::from_millis(p.connect_timeout_ms),
-                response_timeout: Duration::from_millis(p.response_timeout_ms),
+                first_byte_timeout: Duration::from_millis(p.first_byte_timeout_ms),
+                idle_timeout: Duration::from_millis(p.idle_timeout_ms),
+                passive: p
+                    .passive
+                    .as_ref()
+                    .map(|x| Passive { failures: x.failures, cooldown: Duration::from_millis(x.cooldown_ms) }),
                 health,
                 servers: p
                     .servers
@@ -378,7 +448,13 @@ impl ProxyConfig {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Ok(ProxyConfig { name: raw.name, admin: raw.admin.map(|a| a.bind), listeners, pools })
+        Ok(ProxyConfig {
+            name: raw.name,
+            admin: raw.admin.map(|a| a.bind),
+            access_log: raw.access_log.map(|a| AccessLogConfig { path: a.path, format: a.format }),
+            listeners,
+            pools,
+        })
     }
 }
 

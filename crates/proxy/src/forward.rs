@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use crate::balancer::{self, Algorithm, Pick};
 use crate::body::{ProxyBody, UpstreamBody};
+use crate::config::Passive;
 use crate::upstream::{InFlight, PoolState, Sender, ServerState};
 
 /// How many servers one request may be tried on before it fails (HAProxy's `retries 3` with
@@ -35,12 +36,14 @@ enum Failure {
     Timeout(Arc<ServerState>),
 }
 
+/// Sends `req` to a server of `pool`; returns the response and the index of the server that
+/// gave it (`None` when the proxy answered itself: 502, 503, 504).
 pub async fn forward(
     pool: &PoolState,
     mut req: Request<Incoming>,
     client: SocketAddr,
     trust_forwarded: bool,
-) -> Response<ProxyBody> {
+) -> (Response<ProxyBody>, Option<usize>) {
     let key = request_key(&pool.config.algorithm, &req, client);
     let pinned = pool.config.sticky_cookie.as_deref().and_then(|name| pinned_server(pool, req.headers(), name));
     prepare_upstream_headers(req.headers_mut(), client, trust_forwarded);
@@ -50,7 +53,15 @@ pub async fn forward(
     match send(pool, req, key, pinned).await {
         Ok((index, mut response)) => {
             let server = &pool.servers[index];
-            server.count_response(response.status().as_u16());
+            let status = response.status().as_u16();
+            server.count_response(status);
+            if let Some(passive) = &pool.config.passive {
+                if status >= 500 {
+                    note_failure(pool, server, passive, &format!("answered {status}"));
+                } else {
+                    server.record_success();
+                }
+            }
             let headers = response.headers_mut();
             if pool.config.served_by_header {
                 headers.insert(X_SERVED_BY.clone(), server.name_header.clone());
@@ -61,7 +72,7 @@ pub async fn forward(
                     headers.append(header::SET_COOKIE, value);
                 }
             }
-            response
+            (response, Some(index))
         }
         Err(failure) => {
             let (status, server, reason) = match &failure {
@@ -74,15 +85,38 @@ pub async fn forward(
                 Failure::Timeout(s) => (
                     StatusCode::GATEWAY_TIMEOUT,
                     s.config.name.clone(),
-                    format!("no response within {} ms", pool.config.response_timeout.as_millis()),
+                    format!("no response within {} ms", pool.config.first_byte_timeout.as_millis()),
                 ),
             };
             if let Failure::Connect(s, _) | Failure::Upstream(s, _) | Failure::Timeout(s) = &failure {
                 s.count_response(status.as_u16());
             }
             tracing::warn!(pool = pool.config.name, server, %method, path = uri.path(), status = status.as_u16(), reason, "request failed");
-            error_response(status)
+            (error_response(status), None)
         }
+    }
+}
+
+/// Passive health: counts a failure, and takes the server out after `passive.failures` in a
+/// row. The active check brings it back; without one, the cooldown does.
+fn note_failure(pool: &PoolState, server: &Arc<ServerState>, passive: &Passive, reason: &str) {
+    if !server.record_failure(passive.failures) {
+        return;
+    }
+    tracing::warn!(
+        pool = pool.config.name,
+        server = server.config.name,
+        reason,
+        "server is DOWN (passive: {} failures in a row)",
+        passive.failures
+    );
+    if pool.config.health.is_none() {
+        let (server, cooldown, pool_name) = (server.clone(), passive.cooldown, pool.config.name.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(cooldown).await;
+            server.set_up(true);
+            tracing::warn!(pool = pool_name, server = server.config.name, "server is UP again after its cooldown");
+        });
     }
 }
 
@@ -143,6 +177,9 @@ async fn send(
             Ok(response) => return Ok((index, response)),
             Err(SendError::NotSent(back, reason)) => {
                 server.connect_failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(passive) = &pool.config.passive {
+                    note_failure(pool, server, passive, &reason);
+                }
                 tracing::info!(
                     pool = pool.config.name,
                     server = server.config.name,
@@ -232,10 +269,10 @@ async fn send_to(
             }
             return Err(SendError::NotSent(req, "connection closed before the request was sent".into()));
         }
-        let sent = tokio::time::timeout(pool.config.response_timeout, sender.try_send_request(req)).await;
+        let sent = tokio::time::timeout(pool.config.first_byte_timeout, sender.try_send_request(req)).await;
         match sent {
             Err(_) => return Err(SendError::TimedOut),
-            Ok(Ok(response)) => return Ok(into_client_response(response, flight, sender)),
+            Ok(Ok(response)) => return Ok(into_client_response(response, flight, sender, pool.config.idle_timeout)),
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if pooled => req = back,
                 Some(back) => return Err(SendError::NotSent(back, e.into_error().to_string())),
@@ -245,7 +282,12 @@ async fn send_to(
     }
 }
 
-fn into_client_response(response: Response<Incoming>, flight: InFlight, sender: Sender) -> Response<ProxyBody> {
+fn into_client_response(
+    response: Response<Incoming>,
+    flight: InFlight,
+    sender: Sender,
+    idle_timeout: std::time::Duration,
+) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let body = if body.is_end_stream() {
@@ -253,7 +295,7 @@ fn into_client_response(response: Response<Incoming>, flight: InFlight, sender: 
         flight.server().put_idle(sender);
         ProxyBody::empty()
     } else {
-        ProxyBody::Upstream(UpstreamBody::new(body, flight, sender))
+        ProxyBody::upstream(UpstreamBody::new(body, flight, sender, idle_timeout))
     };
     Response::from_parts(parts, body)
 }

@@ -23,6 +23,15 @@ impl Verdicts {
         Verdicts { up: true, streak: 0 }
     }
 
+    /// Follows a change made elsewhere (passive health took the server out): the checks then
+    /// need `rise` passes to bring it back.
+    pub fn follow(&mut self, up: bool) {
+        if self.up != up {
+            self.up = up;
+            self.streak = 0;
+        }
+    }
+
     /// Records one check; returns `Some(new_state)` when the server changes state.
     pub fn record(&mut self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
         if passed == self.up {
@@ -53,6 +62,7 @@ pub async fn watch(pool: String, server: Arc<ServerState>, health: Health) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        verdicts.follow(server.is_up());
         let result = check(&server, &health).await;
         let passed = result.is_ok();
         if let Some(up) = verdicts.record(passed, health.rise, health.fall) {

@@ -8,6 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::header::{HeaderName, HeaderValue, REFERER, USER_AGENT};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -15,11 +19,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::access_log::{valid_request_id, AccessLog, Entry};
 use crate::body::ProxyBody;
 use crate::config::{Listener, ProxyConfig, RouteTarget};
 use crate::forward::{error_response, forward};
 use crate::upstream::PoolState;
 use crate::{admin, health, static_files};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// How long shutdown waits for in-flight requests before it gives up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,12 +34,17 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 struct Shared {
     config: ProxyConfig,
     pools: Vec<Arc<PoolState>>,
+    access_log: Option<AccessLog>,
 }
 
 /// Binds every listener of `config`, then serves until `shutdown` completes, then stops
 /// accepting and lets in-flight requests finish. A listener that cannot bind is an error
 /// naming its address, before anything is served.
 pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    let access_log = match &config.access_log {
+        Some(c) => Some(AccessLog::open(&c.path, c.format)?),
+        None => None,
+    };
     let mut bound = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         bound.push((Some(i), bind(l.bind).await?));
@@ -41,7 +53,8 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io:
         bound.push((None, bind(admin).await?));
     }
     let pools: Vec<Arc<PoolState>> = config.pools.iter().map(|p| Arc::new(PoolState::new(p.clone()))).collect();
-    let shared = Arc::new(Shared { config, pools });
+    let flusher = access_log.clone().map(|log| tokio::spawn(log.flush_every(Duration::from_millis(500))));
+    let shared = Arc::new(Shared { config, pools, access_log });
 
     let mut checkers = Vec::new();
     for pool in &shared.pools {
@@ -82,6 +95,12 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io:
     // Every connection task holds a clone of `alive_tx`; recv() ends when the last one is gone.
     if tokio::time::timeout(DRAIN_TIMEOUT, alive_rx.recv()).await.is_err() {
         tracing::warn!("some connections were still busy after {} s", DRAIN_TIMEOUT.as_secs());
+    }
+    if let Some(flusher) = flusher {
+        flusher.abort();
+    }
+    if let Some(log) = &shared.access_log {
+        log.flush();
     }
     Ok(())
 }
@@ -143,18 +162,76 @@ async fn route(
     shared: &Shared,
     listener_index: Option<usize>,
     client: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let Some(index) = listener_index else {
         return admin::handle(&shared.config.name, &shared.pools, &req);
     };
+    let started = Instant::now();
     let listener: &Listener = &shared.config.listeners[index];
+    let request_id = ensure_request_id(req.headers_mut());
+    // What the log line needs, kept before the request moves on (clones of shared buffers).
+    let logged = shared.access_log.as_ref().map(|_| {
+        let h = req.headers();
+        (req.method().clone(), req.uri().clone(), req.version(), h.get(REFERER).cloned(), h.get(USER_AGENT).cloned())
+    });
     let path = req.uri().path();
-    let Some(route) = listener.routes.iter().find(|r| path.starts_with(&r.prefix)) else {
-        return error_response(StatusCode::NOT_FOUND);
+    let (response, pool, server) = match listener.routes.iter().find(|r| path.starts_with(&r.prefix)) {
+        None => (error_response(StatusCode::NOT_FOUND), None, None),
+        Some(route) => match &route.target {
+            RouteTarget::Pool(p) => {
+                let pool = &shared.pools[*p];
+                let (response, server) = forward(pool, req, client, listener.trust_forwarded).await;
+                (response, Some(pool), server.map(|s| &pool.servers[s]))
+            }
+            RouteTarget::Static(root) => (static_files::serve(root, &route.prefix, &req).await, None, None),
+        },
     };
-    match &route.target {
-        RouteTarget::Pool(pool) => forward(&shared.pools[*pool], req, client, listener.trust_forwarded).await,
-        RouteTarget::Static(root) => static_files::serve(root, &route.prefix, &req).await,
+    if let (Some(log), Some((method, uri, version, referer, user_agent))) = (&shared.access_log, logged) {
+        log.write(&Entry {
+            client,
+            listener: &listener.name,
+            method: &method,
+            uri: &uri,
+            version,
+            referer: referer.as_ref().and_then(|v| v.to_str().ok()),
+            user_agent: user_agent.as_ref().and_then(|v| v.to_str().ok()),
+            status: response.status(),
+            bytes: http_body::Body::size_hint(response.body()).exact(),
+            duration: started.elapsed(),
+            pool: pool.map(|p| p.config.name.as_str()),
+            server: server.map(|s| s.config.name.as_str()),
+            request_id: request_id.to_str().unwrap_or("-"),
+        });
     }
+    response
+}
+
+/// The request's id: the client's `X-Request-Id` when it is a safe one, else a new one; it
+/// goes upstream and into the access log.
+fn ensure_request_id(headers: &mut http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&X_REQUEST_ID) {
+        if valid_request_id(id.as_bytes()) {
+            return id.clone();
+        }
+    }
+    let id = new_request_id();
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    id
+}
+
+/// 16 hex digits; random per process and counted, so ids do not repeat within a run.
+fn new_request_id() -> HeaderValue {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64);
+        t.unwrap_or(0) ^ ((std::process::id() as u64) << 40)
+    });
+    let n = base.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
 }

@@ -151,6 +151,8 @@ pub struct ServerState {
     up_since_ms: AtomicU64,
     /// Requests sent and not yet answered in full: least-connections' load.
     pub in_flight: AtomicU64,
+    /// Connect failures and 5xx answers in a row, for passive health.
+    failures_in_row: AtomicU32,
     idle: Mutex<Vec<Sender>>,
     pub requests: AtomicU64,
     /// Responses by status class: index 0 for 1xx … 4 for 5xx.
@@ -170,6 +172,7 @@ impl ServerState {
             admin: AtomicU8::new(AdminState::Ready as u8),
             up_since_ms: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            failures_in_row: AtomicU32::new(0),
             idle: Mutex::new(Vec::new()),
             requests: AtomicU64::new(0),
             responses: Default::default(),
@@ -208,6 +211,24 @@ impl ServerState {
         self.is_up() && self.admin() != AdminState::Maint
     }
 
+    /// Passive health: a failure (connect error or 5xx). Returns true when this one takes the
+    /// server out: `failures` in a row, while it was up.
+    pub fn record_failure(&self, failures: u32) -> bool {
+        let n = self.failures_in_row.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= failures && self.is_up() {
+            self.set_up(false);
+            return true;
+        }
+        false
+    }
+
+    pub fn record_success(&self) {
+        // Only write when there is something to reset: the common case stays read-only.
+        if self.failures_in_row.load(Ordering::Relaxed) != 0 {
+            self.failures_in_row.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Between 0 and 1: how far through its slow start a server that came back is.
     pub fn ramp(&self, slow_start: Duration) -> f64 {
         let since = self.up_since_ms.load(Ordering::Relaxed);
@@ -221,6 +242,7 @@ impl ServerState {
         let was_up = self.up.swap(up, Ordering::Relaxed);
         if up && !was_up {
             self.up_since_ms.store(now_ms().max(1), Ordering::Relaxed);
+            self.failures_in_row.store(0, Ordering::Relaxed);
         }
         if !up {
             // Connections to a server taken out are not reused when it comes back.

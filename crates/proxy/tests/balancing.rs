@@ -21,6 +21,8 @@ use webstack_config::Source;
 struct Upstream {
     connections: Arc<AtomicUsize>,
     health: Arc<AtomicU16>,
+    /// The status of every answer but /healthz.
+    status: Arc<AtomicU16>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -29,9 +31,10 @@ impl Upstream {
     fn start(name: &'static str, address: SocketAddr) -> Upstream {
         let connections = Arc::new(AtomicUsize::new(0));
         let health = Arc::new(AtomicU16::new(200));
+        let status = Arc::new(AtomicU16::new(200));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (c, h) = (connections.clone(), health.clone());
+        let (c, h, st) = (connections.clone(), health.clone(), status.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
@@ -41,10 +44,10 @@ impl Upstream {
                     loop {
                         let (stream, _) = listener.accept().await.unwrap();
                         c.fetch_add(1, Ordering::SeqCst);
-                        let h = h.clone();
+                        let (h, st) = (h.clone(), st.clone());
                         tokio::spawn(async move {
                             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                                let h = h.clone();
+                                let (h, st) = (h.clone(), st.clone());
                                 async move {
                                     let header = |n: &str| {
                                         req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string()
@@ -56,13 +59,17 @@ impl Upstream {
                                         r
                                     } else {
                                         let body = format!(
-                                            "{name} {} xff={} proto={} conn={}",
+                                            "{name} {} xff={} proto={} conn={} rid={}",
                                             req.uri().path(),
                                             header("x-forwarded-for"),
                                             header("x-forwarded-proto"),
-                                            header("connection")
+                                            header("connection"),
+                                            header("x-request-id")
                                         );
-                                        hyper::Response::new(Full::new(Bytes::from(body)))
+                                        let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+                                        *r.status_mut() =
+                                            hyper::StatusCode::from_u16(st.load(Ordering::SeqCst)).unwrap();
+                                        r
                                     };
                                     response
                                         .headers_mut()
@@ -83,7 +90,7 @@ impl Upstream {
             });
         });
         ready_rx.recv_timeout(Duration::from_secs(5)).expect("upstream started");
-        Upstream { connections, health, stop: Some(stop_tx), thread: Some(thread) }
+        Upstream { connections, health, status, stop: Some(stop_tx), thread: Some(thread) }
     }
 
     fn stop(&mut self) {
@@ -206,7 +213,7 @@ fn round_robin_with_forwarded_headers_and_pooled_upstream_connections() {
         let served_by = a.header("x-served-by").expect("X-Served-By");
         assert_eq!(Some(served_by.clone()), a.header("x-upstream"));
         // An untrusted client's X-Forwarded-* are replaced; Connection is not passed on.
-        assert!(a.body.ends_with("/page xff=127.0.0.1 proto=http conn=-"), "{}", a.body);
+        assert!(a.body.contains("/page xff=127.0.0.1 proto=http conn=- rid="), "{}", a.body);
         order.push(served_by);
     }
     assert_eq!(&order[..6], ["s1", "s2", "s3", "s1", "s2", "s3"]);
@@ -416,4 +423,95 @@ fn sticky_cookie_pins_a_client_and_hashing_keeps_keys_on_servers() {
     let spread: std::collections::BTreeSet<String> =
         (0..40).map(|i| served_by(lb, "/", &format!("X-User: user{i}\r\n"))).collect();
     assert_eq!(spread.len(), 3, "keys spread over every server: {spread:?}");
+}
+
+#[test]
+fn access_log_lines_carry_the_request_id_sent_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let s1 = addr("127.210.9.11:9000");
+    let _u = Upstream::start("s1", s1);
+    let access_log = format!("[access_log]\npath = \"{}\"\nformat = \"json\"\n[admin]", log.display());
+    let text = pool_config(9, "", &[("s1", s1, "")]).replacen("[admin]", &access_log, 1);
+    let proxy = Proxy::start(&text);
+    let lb = addr("127.210.9.1:8080");
+    let kept = request(lb, "GET /a?x=1 HTTP/1.1\r\nHost: x\r\nX-Request-Id: trace-42\r\nUser-Agent: \"quoted\" agent\r\nConnection: close\r\n\r\n");
+    assert!(kept.body.ends_with("rid=trace-42"), "{}", kept.body);
+    let made =
+        request(lb, "GET /b HTTP/1.1\r\nHost: x\r\nX-Request-Id: bad id with spaces\r\nConnection: close\r\n\r\n");
+    let rid = made.body.rsplit("rid=").next().unwrap().to_string();
+    assert_eq!(rid.len(), 16, "{}", made.body);
+    drop(proxy); // flushes the log
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["request_id"], "trace-42");
+    assert_eq!(lines[0]["uri"], "/a?x=1");
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[0]["server"], "s1");
+    assert_eq!(lines[0]["pool"], "web");
+    assert_eq!(lines[0]["user_agent"], "\"quoted\" agent");
+    assert_eq!(lines[1]["request_id"], rid.as_str());
+}
+
+#[test]
+fn passive_health_takes_out_a_failing_server_and_the_cooldown_brings_it_back() {
+    let s1 = addr("127.210.10.11:9000");
+    let s2 = addr("127.210.10.12:9000");
+    let _u1 = Upstream::start("s1", s1);
+    let u2 = Upstream::start("s2", s2);
+    u2.status.store(500, Ordering::SeqCst);
+    let _proxy = Proxy::start(&pool_config(
+        10,
+        "[pools.web.passive]\nfailures = 2\ncooldown_ms = 400",
+        &[("s1", s1, ""), ("s2", s2, "")],
+    ));
+    let lb = addr("127.210.10.1:8080");
+    let statuses: Vec<u16> = (0..4).map(|_| get(lb, "/").status).collect();
+    assert_eq!(statuses, [200, 500, 200, 500], "s2 fails twice before it is out");
+    let after: Vec<String> = (0..6).map(|_| served_by(lb, "/", "")).collect();
+    assert!(after.iter().all(|s| s == "s1"), "{after:?}");
+    u2.status.store(200, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(600));
+    let back: Vec<String> = (0..4).map(|_| served_by(lb, "/", "")).collect();
+    assert!(back.iter().any(|s| s == "s2"), "{back:?}");
+}
+
+/// A server that accepts and then answers only as `script` says.
+fn scripted_server(address: SocketAddr, script: &'static [u8]) -> std::thread::JoinHandle<()> {
+    let listener = std::net::TcpListener::bind(address).unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(script);
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    })
+}
+
+#[test]
+fn first_byte_and_idle_timeouts_end_stuck_responses() {
+    let silent = addr("127.210.11.11:9000");
+    let _t = scripted_server(silent, b"");
+    let _proxy = Proxy::start(&pool_config(11, "first_byte_timeout_ms = 300", &[("silent", silent, "")]));
+    let started = Instant::now();
+    let a = get(addr("127.210.11.1:8080"), "/");
+    assert_eq!(a.status, 504, "{}", a.head);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    drop(_proxy);
+
+    let stalling = addr("127.210.12.11:9000");
+    let _t = scripted_server(stalling, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial");
+    let _proxy = Proxy::start(&pool_config(12, "idle_timeout_ms = 300", &[("stalling", stalling, "")]));
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr("127.210.12.1:8080")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("partial"), "{text}");
+    assert!(elapsed < Duration::from_secs(2), "the stalled response held the client {elapsed:?}");
 }

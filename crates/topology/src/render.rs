@@ -68,6 +68,7 @@ impl Context<'_> {
         let config = ProxyConfig {
             name: host.name.clone(),
             admin: Admin { bind: SocketAddr::new(host.address.into(), t.ports.admin) },
+            access_log: self.access_log(host, Component::Edge),
             listeners: vec![Listener {
                 name: "www".into(),
                 bind: SocketAddr::new(t.vip.into(), t.ports.http),
@@ -79,6 +80,8 @@ impl Context<'_> {
                 Pool {
                     balance: t.edge_balance.clone(),
                     served_by_header: true,
+                    // A server failing requests is out before its next health check.
+                    passive: Some(Passive { failures: 3 }),
                     health: Some(t.edge_health.clone()),
                     servers,
                 },
@@ -93,6 +96,7 @@ impl Context<'_> {
         let config = ProxyConfig {
             name: host.name.clone(),
             admin: Admin { bind: SocketAddr::new(host.address.into(), t.ports.admin) },
+            access_log: self.access_log(host, Component::Web),
             listeners: vec![Listener {
                 name: "site".into(),
                 bind: SocketAddr::new(host.address.into(), t.ports.http),
@@ -108,6 +112,7 @@ impl Context<'_> {
                 Pool {
                     balance: "roundrobin".into(),
                     served_by_header: false,
+                    passive: None,
                     // The app is local and the only server: notice quickly that it is back.
                     health: Some(HealthCheck { interval_ms: 500, rise: 1, fall: 2, ..HealthCheck::default() }),
                     servers: vec![Server {
@@ -119,6 +124,13 @@ impl Context<'_> {
             .into(),
         };
         to_toml(&config, &format!("web server of {}", host.name))
+    }
+
+    fn access_log(&self, host: &Host, component: Component) -> AccessLog {
+        AccessLog {
+            path: self.state_dir.join("logs").join(format!("{}-{component}-access.log", host.name)),
+            format: "combined".into(),
+        }
     }
 
     fn db_nodes(&self) -> Vec<Node> {
@@ -180,8 +192,20 @@ fn to_toml<T: Serialize>(value: &T, what: &str) -> String {
 struct ProxyConfig {
     name: String,
     admin: Admin,
+    access_log: AccessLog,
     listeners: Vec<Listener>,
     pools: std::collections::BTreeMap<String, Pool>,
+}
+
+#[derive(Serialize)]
+struct AccessLog {
+    path: PathBuf,
+    format: String,
+}
+
+#[derive(Serialize)]
+struct Passive {
+    failures: u32,
 }
 
 #[derive(Serialize)]
@@ -210,6 +234,8 @@ struct Route {
 struct Pool {
     balance: String,
     served_by_header: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    passive: Option<Passive>,
     #[serde(skip_serializing_if = "Option::is_none")]
     health: Option<HealthCheck>,
     servers: Vec<Server>,
