@@ -62,6 +62,11 @@ impl AccessLog {
         }
     }
 
+    /// Both write to the same buffer (one is a clone of the other).
+    pub fn same_sink(&self, other: &AccessLog) -> bool {
+        Arc::ptr_eq(&self.out, &other.out)
+    }
+
     pub fn flush(&self) {
         let _ = self.out.lock().unwrap_or_else(|p| p.into_inner()).flush();
     }

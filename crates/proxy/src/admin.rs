@@ -1,21 +1,46 @@
 //! The admin listener: `/healthz` (200 while every pool has a server up), `/ready` (200 only
 //! while every server of every pool is up), `/metrics` in Prometheus text format, and
-//! `/stats`, a plain page of every pool and server like HAProxy's stats page.
+//! `/stats`, a plain page of every pool and server like HAProxy's stats page, `GET
+//! /api/servers` (JSON), and the runtime API: `POST /reload`, `POST
+//! /api/servers/POOL/SERVER/state/{ready,drain,maint}`, `POST /api/servers/POOL/SERVER/weight/N`.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
+use crate::config::MAX_WEIGHT;
 use crate::forward::error_response;
-use crate::upstream::PoolState;
+use crate::server::Proxy;
+use crate::upstream::{AdminState, PoolState};
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-pub fn handle<B>(name: &str, pools: &[std::sync::Arc<PoolState>], req: &Request<B>) -> Response<ProxyBody> {
-    let (body, content_type) = match req.uri().path() {
+pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let runtime = proxy.runtime();
+    let pools = &runtime.pools;
+    let path = req.uri().path();
+    if req.method() == Method::POST {
+        return match path {
+            "/reload" => match proxy.reload().await {
+                Ok(summary) => text(StatusCode::OK, format!("{summary}\n")),
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("reload failed; the running config stays:\n{e}\n")),
+            },
+            _ => match path.strip_prefix("/api/servers/") {
+                Some(rest) => change_server(pools, rest),
+                None => error_response(StatusCode::NOT_FOUND),
+            },
+        };
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return error_response(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let (body, content_type) = match path {
         "/healthz" => match pools.iter().find(|p| !p.servers.iter().any(|s| s.is_up())) {
             None => ("ok\n".to_string(), "text/plain; charset=utf-8"),
             Some(p) => return unavailable(format!("pool {} has no server up\n", p.config.name)),
@@ -33,12 +58,103 @@ pub fn handle<B>(name: &str, pools: &[std::sync::Arc<PoolState>], req: &Request<
             }
         }
         "/metrics" => (metrics(pools), "text/plain; version=0.0.4; charset=utf-8"),
-        "/stats" | "/" => (stats(name, pools), "text/plain; charset=utf-8"),
+        "/stats" | "/" => (stats(&runtime.config.name, pools), "text/plain; charset=utf-8"),
+        "/api/servers" => (servers_json(pools), "application/json"),
         _ => return error_response(StatusCode::NOT_FOUND),
     };
     let mut response = Response::new(ProxyBody::full(body));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// The runtime API, as HAProxy's `set server`: `POST /api/servers/POOL/SERVER/state/{ready,
+/// drain,maint}` and `POST /api/servers/POOL/SERVER/weight/N`. Changes last until the process
+/// ends, reloads included.
+fn change_server(pools: &[Arc<PoolState>], rest: &str) -> Response<ProxyBody> {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [pool_name, server_name, what, value] = parts.as_slice() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "use /api/servers/POOL/SERVER/state/{ready,drain,maint} or /api/servers/POOL/SERVER/weight/N\n".into(),
+        );
+    };
+    let Some(pool) = pools.iter().find(|p| p.config.name == *pool_name) else {
+        return text(StatusCode::NOT_FOUND, format!("no pool `{pool_name}`\n"));
+    };
+    let Some(server) = pool.servers.iter().find(|s| s.config.name == *server_name) else {
+        return text(StatusCode::NOT_FOUND, format!("no server `{server_name}` in pool `{pool_name}`\n"));
+    };
+    match (*what, *value) {
+        ("state", state) => {
+            let state = match state {
+                "ready" => AdminState::Ready,
+                "drain" => AdminState::Drain,
+                "maint" => AdminState::Maint,
+                other => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown state `{other}`; expected ready, drain or maint\n"),
+                    )
+                }
+            };
+            server.set_admin(state);
+            tracing::warn!(
+                pool = pool_name,
+                server = server_name,
+                state = state.name(),
+                "admin state set through the runtime API"
+            );
+            text(StatusCode::OK, format!("{pool_name}/{server_name} is now {}\n", state.name()))
+        }
+        ("weight", weight) => match weight.parse::<u32>() {
+            Ok(w) if w <= MAX_WEIGHT => {
+                server.set_weight(w);
+                pool.rebalance();
+                tracing::warn!(
+                    pool = pool_name,
+                    server = server_name,
+                    weight = w,
+                    "weight set through the runtime API"
+                );
+                text(StatusCode::OK, format!("{pool_name}/{server_name} weight is now {w}\n"))
+            }
+            _ => text(StatusCode::BAD_REQUEST, format!("weight `{weight}` is not a number from 0 to {MAX_WEIGHT}\n")),
+        },
+        (other, _) => text(StatusCode::NOT_FOUND, format!("unknown setting `{other}`; expected state or weight\n")),
+    }
+}
+
+fn servers_json(pools: &[Arc<PoolState>]) -> String {
+    let pools: Vec<serde_json::Value> = pools
+        .iter()
+        .map(|p| {
+            let servers: Vec<serde_json::Value> = p
+                .servers
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "name": s.config.name,
+                        "address": s.config.address.to_string(),
+                        "up": s.is_up(),
+                        "admin": s.admin().name(),
+                        "weight": s.weight(),
+                        "backup": s.config.backup,
+                        "in_flight": s.in_flight.load(Ordering::Relaxed),
+                        "requests": s.requests.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            serde_json::json!({ "name": p.config.name, "servers": servers })
+        })
+        .collect();
+    serde_json::json!({ "pools": pools }).to_string()
 }
 
 fn unavailable(body: String) -> Response<ProxyBody> {
@@ -48,7 +164,7 @@ fn unavailable(body: String) -> Response<ProxyBody> {
     response
 }
 
-pub fn metrics(pools: &[std::sync::Arc<PoolState>]) -> String {
+pub fn metrics(pools: &[Arc<PoolState>]) -> String {
     let mut out = String::new();
     let families: [(&str, &str, &str); 7] = [
         ("webstack_proxy_server_up", "gauge", "1 when the server takes traffic, 0 when health checks took it out."),
@@ -106,27 +222,30 @@ pub fn metrics(pools: &[std::sync::Arc<PoolState>]) -> String {
     out
 }
 
-fn stats(name: &str, pools: &[std::sync::Arc<PoolState>]) -> String {
+fn stats(name: &str, pools: &[Arc<PoolState>]) -> String {
     let mut out = format!("webstack proxy {name}\n\n");
     for pool in pools {
         let up = pool.servers.iter().filter(|s| s.is_up()).count();
         let _ = writeln!(out, "pool {} ({up}/{} up)", pool.config.name, pool.servers.len());
         let _ = writeln!(
             out,
-            "  {:<16} {:<22} {:<5} {:>9} {:>8} {:>8} {:>8} {:>6}",
-            "server", "address", "state", "requests", "2xx", "5xx", "conn-err", "idle"
+            "  {:<16} {:<22} {:<5} {:<6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
+            "server", "address", "state", "admin", "weight", "requests", "2xx", "5xx", "conn-err", "active", "idle"
         );
         for s in &pool.servers {
             let _ = writeln!(
                 out,
-                "  {:<16} {:<22} {:<5} {:>9} {:>8} {:>8} {:>8} {:>6}",
+                "  {:<16} {:<22} {:<5} {:<6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
                 s.config.name,
                 s.config.address.to_string(),
                 if s.is_up() { "UP" } else { "DOWN" },
+                s.admin().name(),
+                s.weight(),
                 s.requests.load(Ordering::Relaxed),
                 s.responses[1].load(Ordering::Relaxed),
                 s.responses[4].load(Ordering::Relaxed),
                 s.connect_failures.load(Ordering::Relaxed),
+                s.in_flight.load(Ordering::Relaxed),
                 s.idle_count(),
             );
         }

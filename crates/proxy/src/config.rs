@@ -200,6 +200,8 @@ pub const MAX_WEIGHT: u32 = 256;
 /// A validated proxy config.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
+    /// The file it was loaded from, read again on reload.
+    pub source: Option<PathBuf>,
     pub name: String,
     pub admin: Option<SocketAddr>,
     pub access_log: Option<AccessLogConfig>,
@@ -268,7 +270,7 @@ pub struct Health {
     pub fall: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Server {
     pub name: String,
     pub address: SocketAddr,
@@ -449,6 +451,7 @@ impl ProxyConfig {
             return Err(ConfigErrors(errors));
         }
         Ok(ProxyConfig {
+            source: Some(src.path().to_path_buf()),
             name: raw.name,
             admin: raw.admin.map(|a| a.bind),
             access_log: raw.access_log.map(|a| AccessLogConfig { path: a.path, format: a.format }),

@@ -11,17 +11,20 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue, REFERER, USER_AGENT};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::access_log::{valid_request_id, AccessLog, Entry};
 use crate::body::ProxyBody;
-use crate::config::{Listener, ProxyConfig, RouteTarget};
+use crate::config::{ProxyConfig, RouteTarget};
 use crate::forward::{error_response, forward};
 use crate::upstream::PoolState;
 use crate::{admin, health, static_files};
@@ -31,33 +34,115 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// How long shutdown waits for in-flight requests before it gives up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-struct Shared {
-    config: ProxyConfig,
-    pools: Vec<Arc<PoolState>>,
-    access_log: Option<AccessLog>,
+/// One config at work: what every request reads, swapped whole on reload.
+pub(crate) struct Runtime {
+    pub config: ProxyConfig,
+    pub pools: Vec<Arc<PoolState>>,
+    pub access_log: Option<AccessLog>,
+}
+
+/// The running proxy: the current [`Runtime`], and what a reload changes (sockets, health
+/// checkers), behind a lock only reloads take.
+pub(crate) struct Proxy {
+    current: ArcSwap<Runtime>,
+    control: tokio::sync::Mutex<Control>,
+    stop_rx: watch::Receiver<bool>,
+}
+
+struct Control {
+    /// One accept loop per bound address; kept across reloads while the address stays.
+    acceptors: HashMap<SocketAddr, JoinHandle<()>>,
+    checkers: Vec<JoinHandle<()>>,
+    flusher: Option<JoinHandle<()>>,
+    /// Cloned into every connection task; shutdown drops it and waits for the clones.
+    alive_tx: Option<mpsc::Sender<()>>,
+}
+
+/// What a bound address serves.
+#[derive(Clone, Copy)]
+enum Serves {
+    Site,
+    Admin,
 }
 
 /// Binds every listener of `config`, then serves until `shutdown` completes, then stops
 /// accepting and lets in-flight requests finish. A listener that cannot bind is an error
-/// naming its address, before anything is served.
+/// naming its address, before anything is served. SIGHUP (and `POST /reload` on the admin
+/// listener) reloads the config file in place: listeners that stay are not rebound, and
+/// connections and in-flight requests carry on.
 pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-    let access_log = match &config.access_log {
-        Some(c) => Some(AccessLog::open(&c.path, c.format)?),
-        None => None,
-    };
+    let access_log = open_access_log(&config, None)?;
     let mut bound = Vec::new();
-    for (i, l) in config.listeners.iter().enumerate() {
-        bound.push((Some(i), bind(l.bind).await?));
+    for address in addresses(&config) {
+        bound.push((address, bind(address.0).await?));
     }
-    if let Some(admin) = config.admin {
-        bound.push((None, bind(admin).await?));
+    let pools = config.pools.iter().map(|p| Arc::new(PoolState::new(p.clone()))).collect();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let runtime = Runtime { config, pools, access_log };
+    let flusher = runtime.access_log.clone().map(|log| tokio::spawn(log.flush_every(Duration::from_millis(500))));
+    let control = Control { acceptors: HashMap::new(), checkers: Vec::new(), flusher, alive_tx: Some(alive_tx) };
+    let proxy =
+        Arc::new(Proxy { current: ArcSwap::from_pointee(runtime), control: tokio::sync::Mutex::new(control), stop_rx });
+    {
+        let mut control = proxy.control.lock().await;
+        for ((address, serves), socket) in bound {
+            proxy.spawn_acceptor(&mut control, address, serves, socket);
+        }
+        control.checkers = spawn_checkers(&proxy.current.load().pools);
     }
-    let pools: Vec<Arc<PoolState>> = config.pools.iter().map(|p| Arc::new(PoolState::new(p.clone()))).collect();
-    let flusher = access_log.clone().map(|log| tokio::spawn(log.flush_every(Duration::from_millis(500))));
-    let shared = Arc::new(Shared { config, pools, access_log });
+    tracing::info!(name = proxy.current.load().config.name, "proxy is serving");
 
+    let reloads = tokio::spawn(reload_on_sighup(proxy.clone()));
+    shutdown.await;
+    reloads.abort();
+    tracing::info!("shutting down: no new connections, draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let flusher = {
+        let mut control = proxy.control.lock().await;
+        for (_, a) in control.acceptors.drain() {
+            a.abort();
+        }
+        for c in control.checkers.drain(..) {
+            c.abort();
+        }
+        control.alive_tx = None;
+        control.flusher.take()
+    };
+    // Every connection task holds a clone of `alive_tx`; recv() ends when the last one is gone.
+    if tokio::time::timeout(DRAIN_TIMEOUT, alive_rx.recv()).await.is_err() {
+        tracing::warn!("some connections were still busy after {} s", DRAIN_TIMEOUT.as_secs());
+    }
+    if let Some(flusher) = flusher {
+        flusher.abort();
+    }
+    if let Some(log) = &proxy.current.load().access_log {
+        log.flush();
+    }
+    Ok(())
+}
+
+/// Every address a config listens on, with what it serves.
+fn addresses(config: &ProxyConfig) -> Vec<(SocketAddr, Serves)> {
+    let site = config.listeners.iter().map(|l| (l.bind, Serves::Site));
+    site.chain(config.admin.map(|a| (a, Serves::Admin))).collect()
+}
+
+/// Opens the configured access log, reusing `previous` when the path and format are the same.
+fn open_access_log(config: &ProxyConfig, previous: Option<&Runtime>) -> io::Result<Option<AccessLog>> {
+    let Some(c) = &config.access_log else { return Ok(None) };
+    if let Some(old) = previous {
+        let same = old.config.access_log.as_ref().is_some_and(|o| o.path == c.path && o.format == c.format);
+        if same {
+            return Ok(old.access_log.clone());
+        }
+    }
+    AccessLog::open(&c.path, c.format).map(Some)
+}
+
+fn spawn_checkers(pools: &[Arc<PoolState>]) -> Vec<JoinHandle<()>> {
     let mut checkers = Vec::new();
-    for pool in &shared.pools {
+    for pool in pools {
         if let Some(h) = &pool.config.health {
             let count = pool.servers.len();
             for (i, server) in pool.servers.iter().enumerate() {
@@ -70,39 +155,108 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io:
             }
         }
     }
+    checkers
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    let mut acceptors = Vec::new();
-    for (listener_index, socket) in bound {
-        let shared = shared.clone();
-        let stop_rx = stop_rx.clone();
-        let alive_tx = alive_tx.clone();
-        acceptors.push(tokio::spawn(accept_loop(socket, listener_index, shared, stop_rx, alive_tx)));
+async fn reload_on_sighup(proxy: Arc<Proxy>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+    while hangups.recv().await.is_some() {
+        let _ = proxy.reload().await;
     }
-    drop(alive_tx);
-    tracing::info!(name = shared.config.name, "proxy is serving");
+}
 
-    shutdown.await;
-    tracing::info!("shutting down: no new connections, draining in-flight requests");
-    let _ = stop_tx.send(true);
-    for a in acceptors {
-        a.abort();
+impl Proxy {
+    pub(crate) fn runtime(&self) -> Arc<Runtime> {
+        self.current.load_full()
     }
-    for c in checkers {
-        c.abort();
+
+    fn spawn_acceptor(
+        self: &Arc<Self>,
+        control: &mut Control,
+        address: SocketAddr,
+        serves: Serves,
+        socket: TcpListener,
+    ) {
+        let Some(alive_tx) = control.alive_tx.clone() else { return };
+        let task = tokio::spawn(accept_loop(socket, address, serves, self.clone(), self.stop_rx.clone(), alive_tx));
+        control.acceptors.insert(address, task);
     }
-    // Every connection task holds a clone of `alive_tx`; recv() ends when the last one is gone.
-    if tokio::time::timeout(DRAIN_TIMEOUT, alive_rx.recv()).await.is_err() {
-        tracing::warn!("some connections were still busy after {} s", DRAIN_TIMEOUT.as_secs());
+
+    /// Reads the config file again and swaps it in. On any error the running config stays
+    /// and the error is returned (and logged) whole.
+    pub(crate) async fn reload(self: &Arc<Self>) -> Result<String, String> {
+        let mut control = self.control.lock().await;
+        let old = self.current.load_full();
+        let Some(path) = old.config.source.clone() else {
+            return Err("this proxy was not started from a config file; nothing to reload".into());
+        };
+        let result = async {
+            let config = ProxyConfig::load(&path).map_err(|e| e.to_string())?;
+            let access_log = open_access_log(&config, Some(&old)).map_err(|e| e.to_string())?;
+            // Bind what is new before anything changes, so a busy address fails the reload whole.
+            let mut fresh = Vec::new();
+            for (address, serves) in addresses(&config) {
+                if !control.acceptors.contains_key(&address) {
+                    fresh.push((address, serves, bind(address).await.map_err(|e| e.to_string())?));
+                }
+            }
+            let pools = config
+                .pools
+                .iter()
+                .map(|p| {
+                    let previous = old.pools.iter().find(|o| o.config.name == p.name);
+                    Arc::new(PoolState::carried_over(p.clone(), previous.map(|o| o.as_ref())))
+                })
+                .collect();
+            Ok::<_, String>((Runtime { config, pools, access_log }, fresh))
+        }
+        .await;
+        let (runtime, fresh) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::error!("reload failed; the running config stays:\n{e}");
+                return Err(e);
+            }
+        };
+        let wanted: Vec<SocketAddr> = addresses(&runtime.config).into_iter().map(|(a, _)| a).collect();
+        let summary = format!(
+            "reloaded {}: {} listeners, {} pools",
+            path.display(),
+            runtime.config.listeners.len(),
+            runtime.pools.len()
+        );
+        let new_log = runtime.access_log.clone();
+        let log_changed = !matches!((&old.access_log, &new_log), (Some(a), Some(b)) if a.same_sink(b));
+        self.current.store(Arc::new(runtime));
+
+        let gone: Vec<SocketAddr> = control.acceptors.keys().filter(|a| !wanted.contains(a)).copied().collect();
+        for address in gone {
+            if let Some(task) = control.acceptors.remove(&address) {
+                task.abort();
+                tracing::info!(%address, "stopped listening (no longer in the config)");
+            }
+        }
+        for (address, serves, socket) in fresh {
+            tracing::info!(%address, "listening (new in the config)");
+            self.spawn_acceptor(&mut control, address, serves, socket);
+        }
+        for c in control.checkers.drain(..) {
+            c.abort();
+        }
+        control.checkers = spawn_checkers(&self.current.load().pools);
+        if log_changed {
+            if let Some(f) = control.flusher.take() {
+                f.abort();
+            }
+            if let Some(log) = &old.access_log {
+                log.flush();
+            }
+            control.flusher = new_log.map(|log| tokio::spawn(log.flush_every(Duration::from_millis(500))));
+        }
+        tracing::info!("{summary}");
+        Ok(summary)
     }
-    if let Some(flusher) = flusher {
-        flusher.abort();
-    }
-    if let Some(log) = &shared.access_log {
-        log.flush();
-    }
-    Ok(())
 }
 
 async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
@@ -111,8 +265,9 @@ async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
 
 async fn accept_loop(
     socket: TcpListener,
-    listener_index: Option<usize>,
-    shared: Arc<Shared>,
+    address: SocketAddr,
+    serves: Serves,
+    proxy: Arc<Proxy>,
     stop_rx: watch::Receiver<bool>,
     alive_tx: mpsc::Sender<()>,
 ) {
@@ -127,14 +282,20 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let proxy = proxy.clone();
         let mut stop_rx = stop_rx.clone();
         let alive = alive_tx.clone();
         tokio::spawn(async move {
             let _alive = alive;
             let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, listener_index, client, req).await) }
+                let proxy = proxy.clone();
+                async move {
+                    let response = match serves {
+                        Serves::Admin => admin::handle(&proxy, req).await,
+                        Serves::Site => route(&proxy.runtime(), address, client, req).await,
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -159,16 +320,16 @@ async fn accept_loop(
 }
 
 async fn route(
-    shared: &Shared,
-    listener_index: Option<usize>,
+    shared: &Runtime,
+    address: SocketAddr,
     client: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let Some(index) = listener_index else {
-        return admin::handle(&shared.config.name, &shared.pools, &req);
-    };
     let started = Instant::now();
-    let listener: &Listener = &shared.config.listeners[index];
+    let Some(listener) = shared.config.listeners.iter().find(|l| l.bind == address) else {
+        // A connection opened before a reload removed its listener.
+        return error_response(StatusCode::SERVICE_UNAVAILABLE);
+    };
     let request_id = ensure_request_id(req.headers_mut());
     // What the log line needs, kept before the request moves on (clones of shared buffers).
     let logged = shared.access_log.as_ref().map(|_| {

@@ -35,10 +35,34 @@ pub struct PoolState {
 
 impl PoolState {
     pub fn new(config: config::Pool) -> Self {
-        let servers: Vec<Arc<ServerState>> =
-            config.servers.iter().map(|s| Arc::new(ServerState::new(s.clone()))).collect();
+        let servers = config.servers.iter().map(|s| Arc::new(ServerState::new(s.clone()))).collect();
+        Self::with_servers(config, servers)
+    }
+
+    fn with_servers(config: config::Pool, servers: Vec<Arc<ServerState>>) -> Self {
         let balancer = ArcSwap::from_pointee(build_balancer(&config, &servers));
         PoolState { config, servers, balancer, next: AtomicUsize::new(0), no_server_available: AtomicU64::new(0) }
+    }
+
+    /// The pool of a reloaded config, keeping what the running one knows about its servers:
+    /// a server unchanged in the file keeps its state whole (health, counters, idle
+    /// connections); a changed one keeps its health, its admin state and a weight set at run
+    /// time. Changes made through the runtime API thus survive a reload.
+    pub fn carried_over(config: config::Pool, old: Option<&PoolState>) -> Self {
+        let servers = config
+            .servers
+            .iter()
+            .map(|s| {
+                let previous = old
+                    .and_then(|o| o.servers.iter().find(|x| x.config.name == s.name && x.config.address == s.address));
+                match previous {
+                    Some(p) if p.config == *s => p.clone(),
+                    Some(p) => Arc::new(ServerState::new(s.clone()).with_state_of(p)),
+                    None => Arc::new(ServerState::new(s.clone())),
+                }
+            })
+            .collect();
+        Self::with_servers(config, servers)
     }
 
     /// Rebuilds the balancing structures after a weight change.
@@ -183,6 +207,15 @@ impl ServerState {
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    fn with_state_of(self, old: &ServerState) -> Self {
+        self.up.store(old.is_up(), Ordering::Relaxed);
+        self.set_admin(old.admin());
+        if old.weight() != old.config.weight {
+            self.set_weight(old.weight());
+        }
+        self
     }
 
     pub fn weight(&self) -> u32 {

@@ -49,6 +49,9 @@ impl Upstream {
                             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                                 let (h, st) = (h.clone(), st.clone());
                                 async move {
+                                    if req.uri().path() == "/slow" {
+                                        tokio::time::sleep(Duration::from_millis(600)).await;
+                                    }
                                     let header = |n: &str| {
                                         req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string()
                                     };
@@ -119,7 +122,15 @@ impl Proxy {
     fn start(config_text: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("proxy.toml");
-        let config = ProxyConfig::from_source(&Source::from_text(&path, config_text)).expect("valid config");
+        Self::start_with(ProxyConfig::from_source(&Source::from_text(&path, config_text)).expect("valid config"))
+    }
+
+    /// A proxy whose config lives in `path`, so that it can be reloaded.
+    fn start_file(path: &std::path::Path) -> Proxy {
+        Self::start_with(ProxyConfig::load(path).expect("valid config"))
+    }
+
+    fn start_with(config: ProxyConfig) -> Proxy {
         let listen = config.listeners[0].bind;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -514,4 +525,128 @@ fn first_byte_and_idle_timeouts_end_stuck_responses() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("partial"), "{text}");
     assert!(elapsed < Duration::from_secs(2), "the stalled response held the client {elapsed:?}");
+}
+
+fn post(address: SocketAddr, path: &str) -> Answer {
+    request(address, &format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+}
+
+#[test]
+fn reload_under_load_loses_no_request_and_keeps_runtime_changes() {
+    let servers =
+        [("s1", addr("127.210.13.11:9000")), ("s2", addr("127.210.13.12:9000")), ("s3", addr("127.210.13.13:9000"))];
+    let _ups: Vec<Upstream> = servers.iter().map(|(n, a)| Upstream::start(n, *a)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    let two: Vec<(&str, SocketAddr, &str)> = servers[..2].iter().map(|(n, a)| (*n, *a, "")).collect();
+    std::fs::write(&path, pool_config(13, "", &two)).unwrap();
+    let _proxy = Proxy::start_file(&path);
+    let lb = addr("127.210.13.1:8080");
+    let admin = addr("127.210.13.1:8404");
+
+    // An idle keep-alive connection opened before the reloads.
+    let mut idle = TcpStream::connect(lb).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+
+    // Load: four clients on keep-alive connections, for the whole test.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0, 0);
+                let mut s = TcpStream::connect(lb).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = [0u8; 4096];
+                while !stop.load(Ordering::SeqCst) {
+                    let answered = s.write_all(b"GET /load HTTP/1.1\r\nHost: x\r\n\r\n").is_ok()
+                        && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"HTTP/1.1 200"));
+                    if answered {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                        s = TcpStream::connect(lb).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(200));
+    // A runtime change, then a reload that adds s3 and changes nothing about s1.
+    assert_eq!(post(admin, "/api/servers/web/s2/state/maint").status, 200);
+    let three: Vec<(&str, SocketAddr, &str)> = servers.iter().map(|(n, a)| (*n, *a, "")).collect();
+    std::fs::write(&path, pool_config(13, "", &three)).unwrap();
+    let reloaded = post(admin, "/reload");
+    assert_eq!(reloaded.status, 200, "{}", reloaded.body);
+    std::thread::sleep(Duration::from_millis(200));
+    // A broken file is refused whole; the running config stays.
+    std::fs::write(&path, pool_config(13, "balance = \"nonsense\"", &three)).unwrap();
+    let refused = post(admin, "/reload");
+    assert_eq!(refused.status, 400);
+    assert!(refused.body.contains("pools.web.balance: unknown balance `nonsense`"), "{}", refused.body);
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, 0);
+    for c in clients {
+        let (o, f) = c.join().unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert!(ok > 100, "only {ok} requests went through");
+    assert_eq!(failed, 0, "{failed} of {} requests failed across the reloads", ok + failed);
+
+    // The idle connection still works, s2 is still in maintenance, s3 takes traffic.
+    idle.write_all(b"GET /idle HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let picks: Vec<String> = (0..6).map(|_| served_by(lb, "/", "")).collect();
+    assert!(!picks.iter().any(|p| p == "s2"), "{picks:?}");
+    assert!(picks.iter().any(|p| p == "s3"), "{picks:?}");
+    let api: serde_json::Value = serde_json::from_str(&get(admin, "/api/servers").body).unwrap();
+    assert_eq!(api["pools"][0]["servers"][1]["admin"], "maint");
+}
+
+#[test]
+fn a_drained_server_finishes_its_requests_and_takes_no_new_ones() {
+    let s1 = addr("127.210.14.11:9000");
+    let s2 = addr("127.210.14.12:9000");
+    let _u1 = Upstream::start("s1", s1);
+    let _u2 = Upstream::start("s2", s2);
+    let _proxy = Proxy::start(&pool_config(14, "", &[("s1", s1, ""), ("s2", s2, "weight = 0")]));
+    let lb = addr("127.210.14.1:8080");
+    let admin = addr("127.210.14.1:8404");
+    let slow = std::thread::spawn(move || get(lb, "/slow"));
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(post(admin, "/api/servers/web/s1/state/drain").status, 200);
+    assert_eq!(post(admin, "/api/servers/web/s2/weight/1").status, 200);
+    let picks: Vec<String> = (0..4).map(|_| served_by(lb, "/", "")).collect();
+    assert!(picks.iter().all(|p| p == "s2"), "{picks:?}");
+    let finished = slow.join().unwrap();
+    assert_eq!(finished.status, 200);
+    assert_eq!(
+        finished.header("x-served-by").as_deref(),
+        Some("s1"),
+        "the in-flight request finished on the drained server"
+    );
+    assert_eq!(post(admin, "/api/servers/web/s1/state/sleep").status, 400);
+    assert_eq!(post(admin, "/api/servers/web/nope/state/drain").status, 404);
+    assert_eq!(post(admin, "/api/servers/web/s1/weight/999").status, 400);
+}
+
+#[test]
+fn shutdown_drains_in_flight_requests() {
+    let s1 = addr("127.210.15.11:9000");
+    let _u1 = Upstream::start("s1", s1);
+    let proxy = Proxy::start(&pool_config(15, "", &[("s1", s1, "")]));
+    let lb = addr("127.210.15.1:8080");
+    let slow = std::thread::spawn(move || get(lb, "/slow"));
+    std::thread::sleep(Duration::from_millis(150));
+    drop(proxy); // asks for shutdown and waits until the proxy has stopped
+    let finished = slow.join().unwrap();
+    assert_eq!(finished.status, 200, "the in-flight request was cut: {}", finished.head);
+    assert!(TcpStream::connect(lb).is_err(), "still accepting after shutdown");
 }

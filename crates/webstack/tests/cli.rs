@@ -102,3 +102,63 @@ fn up_refuses_addresses_already_in_use() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("127.205.2.1:8080 (server-01/web)") && out.contains("--subnet"), "{out}");
 }
+
+#[test]
+fn sighup_reloads_the_proxy_config_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    std::fs::write(dir.path().join("a/x.txt"), "from a").unwrap();
+    std::fs::write(dir.path().join("b/x.txt"), "from b").unwrap();
+    let config =
+        |routes: &str| format!("name = \"web\"\n[[listeners]]\nname = \"site\"\nbind = \"127.206.0.1:8080\"\n{routes}");
+    let route = |prefix: &str, dir_name: &str| {
+        format!(
+            "[[listeners.routes]]\nprefix = \"{prefix}\"\nstatic_root = \"{}\"\n",
+            dir.path().join(dir_name).display()
+        )
+    };
+    let path = dir.path().join("web.toml");
+    std::fs::write(&path, config(&route("/a/", "a"))).unwrap();
+    let child = std::process::Command::new(webstack_bin())
+        .args(["proxy", "--config", path.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Stop(child);
+    let site: std::net::SocketAddr = "127.206.0.1:8080".parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while support::get(site, "/a/x.txt").is_err() {
+        assert!(std::time::Instant::now() < deadline, "proxy did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(support::get(site, "/b/x.txt").unwrap().status, 404);
+
+    std::fs::write(&path, config(&(route("/a/", "a") + &route("/b/", "b")))).unwrap();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let b = support::get(site, "/b/x.txt").unwrap();
+        if b.status == 200 {
+            assert_eq!(b.body, "from b");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SIGTERM stops it cleanly.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "SIGTERM did not stop the proxy");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(child.0.try_wait().unwrap().unwrap().success());
+}
