@@ -143,3 +143,62 @@ impl Body for ProxyBody {
         }
     }
 }
+
+pin_project_lite::pin_project! {
+    /// A client's request body on its way upstream, cut off past the listener's size limit.
+    pub struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        limit: u64,
+        seen: u64,
+    }
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+        RequestBody { inner, limit: limit.unwrap_or(u64::MAX), seen: 0 }
+    }
+}
+
+/// The request body grew past the listener's `max_body_bytes`.
+#[derive(Debug)]
+pub struct BodyTooLarge(pub u64);
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body larger than {} bytes", self.0)
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if *this.seen > *this.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*this.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

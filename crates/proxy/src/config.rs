@@ -13,6 +13,9 @@
 //! name = "www"
 //! bind = "127.0.1.10:8080"
 //! trust_forwarded = false          # true behind another proxy: keep its X-Forwarded-*
+//! max_header_bytes = 65536         # request line and headers; more is 431
+//! max_headers = 100                # more is 431
+//! max_body_bytes = 0               # 0: no limit; more is 413 (nginx's client_max_body_size)
 //! [[listeners.routes]]
 //! prefix = "/static/"
 //! static_root = "/srv/static"      # the prefix is replaced by this directory (nginx's alias)
@@ -106,6 +109,12 @@ struct RawListener {
     bind: SocketAddr,
     #[serde(default)]
     trust_forwarded: bool,
+    #[serde(default = "default_max_header_bytes")]
+    max_header_bytes: usize,
+    #[serde(default = "default_max_headers")]
+    max_headers: usize,
+    #[serde(default)]
+    max_body_bytes: u64,
     routes: Vec<RawRoute>,
 }
 
@@ -136,6 +145,13 @@ struct RawPool {
     passive: Option<RawPassive>,
     health: Option<RawHealth>,
     servers: Vec<RawServer>,
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_headers() -> usize {
+    100
 }
 
 fn default_balance() -> String {
@@ -228,6 +244,10 @@ pub struct Listener {
     pub name: String,
     pub bind: SocketAddr,
     pub trust_forwarded: bool,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// `None`: no limit.
+    pub max_body_bytes: Option<u64>,
     /// Longest prefix first, so the first match wins.
     pub routes: Vec<Route>,
 }
@@ -349,7 +369,22 @@ impl ProxyConfig {
                 }
             }
             routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-            listeners.push(Listener { name: l.name.clone(), bind: l.bind, trust_forwarded: l.trust_forwarded, routes });
+            // hyper needs room for at least one read: below 8 KiB it refuses the setting.
+            if l.max_header_bytes < 8192 {
+                err(format!("{field}.max_header_bytes"), format!("{} is below the minimum 8192", l.max_header_bytes));
+            }
+            if l.max_headers == 0 {
+                err(format!("{field}.max_headers"), "must be at least 1".into());
+            }
+            listeners.push(Listener {
+                name: l.name.clone(),
+                bind: l.bind,
+                trust_forwarded: l.trust_forwarded,
+                max_header_bytes: l.max_header_bytes,
+                max_headers: l.max_headers,
+                max_body_bytes: (l.max_body_bytes > 0).then_some(l.max_body_bytes),
+                routes,
+            });
         }
 
         let mut pools = Vec::new();

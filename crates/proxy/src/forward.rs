@@ -13,9 +13,11 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::balancer::{self, Algorithm, Pick};
-use crate::body::{ProxyBody, UpstreamBody};
-use crate::config::Passive;
+use crate::body::{BodyTooLarge, ProxyBody, RequestBody, UpstreamBody};
+use crate::config::{Listener, Passive};
 use crate::upstream::{InFlight, PoolState, Sender, ServerState};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 
 /// How many servers one request may be tried on before it fails (HAProxy's `retries 3` with
 /// `option redispatch`).
@@ -34,6 +36,8 @@ enum Failure {
     Connect(Arc<ServerState>, String),
     Upstream(Arc<ServerState>, String),
     Timeout(Arc<ServerState>),
+    /// The client's body grew past the listener's limit while it streamed upstream.
+    TooLarge(Arc<ServerState>),
 }
 
 /// Sends `req` to a server of `pool`; returns the response and the index of the server that
@@ -42,15 +46,30 @@ pub async fn forward(
     pool: &PoolState,
     mut req: Request<Incoming>,
     client: SocketAddr,
-    trust_forwarded: bool,
+    listener: &Listener,
 ) -> (Response<ProxyBody>, Option<usize>) {
+    if let Some(limit) = listener.max_body_bytes {
+        if declared_length(req.headers()).is_some_and(|n| n > limit) {
+            return (error_response(StatusCode::PAYLOAD_TOO_LARGE), None);
+        }
+    }
     let key = request_key(&pool.config.algorithm, &req, client);
     let pinned = pool.config.sticky_cookie.as_deref().and_then(|name| pinned_server(pool, req.headers(), name));
-    prepare_upstream_headers(req.headers_mut(), client, trust_forwarded);
+    // WebSocket and other upgrades: the Upgrade header goes on, and the client's side of the
+    // tunnel is taken before the request moves.
+    let upgrade = upgrade_protocol(req.headers());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    to_origin_form(&mut req);
+    prepare_upstream_headers(req.headers_mut(), client, listener.trust_forwarded);
+    if let Some(protocol) = &upgrade {
+        req.headers_mut().insert(header::UPGRADE, protocol.clone());
+        req.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     let method = req.method().clone();
     // Kept for the log line of a failure; cloning a Uri only bumps a reference count.
     let uri = req.uri().clone();
-    match send(pool, req, key, pinned).await {
+    let req = req.map(|body| RequestBody::new(body, listener.max_body_bytes));
+    match send(pool, req, key, pinned, client_upgrade).await {
         Ok((index, mut response)) => {
             let server = &pool.servers[index];
             let status = response.status().as_u16();
@@ -81,6 +100,9 @@ pub async fn forward(
                     (StatusCode::SERVICE_UNAVAILABLE, "-".to_string(), "no server is up".to_string())
                 }
                 Failure::Connect(s, e) => (StatusCode::BAD_GATEWAY, s.config.name.clone(), format!("connect: {e}")),
+                Failure::TooLarge(s) => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, s.config.name.clone(), "request body over the limit".into())
+                }
                 Failure::Upstream(s, e) => (StatusCode::BAD_GATEWAY, s.config.name.clone(), e.clone()),
                 Failure::Timeout(s) => (
                     StatusCode::GATEWAY_TIMEOUT,
@@ -88,7 +110,9 @@ pub async fn forward(
                     format!("no response within {} ms", pool.config.first_byte_timeout.as_millis()),
                 ),
             };
-            if let Failure::Connect(s, _) | Failure::Upstream(s, _) | Failure::Timeout(s) = &failure {
+            if let Failure::Connect(s, _) | Failure::Upstream(s, _) | Failure::Timeout(s) | Failure::TooLarge(s) =
+                &failure
+            {
                 s.count_response(status.as_u16());
             }
             tracing::warn!(pool = pool.config.name, server, %method, path = uri.path(), status = status.as_u16(), reason, "request failed");
@@ -152,10 +176,12 @@ fn pinned_server(pool: &PoolState, headers: &HeaderMap, cookie: &str) -> Option<
 
 async fn send(
     pool: &PoolState,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     key: Option<u64>,
     pinned: Option<usize>,
+    client_upgrade: Option<OnUpgrade>,
 ) -> Result<(usize, Response<ProxyBody>), Failure> {
+    let mut client_upgrade = client_upgrade;
     let mut req = req;
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut last_failure = Failure::NoServer;
@@ -173,7 +199,7 @@ async fn send(
             server.retries.fetch_add(1, Ordering::Relaxed);
         }
         server.requests.fetch_add(1, Ordering::Relaxed);
-        match send_to(pool, server, req).await {
+        match send_to(pool, server, req, &mut client_upgrade).await {
             Ok(response) => return Ok((index, response)),
             Err(SendError::NotSent(back, reason)) => {
                 server.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -190,6 +216,7 @@ async fn send(
                 req = back;
             }
             Err(SendError::Failed(reason)) => return Err(Failure::Upstream(server.clone(), reason)),
+            Err(SendError::TooLarge) => return Err(Failure::TooLarge(server.clone())),
             Err(SendError::TimedOut) => return Err(Failure::Timeout(server.clone())),
         }
     }
@@ -241,15 +268,29 @@ fn random_u64() -> u64 {
 #[allow(clippy::large_enum_variant)]
 enum SendError {
     /// Nothing reached the server; the request comes back for another try.
-    NotSent(Request<Incoming>, String),
+    NotSent(Request<RequestBody>, String),
     Failed(String),
     TimedOut,
+    TooLarge,
+}
+
+/// True when `error`, or an error it wraps, is the request body limit.
+fn is_body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<BodyTooLarge>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 async fn send_to(
     pool: &PoolState,
     server: &Arc<ServerState>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
+    client_upgrade: &mut Option<OnUpgrade>,
 ) -> Result<Response<ProxyBody>, SendError> {
     let mut req = req;
     let flight = InFlight::start(server);
@@ -272,14 +313,87 @@ async fn send_to(
         let sent = tokio::time::timeout(pool.config.first_byte_timeout, sender.try_send_request(req)).await;
         match sent {
             Err(_) => return Err(SendError::TimedOut),
-            Ok(Ok(response)) => return Ok(into_client_response(response, flight, sender, pool.config.idle_timeout)),
+            Ok(Ok(response)) => {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_side) = client_upgrade.take() {
+                        return Ok(tunnel(response, client_side, flight));
+                    }
+                }
+                return Ok(into_client_response(response, flight, sender, pool.config.idle_timeout));
+            }
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if pooled => req = back,
                 Some(back) => return Err(SendError::NotSent(back, e.into_error().to_string())),
-                None => return Err(SendError::Failed(e.into_error().to_string())),
+                None => {
+                    let error = e.into_error();
+                    if is_body_too_large(&error) {
+                        return Err(SendError::TooLarge);
+                    }
+                    return Err(SendError::Failed(error.to_string()));
+                }
             },
         }
     }
+}
+
+/// A 101 answer: the client and the server now talk their own protocol (WebSocket) through
+/// a tunnel that copies bytes both ways until either side closes. The upstream connection
+/// is the tunnel's, never pooled again.
+fn tunnel(mut response: Response<Incoming>, client_side: OnUpgrade, flight: InFlight) -> Response<ProxyBody> {
+    let server_side = hyper::upgrade::on(&mut response);
+    let (mut parts, _) = response.into_parts();
+    let protocol = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = protocol {
+        parts.headers.insert(header::UPGRADE, protocol);
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    tokio::spawn(async move {
+        let _flight = flight;
+        match tokio::try_join!(client_side, server_side) {
+            Ok((client, server)) => {
+                let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                    tracing::debug!(error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => tracing::info!(error = %e, "upgrade failed"),
+        }
+    });
+    Response::from_parts(parts, ProxyBody::empty())
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` with `Upgrade: …`).
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// An HTTP/2 request names its target in absolute form and its host in :authority; an
+/// HTTP/1.1 upstream wants origin form and a Host header.
+fn to_origin_form<B>(req: &mut Request<B>) {
+    if req.version() != http::Version::HTTP_2 && req.uri().authority().is_none() {
+        return;
+    }
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(host) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if let Ok(uri) = path.parse() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_11;
 }
 
 fn into_client_response(

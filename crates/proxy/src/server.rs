@@ -16,7 +16,8 @@ use http::header::{HeaderName, HeaderValue, REFERER, USER_AGENT};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use std::collections::HashMap;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -287,6 +288,17 @@ async fn accept_loop(
         let alive = alive_tx.clone();
         tokio::spawn(async move {
             let _alive = alive;
+            let limits = match serves {
+                Serves::Site => proxy
+                    .runtime()
+                    .config
+                    .listeners
+                    .iter()
+                    .find(|l| l.bind == address)
+                    .map(|l| (l.max_header_bytes, l.max_headers)),
+                Serves::Admin => None,
+            };
+            let (max_header_bytes, max_headers) = limits.unwrap_or((64 * 1024, 100));
             let service = service_fn(move |req| {
                 let proxy = proxy.clone();
                 async move {
@@ -297,12 +309,22 @@ async fn accept_loop(
                     Ok::<_, Infallible>(response)
                 }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
+            // HTTP/1.1, or HTTP/2 when the client opens with its preface (h2c, prior knowledge).
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
                 .keep_alive(true)
                 .writev(false)
-                .timer(hyper_util::rt::TokioTimer::new())
+                .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
+                .max_buf_size(max_header_bytes)
+                .max_headers(max_headers);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(256)
+                .max_header_list_size(max_header_bytes as u32);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => {
@@ -342,7 +364,7 @@ async fn route(
         Some(route) => match &route.target {
             RouteTarget::Pool(p) => {
                 let pool = &shared.pools[*p];
-                let (response, server) = forward(pool, req, client, listener.trust_forwarded).await;
+                let (response, server) = forward(pool, req, client, listener).await;
                 (response, Some(pool), server.map(|s| &pool.servers[s]))
             }
             RouteTarget::Static(root) => (static_files::serve(root, &route.prefix, &req).await, None, None),

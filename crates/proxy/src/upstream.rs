@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -20,7 +19,7 @@ use crate::config;
 /// Idle connections kept per server; more are closed when handed back.
 const MAX_IDLE_PER_SERVER: usize = 256;
 
-pub type Sender = SendRequest<Incoming>;
+pub type Sender = SendRequest<crate::body::RequestBody>;
 
 /// A pool of servers as the request path sees it.
 #[derive(Debug)]
@@ -329,7 +328,8 @@ impl ServerState {
             .await
             .map_err(io::Error::other)?;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // with_upgrades: a 101 answer hands the connection to a tunnel (WebSocket).
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });

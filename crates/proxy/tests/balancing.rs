@@ -650,3 +650,111 @@ fn shutdown_drains_in_flight_requests() {
     assert_eq!(finished.status, 200, "the in-flight request was cut: {}", finished.head);
     assert!(TcpStream::connect(lb).is_err(), "still accepting after shutdown");
 }
+
+#[test]
+fn http2_with_prior_knowledge_is_served_and_forwarded_as_http1() {
+    let s1 = addr("127.210.16.11:9000");
+    let _u1 = Upstream::start("s1", s1);
+    let _proxy = Proxy::start(&pool_config(16, "", &[("s1", s1, "")]));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let bodies: Vec<(u16, String, String)> = rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect("127.210.16.1:8080").await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        // Several streams on one connection, at once.
+        let requests: Vec<_> = (0..5)
+            .map(|i| {
+                let req = hyper::Request::builder()
+                    .uri(format!("http://www.foobar.com/h2/{i}?q=1"))
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap();
+                sender.send_request(req)
+            })
+            .collect();
+        for r in requests {
+            let response = r.await.unwrap();
+            let status = response.status().as_u16();
+            let served = response.headers().get("x-served-by").unwrap().to_str().unwrap().to_string();
+            let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+            out.push((status, served, String::from_utf8_lossy(&body).into_owned()));
+        }
+        out
+    });
+    for (i, (status, served, body)) in bodies.iter().enumerate() {
+        assert_eq!((*status, served.as_str()), (200, "s1"));
+        assert!(body.starts_with(&format!("s1 /h2/{i} ")), "{body}");
+    }
+}
+
+#[test]
+fn websocket_upgrades_pass_through_as_a_tunnel() {
+    let upstream = addr("127.210.17.11:9000");
+    let listener = std::net::TcpListener::bind(upstream).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        assert!(request.contains("upgrade: websocket") && request.contains("connection: upgrade"), "{request}");
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        // Echo what comes through the tunnel until the client closes.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => s.write_all(&buf[..n]).unwrap(),
+            }
+        }
+    });
+    let _proxy = Proxy::start(&pool_config(17, "", &[("ws", upstream, "")]));
+    let mut c = TcpStream::connect(addr("127.210.17.1:8080")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = c.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for message in [&b"hello"[..], b"through the tunnel", &[0u8, 159, 146, 150]] {
+        c.write_all(message).unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        c.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, message);
+    }
+    drop(c);
+    server.join().unwrap();
+}
+
+#[test]
+fn oversized_headers_and_bodies_get_431_and_413() {
+    let s1 = addr("127.210.18.11:9000");
+    let _u1 = Upstream::start("s1", s1);
+    let config = pool_config(18, "", &[("s1", s1, "")]).replacen(
+        "bind = \"127.210.18.1:8080\"",
+        "bind = \"127.210.18.1:8080\"\nmax_header_bytes = 8192\nmax_headers = 20\nmax_body_bytes = 1000",
+        1,
+    );
+    let _proxy = Proxy::start(&config);
+    let lb = addr("127.210.18.1:8080");
+    let big = "x".repeat(10_000);
+    assert_eq!(
+        request(lb, &format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n")).status,
+        431
+    );
+    let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
+    assert_eq!(request(lb, &format!("GET / HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n")).status, 431);
+    let body = "b".repeat(2000);
+    let declared =
+        request(lb, &format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n{body}"));
+    assert_eq!(declared.status, 413);
+    let chunked = request(
+        lb,
+        &format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n7d0\r\n{body}\r\n0\r\n\r\n"),
+    );
+    assert_eq!(chunked.status, 413, "{}", chunked.head);
+    let small = request(lb, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+    assert_eq!(small.status, 200);
+}
