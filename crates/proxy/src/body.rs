@@ -144,19 +144,21 @@ impl Body for ProxyBody {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A client's request body on its way upstream, cut off past the listener's size limit.
-    pub struct RequestBody {
-        #[pin]
-        inner: Incoming,
-        limit: u64,
-        seen: u64,
-    }
+/// A request body on its way upstream: the client's, cut off past the listener's size limit,
+/// or none (a request replayed on another server after a failure).
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    seen: u64,
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
-        RequestBody { inner, limit: limit.unwrap_or(u64::MAX), seen: 0 }
+        RequestBody { inner: Some(inner), limit: limit.unwrap_or(u64::MAX), seen: 0 }
+    }
+
+    pub fn empty() -> Self {
+        RequestBody { inner: None, limit: 0, seen: 0 }
     }
 }
 
@@ -177,13 +179,14 @@ impl Body for RequestBody {
     type Error = BodyError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    *this.seen += data.len() as u64;
-                    if *this.seen > *this.limit {
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*this.limit)))));
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -195,10 +198,10 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map(|b| b.size_hint()).unwrap_or_else(|| SizeHint::with_exact(0))
     }
 }

@@ -68,8 +68,10 @@ pub async fn forward(
     let method = req.method().clone();
     // Kept for the log line of a failure; cloning a Uri only bumps a reference count.
     let uri = req.uri().clone();
+    pool.earn_retry();
+    let replay = replayable(&req, pool, client_upgrade.is_some());
     let req = req.map(|body| RequestBody::new(body, listener.max_body_bytes));
-    match send(pool, req, key, pinned, client_upgrade).await {
+    match send(pool, req, key, pinned, client_upgrade, replay).await {
         Ok((index, mut response)) => {
             let server = &pool.servers[index];
             let status = response.status().as_u16();
@@ -174,12 +176,47 @@ fn pinned_server(pool: &PoolState, headers: &HeaderMap, cookie: &str) -> Option<
     pool.servers.iter().position(|s| s.config.name == name && s.takes_pinned_requests())
 }
 
+/// What it takes to send a request again after it failed once sent: only idempotent requests
+/// without a body (RFC 9110 §9.2.2), while the pool's retry budget lasts.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+}
+
+fn replayable(req: &Request<Incoming>, pool: &PoolState, upgrading: bool) -> Option<Replay> {
+    let idempotent = matches!(
+        *req.method(),
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    );
+    if !idempotent || upgrading || !req.body().is_end_stream() || !pool.can_retry() {
+        return None;
+    }
+    Some(Replay { method: req.method().clone(), uri: req.uri().clone(), headers: req.headers().clone() })
+}
+
+impl Replay {
+    fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
 async fn send(
     pool: &PoolState,
     req: Request<RequestBody>,
     key: Option<u64>,
     pinned: Option<usize>,
     client_upgrade: Option<OnUpgrade>,
+    replay: Option<Replay>,
 ) -> Result<(usize, Response<ProxyBody>), Failure> {
     let mut client_upgrade = client_upgrade;
     let mut req = req;
@@ -215,7 +252,24 @@ async fn send(
                 last_failure = Failure::Connect(server.clone(), reason);
                 req = back;
             }
-            Err(SendError::Failed(reason)) => return Err(Failure::Upstream(server.clone(), reason)),
+            Err(SendError::Failed(reason)) => {
+                if let Some(passive) = &pool.config.passive {
+                    note_failure(pool, server, passive, &reason);
+                }
+                match &replay {
+                    Some(replay) if attempt + 1 < MAX_ATTEMPTS && pool.spend_retry() => {
+                        tracing::info!(
+                            pool = pool.config.name,
+                            server = server.config.name,
+                            reason,
+                            "idempotent request failed once sent; retrying on another server"
+                        );
+                        last_failure = Failure::Upstream(server.clone(), reason);
+                        req = replay.request();
+                    }
+                    _ => return Err(Failure::Upstream(server.clone(), reason)),
+                }
+            }
             Err(SendError::TooLarge) => return Err(Failure::TooLarge(server.clone())),
             Err(SendError::TimedOut) => return Err(Failure::Timeout(server.clone())),
         }

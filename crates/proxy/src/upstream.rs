@@ -30,7 +30,15 @@ pub struct PoolState {
     pub balancer: ArcSwap<Balancer>,
     pub next: AtomicUsize,
     pub no_server_available: AtomicU64,
+    /// Retry budget in tenths of a retry: each request adds two, each retry of a request that
+    /// was already sent takes ten; so such retries stay under 20% of requests.
+    retry_tenths: AtomicU64,
 }
+
+const RETRY_TENTHS_PER_REQUEST: u64 = 2;
+const RETRY_TENTHS_PER_RETRY: u64 = 10;
+/// Up to ten retries saved up for a burst of failures.
+const RETRY_TENTHS_MAX: u64 = 100;
 
 impl PoolState {
     pub fn new(config: config::Pool) -> Self {
@@ -40,7 +48,14 @@ impl PoolState {
 
     fn with_servers(config: config::Pool, servers: Vec<Arc<ServerState>>) -> Self {
         let balancer = ArcSwap::from_pointee(build_balancer(&config, &servers));
-        PoolState { config, servers, balancer, next: AtomicUsize::new(0), no_server_available: AtomicU64::new(0) }
+        PoolState {
+            config,
+            servers,
+            balancer,
+            next: AtomicUsize::new(0),
+            no_server_available: AtomicU64::new(0),
+            retry_tenths: AtomicU64::new(RETRY_TENTHS_MAX),
+        }
     }
 
     /// The pool of a reloaded config, keeping what the running one knows about its servers:
@@ -62,6 +77,24 @@ impl PoolState {
             })
             .collect();
         Self::with_servers(config, servers)
+    }
+
+    /// Adds one request's share to the retry budget.
+    pub fn earn_retry(&self) {
+        if self.retry_tenths.load(Ordering::Relaxed) < RETRY_TENTHS_MAX {
+            self.retry_tenths.fetch_add(RETRY_TENTHS_PER_REQUEST, Ordering::Relaxed);
+        }
+    }
+
+    pub fn can_retry(&self) -> bool {
+        self.retry_tenths.load(Ordering::Relaxed) >= RETRY_TENTHS_PER_RETRY
+    }
+
+    /// Takes one retry from the budget; false when it is spent.
+    pub fn spend_retry(&self) -> bool {
+        self.retry_tenths
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_sub(RETRY_TENTHS_PER_RETRY))
+            .is_ok()
     }
 
     /// Rebuilds the balancing structures after a weight change.

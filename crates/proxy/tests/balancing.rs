@@ -23,6 +23,8 @@ struct Upstream {
     health: Arc<AtomicU16>,
     /// The status of every answer but /healthz.
     status: Arc<AtomicU16>,
+    /// `METHOD PATH` of every request but /healthz.
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -34,7 +36,8 @@ impl Upstream {
         let status = Arc::new(AtomicU16::new(200));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (c, h, st) = (connections.clone(), health.clone(), status.clone());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, h, st, sn) = (connections.clone(), health.clone(), status.clone(), seen.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
@@ -44,11 +47,14 @@ impl Upstream {
                     loop {
                         let (stream, _) = listener.accept().await.unwrap();
                         c.fetch_add(1, Ordering::SeqCst);
-                        let (h, st) = (h.clone(), st.clone());
+                        let (h, st, sn) = (h.clone(), st.clone(), sn.clone());
                         tokio::spawn(async move {
                             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                                let (h, st) = (h.clone(), st.clone());
+                                let (h, st, sn) = (h.clone(), st.clone(), sn.clone());
                                 async move {
+                                    if req.uri().path() != "/healthz" {
+                                        sn.lock().unwrap().push(format!("{} {}", req.method(), req.uri().path()));
+                                    }
                                     if req.uri().path() == "/slow" {
                                         tokio::time::sleep(Duration::from_millis(600)).await;
                                     }
@@ -93,7 +99,7 @@ impl Upstream {
             });
         });
         ready_rx.recv_timeout(Duration::from_secs(5)).expect("upstream started");
-        Upstream { connections, health, status, stop: Some(stop_tx), thread: Some(thread) }
+        Upstream { connections, health, status, seen, stop: Some(stop_tx), thread: Some(thread) }
     }
 
     fn stop(&mut self) {
@@ -757,4 +763,58 @@ fn oversized_headers_and_bodies_get_431_and_413() {
     assert_eq!(chunked.status, 413, "{}", chunked.head);
     let small = request(lb, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
     assert_eq!(small.status, 200);
+}
+
+/// Reads each request and closes the connection without a word, recording what it got.
+fn resetting_server(address: SocketAddr) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let listener = std::net::TcpListener::bind(address).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = s.read(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                record.lock().unwrap().push(text.lines().next().unwrap_or("").to_string());
+            }
+            // Closing with unread data left sends a reset.
+            drop(s);
+        }
+    });
+    seen
+}
+
+#[test]
+fn a_failed_get_is_retried_elsewhere_but_a_post_is_never_sent_twice() {
+    let bad = addr("127.210.19.11:9000");
+    let good = addr("127.210.19.12:9000");
+    let bad_seen = resetting_server(bad);
+    let up = Upstream::start("good", good);
+    let _proxy = Proxy::start(&pool_config(19, "", &[("bad", bad, ""), ("good", good, "")]));
+    let lb = addr("127.210.19.1:8080");
+    for i in 0..4 {
+        let a = get(lb, &format!("/get-{i}"));
+        assert_eq!(a.status, 200, "GET {i}: {}", a.head);
+        assert_eq!(a.header("x-served-by").as_deref(), Some("good"));
+    }
+    assert!(bad_seen.lock().unwrap().iter().any(|l| l.starts_with("GET /get-")), "the bad server was never tried");
+
+    let mut failed_post = None;
+    for i in 0..4 {
+        let a = request(
+            lb,
+            &format!("POST /post-{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"),
+        );
+        if a.status == 502 {
+            failed_post = Some(i);
+            break;
+        }
+        assert_eq!(a.status, 200);
+    }
+    let i = failed_post.expect("no POST reached the bad server");
+    let path = format!("/post-{i}");
+    let at_bad = bad_seen.lock().unwrap().iter().filter(|l| l.contains(&path)).count();
+    let at_good = up.seen.lock().unwrap().iter().filter(|l| l.contains(&path)).count();
+    assert_eq!((at_bad, at_good), (1, 0), "a POST that failed once sent must not be sent again");
 }
