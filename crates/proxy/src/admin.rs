@@ -17,7 +17,7 @@ use crate::body::ProxyBody;
 use crate::config::MAX_WEIGHT;
 use crate::forward::error_response;
 use crate::server::Proxy;
-use crate::upstream::{AdminState, PoolState};
+use crate::upstream::{AdminState, PoolState, LATENCY_BUCKETS};
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -204,6 +204,39 @@ pub fn metrics(pools: &[Arc<PoolState>]) -> String {
                     }
                 }
             }
+        }
+    }
+    let name = "webstack_proxy_response_bytes_total";
+    let _ = writeln!(out, "# HELP {name} Response body bytes streamed from the server.\n# TYPE {name} counter");
+    for pool in pools {
+        for s in &pool.servers {
+            let _ = writeln!(
+                out,
+                "{name}{{pool=\"{}\",server=\"{}\"}} {}",
+                pool.config.name,
+                s.config.name,
+                s.bytes_out.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let name = "webstack_proxy_response_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} From sending a request to the server to its response's headers.\n# TYPE {name} histogram"
+    );
+    for pool in pools {
+        for s in &pool.servers {
+            let labels = format!("pool=\"{}\",server=\"{}\"", pool.config.name, s.config.name);
+            let mut cumulative = 0;
+            for (bound, count) in LATENCY_BUCKETS.iter().zip(&s.latency.buckets) {
+                cumulative += count.load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+            }
+            let total = s.latency.count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+            let sum = s.latency.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
         }
     }
     let name = "webstack_proxy_no_server_available_total";

@@ -84,6 +84,9 @@ impl Body for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.flight.server().bytes_out.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 if this.inner.is_end_stream() {
                     if let Some(sender) = this.sender.take() {
                         this.flight.server().put_idle(sender);

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -236,8 +237,12 @@ async fn send(
             server.retries.fetch_add(1, Ordering::Relaxed);
         }
         server.requests.fetch_add(1, Ordering::Relaxed);
+        let sent_at = Instant::now();
         match send_to(pool, server, req, &mut client_upgrade).await {
-            Ok(response) => return Ok((index, response)),
+            Ok(response) => {
+                server.latency.observe(sent_at.elapsed());
+                return Ok((index, response));
+            }
             Err(SendError::NotSent(back, reason)) => {
                 server.connect_failures.fetch_add(1, Ordering::Relaxed);
                 if let Some(passive) = &pool.config.passive {

@@ -215,6 +215,33 @@ pub struct ServerState {
     pub responses: [AtomicU64; 5],
     pub connect_failures: AtomicU64,
     pub retries: AtomicU64,
+    /// Time from sending a request to its response's headers.
+    pub latency: LatencyHistogram,
+    /// Response body bytes streamed from this server to clients.
+    pub bytes_out: AtomicU64,
+}
+
+/// Bucket bounds of [`LatencyHistogram`], in seconds (Prometheus `le` labels).
+pub const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// A Prometheus histogram without locks: one counter per bucket (not cumulative; summed when
+/// exported), the count and the sum in microseconds.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    pub buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    pub count: AtomicU64,
+    pub sum_micros: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 impl ServerState {
@@ -234,6 +261,8 @@ impl ServerState {
             responses: Default::default(),
             connect_failures: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            latency: LatencyHistogram::default(),
+            bytes_out: AtomicU64::new(0),
         }
     }
 

@@ -234,6 +234,18 @@ fn round_robin_with_forwarded_headers_and_pooled_upstream_connections() {
         order.push(served_by);
     }
     assert_eq!(&order[..6], ["s1", "s2", "s3", "s1", "s2", "s3"]);
+    let metrics = get(addr("127.210.1.1:8404"), "/metrics").body;
+    for s in ["s1", "s2", "s3"] {
+        let labels = format!("pool=\"web\",server=\"{s}\"");
+        assert!(
+            metrics.contains(&format!("webstack_proxy_response_latency_seconds_count{{{labels}}} 10")),
+            "{metrics}"
+        );
+        assert!(metrics.contains(&format!("webstack_proxy_response_latency_seconds_bucket{{{labels},le=\"+Inf\"}} 10")));
+        assert!(metrics.contains(&format!("webstack_proxy_requests_total{{{labels}}} 10")));
+        assert!(metrics.contains(&format!("webstack_proxy_responses_total{{{labels},class=\"2xx\"}} 10")));
+        assert!(!metrics.contains(&format!("webstack_proxy_response_bytes_total{{{labels}}} 0\n")), "{metrics}");
+    }
     // Ten requests each, over kept-alive upstream connections.
     for u in &upstreams {
         let n = u.connections.load(Ordering::SeqCst);
@@ -817,4 +829,32 @@ fn a_failed_get_is_retried_elsewhere_but_a_post_is_never_sent_twice() {
     let at_bad = bad_seen.lock().unwrap().iter().filter(|l| l.contains(&path)).count();
     let at_good = up.seen.lock().unwrap().iter().filter(|l| l.contains(&path)).count();
     assert_eq!((at_bad, at_good), (1, 0), "a POST that failed once sent must not be sent again");
+}
+
+#[test]
+fn a_killed_server_never_fails_a_get_once_passive_health_has_seen_it() {
+    let servers =
+        [("s1", addr("127.210.20.11:9000")), ("s2", addr("127.210.20.12:9000")), ("s3", addr("127.210.20.13:9000"))];
+    let mut ups: Vec<Upstream> = servers.iter().map(|(n, a)| Upstream::start(n, *a)).collect();
+    let list: Vec<(&str, SocketAddr, &str)> = servers.iter().map(|(n, a)| (*n, *a, "")).collect();
+    let _proxy = Proxy::start(&pool_config(20, "[pools.web.passive]\nfailures = 1\ncooldown_ms = 60000", &list));
+    let lb = addr("127.210.20.1:8080");
+    let admin = addr("127.210.20.1:8404");
+    for _ in 0..30 {
+        assert_eq!(get(lb, "/").status, 200);
+    }
+    ups[1].stop();
+    let (mut before, mut after, mut seen_down) = (0, 0, false);
+    for _ in 0..200 {
+        let status = get(lb, "/").status;
+        if !seen_down {
+            seen_down = get(admin, "/metrics").body.contains("webstack_proxy_server_up{pool=\"web\",server=\"s2\"} 0");
+            before += (status != 200) as u32;
+        } else {
+            after += (status != 200) as u32;
+        }
+    }
+    assert!(seen_down, "passive health never took s2 out");
+    eprintln!("s2 killed: {before} failed GETs before passive health acted");
+    assert_eq!(after, 0, "GETs failed after s2 was taken out");
 }
