@@ -35,6 +35,7 @@
 //! failures = 3                     # connect failures or 5xx in a row take a server out
 //! cooldown_ms = 10000              # back after this when the pool has no active check
 //! [pools.web.health]
+//! kind = "http"                    # or "tcp": a connect passes
 //! path = "/healthz"
 //! interval_ms = 1000
 //! timeout_ms = 1000
@@ -170,6 +171,9 @@ fn default_idle_timeout() -> u64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
+    /// `http` (GET path, 2xx/3xx pass) or `tcp` (a connect passes).
+    #[serde(default = "default_health_kind")]
+    kind: HealthKind,
     #[serde(default = "default_health_path")]
     path: String,
     #[serde(default = "default_interval")]
@@ -180,6 +184,10 @@ struct RawHealth {
     rise: u32,
     #[serde(default = "default_fall")]
     fall: u32,
+}
+
+fn default_health_kind() -> HealthKind {
+    HealthKind::Http
 }
 
 fn default_health_path() -> String {
@@ -281,8 +289,16 @@ pub struct Pool {
     pub servers: Vec<Server>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    Http,
+    Tcp,
+}
+
 #[derive(Debug, Clone)]
 pub struct Health {
+    pub kind: HealthKind,
     pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
@@ -453,6 +469,7 @@ impl ProxyConfig {
                     }
                 }
                 Health {
+                    kind: h.kind,
                     path: h.path.clone(),
                     interval: Duration::from_millis(h.interval_ms),
                     timeout: Duration::from_millis(h.timeout_ms),

@@ -1,5 +1,6 @@
 //! Active health checks, as HAProxy's `check inter rise fall` with `option httpchk`: every
-//! interval, `GET path` on a new connection; 2xx and 3xx pass. A server that is up goes down
+//! interval, `GET path` on a new connection; 2xx and 3xx pass (or, `kind = "tcp"`, a connect
+//! passes). A server that is up goes down
 //! after `fall` failures in a row, and a server that is down comes back after `rise` passes.
 
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::Health;
+use crate::config::{Health, HealthKind};
 use crate::upstream::{connect_tcp, ServerState};
 
 /// Where a server stands between checks: consecutive passes or failures.
@@ -92,6 +93,9 @@ pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> 
     let attempt = async {
         let mut stream =
             connect_tcp(server.config.address, health.timeout).await.map_err(|e| format!("connect: {e}"))?;
+        if health.kind == HealthKind::Tcp {
+            return Ok(());
+        }
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: webstack-health-check\r\nConnection: close\r\n\r\n",
             health.path, server.config.address

@@ -858,3 +858,24 @@ fn a_killed_server_never_fails_a_get_once_passive_health_has_seen_it() {
     eprintln!("s2 killed: {before} failed GETs before passive health acted");
     assert_eq!(after, 0, "GETs failed after s2 was taken out");
 }
+
+#[test]
+fn tcp_health_checks_need_only_a_connection() {
+    let s1 = addr("127.210.21.11:9000");
+    let s2 = addr("127.210.21.12:9000");
+    let u1 = Upstream::start("s1", s1);
+    u1.health.store(500, Ordering::SeqCst); // irrelevant to a TCP check
+    let mut u2 = Upstream::start("s2", s2);
+    let health = "[pools.web.health]\nkind = \"tcp\"\ninterval_ms = 50\nrise = 1\nfall = 1\n";
+    let _proxy = Proxy::start(&pool_config(21, health, &[("s1", s1, ""), ("s2", s2, "")]));
+    let admin = addr("127.210.21.1:8404");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(get(admin, "/ready").status, 200, "{}", get(admin, "/ready").body);
+    u2.stop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !get(admin, "/ready").body.contains("web/s2") {
+        assert!(Instant::now() < deadline, "a closed port was never seen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!get(admin, "/ready").body.contains("web/s1"));
+}
