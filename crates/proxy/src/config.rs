@@ -16,6 +16,13 @@
 //! max_header_bytes = 65536         # request line and headers; more is 431
 //! max_headers = 100                # more is 431
 //! max_body_bytes = 0               # 0: no limit; more is 413 (nginx's client_max_body_size)
+//! redirect_https_port = 8443       # optional: answer every request with a redirect to HTTPS
+//!                                  # (301 for GET and HEAD, 308 otherwise)
+//! [listeners.tls]                  # optional: this listener speaks HTTPS
+//! hsts_max_age = 31536000          # optional: Strict-Transport-Security on every answer
+//! [[listeners.tls.certificates]]   # chosen by SNI; the first is the default
+//! cert = "/etc/webstack/foobar.com.pem"      # the chain, leaf first
+//! key = "/etc/webstack/foobar.com-key.pem"
 //! [[listeners.routes]]
 //! prefix = "/static/"
 //! static_root = "/srv/static"      # the prefix is replaced by this directory (nginx's alias)
@@ -57,6 +64,8 @@ use serde::Deserialize;
 use webstack_config::{ConfigErrors, Source};
 
 use crate::balancer::Algorithm;
+use crate::tls::{self, CertFiles};
+use std::sync::Arc;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,7 +125,23 @@ struct RawListener {
     max_headers: usize,
     #[serde(default)]
     max_body_bytes: u64,
+    redirect_https_port: Option<u16>,
+    tls: Option<RawTls>,
     routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    hsts_max_age: Option<u64>,
+    certificates: Vec<RawCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,8 +281,19 @@ pub struct Listener {
     pub max_headers: usize,
     /// `None`: no limit.
     pub max_body_bytes: Option<u64>,
+    /// Every request is redirected to HTTPS on this port.
+    pub redirect_https_port: Option<u16>,
+    pub tls: Option<Tls>,
     /// Longest prefix first, so the first match wins.
     pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub files: Vec<CertFiles>,
+    /// `Strict-Transport-Security: max-age=…` on every answer.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 #[derive(Debug, Clone)]
@@ -399,6 +435,8 @@ impl ProxyConfig {
                 max_header_bytes: l.max_header_bytes,
                 max_headers: l.max_headers,
                 max_body_bytes: (l.max_body_bytes > 0).then_some(l.max_body_bytes),
+                redirect_https_port: l.redirect_https_port,
+                tls: l.tls.as_ref().and_then(|t| load_tls(t, &field, &mut err)),
                 routes,
             });
         }
@@ -510,6 +548,38 @@ impl ProxyConfig {
             listeners,
             pools,
         })
+    }
+}
+
+/// Loads a listener's certificates; each bad file is reported on its own field.
+fn load_tls(raw: &RawTls, field: &str, err: &mut impl FnMut(String, String)) -> Option<Tls> {
+    if raw.certificates.is_empty() {
+        err(format!("{field}.tls.certificates"), "at least one certificate is needed".into());
+        return None;
+    }
+    let mut loaded = Vec::new();
+    let mut files = Vec::new();
+    for (j, c) in raw.certificates.iter().enumerate() {
+        let pair = CertFiles { cert: c.cert.clone(), key: c.key.clone() };
+        match tls::load(&pair) {
+            Ok(k) => loaded.push(k),
+            Err(e) => {
+                let which = if e.in_key_file { "key" } else { "cert" };
+                err(format!("{field}.tls.certificates[{j}].{which}"), e.message);
+            }
+        }
+        files.push(pair);
+    }
+    if loaded.len() != raw.certificates.len() {
+        return None;
+    }
+    let hsts = raw.hsts_max_age.and_then(|age| http::HeaderValue::from_str(&format!("max-age={age}")).ok());
+    match tls::server_config(loaded) {
+        Ok(config) => Some(Tls { config, files, hsts }),
+        Err(e) => {
+            err(format!("{field}.tls"), e);
+            None
+        }
     }
 }
 

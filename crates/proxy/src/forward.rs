@@ -61,7 +61,7 @@ pub async fn forward(
     let upgrade = upgrade_protocol(req.headers());
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     to_origin_form(&mut req);
-    prepare_upstream_headers(req.headers_mut(), client, listener.trust_forwarded);
+    prepare_upstream_headers(req.headers_mut(), client, listener.trust_forwarded, listener.tls.is_some());
     if let Some(protocol) = &upgrade {
         req.headers_mut().insert(header::UPGRADE, protocol.clone());
         req.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -475,7 +475,7 @@ fn into_client_response(
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1) and sets X-Forwarded-For/-Proto, in one pass
 /// over the headers named by `Connection`.
-pub fn prepare_upstream_headers(headers: &mut HeaderMap, client: SocketAddr, trust_forwarded: bool) {
+pub fn prepare_upstream_headers(headers: &mut HeaderMap, client: SocketAddr, trust_forwarded: bool, https: bool) {
     strip_hop_by_hop(headers);
     let mut buffer = [0u8; 48];
     let ip = format_ip(client.ip(), &mut buffer);
@@ -493,7 +493,7 @@ pub fn prepare_upstream_headers(headers: &mut HeaderMap, client: SocketAddr, tru
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     if !trust_forwarded || !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if https { "https" } else { "http" }));
     }
 }
 
@@ -606,7 +606,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         h.insert(header::HOST, HeaderValue::from_static("www.foobar.com"));
-        prepare_upstream_headers(&mut h, "127.0.0.9:5000".parse().unwrap(), false);
+        prepare_upstream_headers(&mut h, "127.0.0.9:5000".parse().unwrap(), false, false);
         assert!(h.get("x-secret").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert!(h.get(header::TRANSFER_ENCODING).is_none());
@@ -628,7 +628,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("198.18.0.7"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        prepare_upstream_headers(&mut h, "127.0.1.1:5000".parse().unwrap(), true);
+        prepare_upstream_headers(&mut h, "127.0.1.1:5000".parse().unwrap(), true, false);
         assert_eq!(h["x-forwarded-for"], "198.18.0.7, 127.0.1.1");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

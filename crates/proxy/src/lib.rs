@@ -16,6 +16,7 @@ pub mod forward;
 pub mod health;
 pub mod server;
 pub mod static_files;
+pub mod tls;
 pub mod upstream;
 
 pub use config::ProxyConfig;

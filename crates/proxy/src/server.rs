@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{HeaderName, HeaderValue, REFERER, USER_AGENT};
+use http::header::{HeaderName, HeaderValue, REFERER, STRICT_TRANSPORT_SECURITY, USER_AGENT};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -30,6 +30,8 @@ use crate::upstream::PoolState;
 use crate::{admin, health, static_files};
 
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+/// A client that has not finished its TLS handshake by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -289,17 +291,18 @@ async fn accept_loop(
         let alive = alive_tx.clone();
         tokio::spawn(async move {
             let _alive = alive;
-            let limits = match serves {
+            // Read once per connection: a reload applies to the connections that follow it.
+            let settings = match serves {
                 Serves::Site => proxy
                     .runtime()
                     .config
                     .listeners
                     .iter()
                     .find(|l| l.bind == address)
-                    .map(|l| (l.max_header_bytes, l.max_headers)),
+                    .map(|l| (l.max_header_bytes, l.max_headers, l.tls.as_ref().map(|t| t.config.clone()))),
                 Serves::Admin => None,
             };
-            let (max_header_bytes, max_headers) = limits.unwrap_or((64 * 1024, 100));
+            let (max_header_bytes, max_headers, tls) = settings.unwrap_or((64 * 1024, 100, None));
             let service = service_fn(move |req| {
                 let proxy = proxy.clone();
                 async move {
@@ -310,33 +313,65 @@ async fn accept_loop(
                     Ok::<_, Infallible>(response)
                 }
             });
-            // HTTP/2 when the client opens with its preface (h2c, prior knowledge), else
-            // HTTP/1.1. Deciding here keeps HTTP/1.1 connections on hyper's plain path, which
-            // costs less per request than a connection that could still switch.
-            let io = TokioIo::new(stream);
-            if starts_with_h2_preface(io.inner()).await {
-                let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                http2
-                    .timer(TokioTimer::new())
-                    .max_concurrent_streams(256)
-                    .max_header_list_size(max_header_bytes as u32);
-                drive!(http2.serve_connection(io, service), stop_rx, client);
+            // TLS listeners: the handshake first, then ALPN says h2 or HTTP/1.1.
+            if let Some(tls) = tls {
+                let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+                let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %client, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                serve(TokioIo::new(stream), h2, service, stop_rx, client, max_header_bytes, max_headers).await;
             } else {
-                let mut http1 = hyper::server::conn::http1::Builder::new();
-                http1
-                    .keep_alive(true)
-                    .writev(false)
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .max_buf_size(max_header_bytes);
-                // Setting max_headers makes hyper allocate the header array per request; at
-                // its default (100) it stays on the stack.
-                if max_headers != HYPER_DEFAULT_MAX_HEADERS {
-                    http1.max_headers(max_headers);
-                }
-                drive!(http1.serve_connection(io, service).with_upgrades(), stop_rx, client);
+                // HTTP/2 when the client opens with its preface (h2c, prior knowledge), else
+                // HTTP/1.1. Deciding here keeps HTTP/1.1 connections on hyper's plain path,
+                // which costs less per request than a connection that could still switch.
+                let h2 = starts_with_h2_preface(&stream).await;
+                serve(TokioIo::new(stream), h2, service, stop_rx, client, max_header_bytes, max_headers).await;
             }
         });
+    }
+}
+
+/// Serves one connection, HTTP/2 or HTTP/1.1, until it ends or shutdown asks it to finish.
+async fn serve<I, S>(
+    io: I,
+    h2: bool,
+    service: S,
+    stop_rx: watch::Receiver<bool>,
+    client: SocketAddr,
+    max_header_bytes: usize,
+    max_headers: usize,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    if h2 {
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new()).max_concurrent_streams(256).max_header_list_size(max_header_bytes as u32);
+        drive!(http2.serve_connection(io, service), stop_rx, client);
+    } else {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .keep_alive(true)
+            .writev(false)
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size(max_header_bytes);
+        // Setting max_headers makes hyper allocate the header array per request; at its
+        // default (100) it stays on the stack.
+        if max_headers != HYPER_DEFAULT_MAX_HEADERS {
+            http1.max_headers(max_headers);
+        }
+        drive!(http1.serve_connection(io, service).with_upgrades(), stop_rx, client);
     }
 }
 
@@ -389,6 +424,9 @@ async fn route(
         // A connection opened before a reload removed its listener.
         return error_response(StatusCode::SERVICE_UNAVAILABLE);
     };
+    if let Some(port) = listener.redirect_https_port {
+        return redirect_to_https(&req, port);
+    }
     let request_id = ensure_request_id(req.headers_mut());
     // What the log line needs, kept before the request moves on (clones of shared buffers).
     let logged = shared.access_log.as_ref().map(|_| {
@@ -407,6 +445,10 @@ async fn route(
             RouteTarget::Static(root) => (static_files::serve(root, &route.prefix, &req).await, None, None),
         },
     };
+    let mut response = response;
+    if let Some(hsts) = listener.tls.as_ref().and_then(|t| t.hsts.clone()) {
+        response.headers_mut().insert(STRICT_TRANSPORT_SECURITY, hsts);
+    }
     if let (Some(log), Some((method, uri, version, referer, user_agent))) = (&shared.access_log, logged) {
         log.write(&Entry {
             client,
@@ -425,6 +467,40 @@ async fn route(
         });
     }
     response
+}
+
+/// HTTP to HTTPS: 301 for GET and HEAD, 308 for the rest (so a POST stays a POST).
+fn redirect_to_https<B>(req: &Request<B>, port: u16) -> Response<ProxyBody> {
+    let host = match req.uri().host() {
+        Some(h) => Some(h),
+        None => req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(host_without_port),
+    };
+    let Some(host) = host.filter(|h| !h.is_empty() && !h.contains(['/', '@', ' ', '\\'])) else {
+        return error_response(StatusCode::BAD_REQUEST);
+    };
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let location = match port {
+        443 => format!("https://{host}{path}"),
+        _ => format!("https://{host}:{port}{path}"),
+    };
+    let status = match *req.method() {
+        http::Method::GET | http::Method::HEAD => StatusCode::MOVED_PERMANENTLY,
+        _ => StatusCode::PERMANENT_REDIRECT,
+    };
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = status;
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(http::header::LOCATION, location);
+    }
+    response
+}
+
+/// `www.foobar.com:8080` → `www.foobar.com`; `[::1]:8080` → `[::1]`.
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map(|end| &host[..=end]).unwrap_or(host);
+    }
+    host.split_once(':').map(|(h, _)| h).unwrap_or(host)
 }
 
 /// The request's id: the client's `X-Request-Id` when it is a safe one, else a new one; it

@@ -7,6 +7,11 @@ use topology::Plan;
 pub struct StackStatus {
     pub profile: String,
     pub site_url: String,
+    #[serde(default)]
+    pub site_https_url: Option<String>,
+    /// The local CA to trust, when the stack made its own certificate.
+    #[serde(default)]
+    pub ca_file: Option<String>,
     pub site_name: String,
     pub supervisor_pid: Option<u32>,
     pub hosts: Vec<HostStatus>,
@@ -42,6 +47,8 @@ impl StackStatus {
         StackStatus {
             profile: plan.profile.clone(),
             site_url: plan.site_url.clone(),
+            site_https_url: plan.site_https_url.clone(),
+            ca_file: plan.ca_file.as_ref().map(|p| p.display().to_string()),
             site_name: plan.site_name.clone(),
             supervisor_pid: None,
             hosts: plan
@@ -80,8 +87,9 @@ impl StackStatus {
 
     /// A table for people: one line per component.
     pub fn render(&self) -> String {
+        let https = self.site_https_url.as_deref().map(|u| format!(" and {u}")).unwrap_or_default();
         let mut out = format!(
-            "profile {}   site {} ({})   supervisor {}\n\n",
+            "profile {}   site {}{https} ({})   supervisor {}\n\n",
             self.profile,
             self.site_url,
             self.site_name,

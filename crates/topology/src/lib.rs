@@ -9,6 +9,7 @@ mod plan;
 mod render;
 mod subnet;
 
+pub use model::TlsSettings;
 pub use model::{Component, Topology};
-pub use plan::{Plan, PlannedComponent, PlannedHost, Probe, Secrets};
+pub use plan::{Plan, PlannedComponent, PlannedHost, Probe, Secrets, SiteCertificate};
 pub use subnet::Subnet;

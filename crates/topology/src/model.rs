@@ -56,6 +56,8 @@ struct RawTopology {
     ports: Ports,
     #[serde(default)]
     edge: RawEdge,
+    #[serde(default)]
+    tls: TlsSettings,
     web: RawWeb,
     database: RawDatabase,
     hosts: Vec<RawHost>,
@@ -81,6 +83,7 @@ struct RawNetwork {
 #[serde(deny_unknown_fields)]
 pub struct Ports {
     pub http: u16,
+    pub https: u16,
     pub admin: u16,
     pub app: u16,
     pub db: u16,
@@ -123,6 +126,19 @@ impl Default for HealthCheck {
     }
 }
 
+/// HTTPS on the edge.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The site's chain and key; both absent: a local CA's certificate is made.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub redirect_http: bool,
+    #[serde(default)]
+    pub hsts_max_age: u64,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWeb {
@@ -162,6 +178,7 @@ pub struct Topology {
     pub ports: Ports,
     pub edge_balance: String,
     pub edge_health: HealthCheck,
+    pub tls: TlsSettings,
     /// Absolute path of the code base's static files.
     pub static_root: PathBuf,
     pub db_primary: String,
@@ -229,6 +246,7 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
 
     let ports = [
         ("http", raw.ports.http),
+        ("https", raw.ports.https),
         ("admin", raw.ports.admin),
         ("app", raw.ports.app),
         ("db", raw.ports.db),
@@ -256,6 +274,13 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
         );
     }
     check_health(&raw.edge.health, "edge.health", &mut err);
+
+    if raw.tls.cert.is_some() != raw.tls.key.is_some() {
+        err("tls", "give both `cert` and `key`, or neither (then a local CA's certificate is made)".into());
+    }
+    let mut tls = raw.tls.clone();
+    tls.cert = tls.cert.map(|c| base_dir.join(c));
+    tls.key = tls.key.map(|k| base_dir.join(k));
 
     let static_root = base_dir.join(&raw.web.static_root);
     if !static_root.is_dir() {
@@ -355,6 +380,7 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
         ports: raw.ports,
         edge_balance: raw.edge.balance,
         edge_health: raw.edge.health,
+        tls,
         static_root: std::path::absolute(&static_root).unwrap_or(static_root),
         db_primary: raw.database.primary,
         db_name: raw.database.name,

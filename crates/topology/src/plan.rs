@@ -17,12 +17,25 @@ pub struct Secrets {
     pub db_repl_password: String,
 }
 
+/// The site's certificate chain and key, as PEM files.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SiteCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Everything the supervisor needs to run one profile; written as `plan.json` in the state dir.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     pub profile: String,
     /// Where a browser reaches the site, e.g. `http://127.0.1.10:8080/`.
     pub site_url: String,
+    /// Where the site answers over TLS, when the profile has a load balancer and a certificate.
+    #[serde(default)]
+    pub site_https_url: Option<String>,
+    /// The CA a client must trust for the HTTPS URL, when the stack made its own certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     pub site_name: String,
     pub hosts: Vec<PlannedHost>,
 }
@@ -67,13 +80,41 @@ impl PlannedComponent {
 
 impl Topology {
     /// Renders `profile` for a stack whose state lives in `state_dir` (an absolute path).
-    pub fn plan(&self, profile: &str, state_dir: &Path, secrets: &Secrets) -> Result<Plan, String> {
+    /// The site's certificate, for the edge's HTTPS listener: the topology's own, or
+    /// `generated` (a local CA's) when the topology names none.
+    pub fn site_certificate(
+        &self,
+        generated: impl FnOnce() -> Result<SiteCertificate, String>,
+    ) -> Result<SiteCertificate, String> {
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => Ok(SiteCertificate { cert: cert.clone(), key: key.clone() }),
+            _ => generated(),
+        }
+    }
+
+    /// Every name the site's certificate should cover: the domain, the site's name, each host.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut names = vec![self.domain.clone(), self.site_name.clone()];
+        for host in &self.hosts {
+            names.push(format!("{}.{}", host.name, self.domain));
+        }
+        names.dedup();
+        names
+    }
+
+    pub fn plan(
+        &self,
+        profile: &str,
+        state_dir: &Path,
+        secrets: &Secrets,
+        certificate: Option<&SiteCertificate>,
+    ) -> Result<Plan, String> {
         let names = self.profiles.get(profile).ok_or_else(|| {
             let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
             format!("no profile `{profile}` in {}; defined: {}", self.path.display(), known.join(", "))
         })?;
         let hosts: Vec<&Host> = names.iter().filter_map(|n| self.host(n)).collect();
-        let ctx = render::Context { topology: self, hosts: &hosts, state_dir, secrets };
+        let ctx = render::Context { topology: self, hosts: &hosts, state_dir, secrets, certificate };
         let planned = hosts
             .iter()
             .map(|host| PlannedHost {
@@ -82,7 +123,8 @@ impl Topology {
                 components: host.components.iter().map(|c| ctx.component(host, *c)).collect(),
             })
             .collect();
-        let site = match hosts.iter().any(|h| h.components.contains(&Component::Edge)) {
+        let has_edge = hosts.iter().any(|h| h.components.contains(&Component::Edge));
+        let site = match has_edge {
             true => self.vip,
             false => hosts
                 .iter()
@@ -93,6 +135,9 @@ impl Topology {
         Ok(Plan {
             profile: profile.to_string(),
             site_url: format!("http://{site}:{}/", self.ports.http),
+            site_https_url: (has_edge && certificate.is_some())
+                .then(|| format!("https://{}:{}/", self.site_name, self.ports.https)),
+            ca_file: None,
             site_name: self.site_name.clone(),
             hosts: planned,
         })

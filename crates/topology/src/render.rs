@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::model::{Component, HealthCheck, Host, Topology};
-use crate::plan::{PlannedComponent, Probe, Secrets};
+use crate::plan::{PlannedComponent, Probe, Secrets, SiteCertificate};
 
 pub(crate) struct Context<'a> {
     pub topology: &'a Topology,
     pub hosts: &'a [&'a Host],
     pub state_dir: &'a Path,
     pub secrets: &'a Secrets,
+    pub certificate: Option<&'a SiteCertificate>,
 }
 
 const APP_DB_USER: &str = "foobar";
@@ -26,9 +27,14 @@ impl Context<'_> {
         let (command, config, listen, probe, role_path) = match component {
             Component::Edge => {
                 let main = SocketAddr::new(self.topology.vip.into(), ports.http);
+                let https = SocketAddr::new(self.topology.vip.into(), ports.https);
                 // Healthy when every web server is in the pool: a degraded pool shows.
                 let probe = Probe::Http { address: at(ports.admin), path: "/ready".into() };
-                ("proxy", self.edge(host), vec![main, at(ports.admin)], probe, None)
+                let listen = match self.certificate {
+                    Some(_) => vec![main, https, at(ports.admin)],
+                    None => vec![main, at(ports.admin)],
+                };
+                ("proxy", self.edge(host), listen, probe, None)
             }
             Component::Web => {
                 let probe = Probe::Http { address: at(ports.admin), path: "/ready".into() };
@@ -69,12 +75,7 @@ impl Context<'_> {
             name: host.name.clone(),
             admin: Admin { bind: SocketAddr::new(host.address.into(), t.ports.admin) },
             access_log: self.access_log(host, Component::Edge),
-            listeners: vec![Listener {
-                name: "www".into(),
-                bind: SocketAddr::new(t.vip.into(), t.ports.http),
-                trust_forwarded: false,
-                routes: vec![Route { prefix: "/".into(), pool: Some("web".into()), static_root: None }],
-            }],
+            listeners: self.edge_listeners(),
             pools: [(
                 "web".to_string(),
                 Pool {
@@ -91,6 +92,35 @@ impl Context<'_> {
         to_toml(&config, &format!("edge proxy of {}", host.name))
     }
 
+    fn edge_listeners(&self) -> Vec<Listener> {
+        let t = self.topology;
+        let to_pool = || vec![Route { prefix: "/".into(), pool: Some("web".into()), static_root: None }];
+        let mut http = Listener {
+            name: "www".into(),
+            bind: SocketAddr::new(t.vip.into(), t.ports.http),
+            trust_forwarded: false,
+            redirect_https_port: None,
+            tls: None,
+            routes: to_pool(),
+        };
+        let Some(certificate) = self.certificate else { return vec![http] };
+        if t.tls.redirect_http {
+            http.redirect_https_port = Some(t.ports.https);
+        }
+        let https = Listener {
+            name: "www-tls".into(),
+            bind: SocketAddr::new(t.vip.into(), t.ports.https),
+            trust_forwarded: false,
+            redirect_https_port: None,
+            tls: Some(ListenerTls {
+                hsts_max_age: (t.tls.hsts_max_age > 0).then_some(t.tls.hsts_max_age),
+                certificates: vec![CertificatePair { cert: certificate.cert.clone(), key: certificate.key.clone() }],
+            }),
+            routes: to_pool(),
+        };
+        vec![http, https]
+    }
+
     fn web(&self, host: &Host) -> String {
         let t = self.topology;
         let config = ProxyConfig {
@@ -102,6 +132,8 @@ impl Context<'_> {
                 bind: SocketAddr::new(host.address.into(), t.ports.http),
                 // The edge in front sets X-Forwarded-For/-Proto; the web server keeps them.
                 trust_forwarded: self.hosts_with(Component::Edge).next().is_some(),
+                redirect_https_port: None,
+                tls: None,
                 routes: vec![
                     Route { prefix: "/static/".into(), pool: None, static_root: Some(t.static_root.clone()) },
                     Route { prefix: "/".into(), pool: Some("app".into()), static_root: None },
@@ -218,7 +250,25 @@ struct Listener {
     name: String,
     bind: SocketAddr,
     trust_forwarded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redirect_https_port: Option<u16>,
+    // Tables come after plain keys in TOML: keep `tls` and `routes` last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<ListenerTls>,
     routes: Vec<Route>,
+}
+
+#[derive(Serialize)]
+struct ListenerTls {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hsts_max_age: Option<u64>,
+    certificates: Vec<CertificatePair>,
+}
+
+#[derive(Serialize)]
+struct CertificatePair {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Serialize)]

@@ -2,6 +2,7 @@
 //! `start`, `check`) drive the supervisor; component commands (`proxy`, `app`, `db`) run one
 //! part alone with its own config file, on this machine or a real host.
 
+mod cert;
 mod components;
 mod stack;
 
@@ -65,6 +66,12 @@ enum Command {
     Kill { target: String },
     /// Start again what `kill` stopped.
     Start { target: String },
+    /// Make a local CA and the site's certificate under the state dir, and say how to trust it.
+    Cert {
+        /// The topology file.
+        #[arg(long, default_value = "webstack.toml")]
+        topology: PathBuf,
+    },
     /// Validate a topology file and every config it renders.
     Check {
         #[arg(default_value = "webstack.toml")]
@@ -94,6 +101,7 @@ fn main() -> ExitCode {
         Command::Kill { target } => stack::kill_or_start(state_dir, &target, true),
         Command::Start { target } => stack::kill_or_start(state_dir, &target, false),
         Command::Check { file } => stack::check(&file),
+        Command::Cert { topology } => stack::cert(state_dir, &topology),
         Command::Supervise => stack::supervise(state_dir),
         Command::Proxy(args) => return components::proxy(&args),
         Command::App(args) => return components::app(&args),

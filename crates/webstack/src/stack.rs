@@ -69,7 +69,16 @@ pub fn up(
     }
     state.create().with_context(|| format!("creating state dir {}", state.root().display()))?;
     let secrets = state.secrets().context("making the stack's passwords")?;
-    let plan = topology.plan(&profile, state.root(), &secrets).map_err(|e| anyhow!(e))?;
+    let certificate = topology.site_certificate(|| {
+        crate::cert::ensure(&state.root().join("certs"), &topology.certificate_names())
+            .map(|ca| ca.site)
+            .map_err(|e| format!("making the site's certificate: {e:#}"))
+    });
+    let certificate = certificate.map_err(|e| anyhow!(e))?;
+    let mut plan = topology.plan(&profile, state.root(), &secrets, Some(&certificate)).map_err(|e| anyhow!(e))?;
+    if topology.tls.cert.is_none() && plan.site_https_url.is_some() {
+        plan.ca_file = Some(state.root().join("certs").join("ca.pem"));
+    }
     validate_rendered(&plan).map_err(|e| anyhow!("a rendered config is invalid:\n{e}"))?;
     if plan.components().any(|(_, c)| c.component == Component::Db) {
         db::locate::server()?;
@@ -158,15 +167,15 @@ fn print_ready(status: &StackStatus) {
     println!("{}", status.render());
     let url = &status.site_url;
     let host_port = url.trim_start_matches("http://").trim_end_matches('/');
-    let port = host_port.rsplit(':').next().unwrap_or("80");
+    let (address, port) = host_port.rsplit_once(':').unwrap_or((host_port, "80"));
+    let name = &status.site_name;
     println!("all healthy. The site: {url}");
     println!("  curl {url}");
-    println!(
-        "  curl --resolve {}:{port}:{} http://{}:{port}/",
-        status.site_name,
-        host_port.split(':').next().unwrap_or(""),
-        status.site_name
-    );
+    println!("  curl --resolve {name}:{port}:{address} http://{name}:{port}/");
+    if let (Some(https), Some(ca)) = (&status.site_https_url, &status.ca_file) {
+        let https_port = https.trim_end_matches('/').rsplit(':').next().unwrap_or("443");
+        println!("  curl --cacert {ca} --resolve {name}:{https_port}:{address} {https}");
+    }
 }
 
 pub fn status(state_dir: &Path, json: bool) -> Result<()> {
@@ -317,8 +326,17 @@ pub fn check(file: &Path) -> Result<()> {
         db_repl_password: "check-only-password".into(),
     };
     let state = std::path::absolute(".webstack")?;
+    // A throwaway certificate stands in for the one `up` makes (or the topology's own).
+    let scratch = Scratch::new()?;
+    let certificate = topology
+        .site_certificate(|| {
+            crate::cert::ensure(scratch.path(), &topology.certificate_names())
+                .map(|ca| ca.site)
+                .map_err(|e| format!("{e:#}"))
+        })
+        .map_err(|e| anyhow!(e))?;
     for profile in topology.profiles.keys() {
-        let plan = topology.plan(profile, &state, &secrets).map_err(|e| anyhow!(e))?;
+        let plan = topology.plan(profile, &state, &secrets, Some(&certificate)).map_err(|e| anyhow!(e))?;
         validate_rendered(&plan).map_err(|e| anyhow!("profile `{profile}` renders an invalid config:\n{e}"))?;
     }
     println!(
@@ -339,4 +357,43 @@ pub fn supervise(state_dir: &Path) -> Result<()> {
     let supervisor = Supervisor::new(plan, state, exe);
     rt.block_on(supervisor.run(stop_signal(), |_| tracing::info!("every component is healthy")))?;
     Ok(())
+}
+
+pub fn cert(state_dir: &Path, topology: &Path) -> Result<()> {
+    let topology = load_topology(topology)?;
+    let state = StateDir::new(state_dir)?;
+    let ca = crate::cert::ensure(&state.root().join("certs"), &topology.certificate_names())?;
+    println!(
+        "{} {} for {}",
+        if ca.made { "made" } else { "kept" },
+        ca.site.cert.display(),
+        topology.certificate_names().join(", ")
+    );
+    println!("key: {}\nCA:  {}", ca.site.key.display(), ca.ca.display());
+    println!(
+        "{}",
+        crate::cert::trust_instructions(&ca.ca, &topology.site_name, topology.ports.https, &topology.vip.to_string())
+    );
+    Ok(())
+}
+
+/// A private scratch directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!("webstack-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

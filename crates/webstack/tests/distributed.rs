@@ -55,6 +55,16 @@ fn distributed_stack_serves_balances_survives_a_dead_web_server_and_replicates()
     assert_eq!(distinct, BTreeSet::from(["server-01", "server-02", "server-03"]), "{served_by:?}");
     assert_ne!(served_by[0], served_by[1], "round robin alternates: {served_by:?}");
 
+    // HTTPS on the VIP with the stack's own CA, HTTP/2 through ALPN, as a user would check it.
+    let ca = stack.state_dir().join("certs/ca.pem");
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "--cacert"])
+        .arg(&ca)
+        .args(["--resolve", "www.foobar.com:8443:127.201.1.10", "https://www.foobar.com:8443/"])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "200 2", "{}", String::from_utf8_lossy(&curl.stderr));
+
     // Static files come from the web role.
     let css = get(lb(), "/static/site.css").expect("css");
     assert_eq!(css.status, 200);

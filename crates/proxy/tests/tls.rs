@@ -1,0 +1,229 @@
+//! HTTPS on a listener: real certificates made by a test CA, a real rustls client. SNI picks
+//! the certificate, ALPN picks h2, HTTP redirects to HTTPS, HSTS is sent, a reload swaps the
+//! certificate for new connections, and a bad certificate file is a config error naming it.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proxy::ProxyConfig;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use webstack_config::Source;
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca { issuer: Issuer::new(params, key), pem }
+    }
+
+    /// Writes a chain and key for `names` as `dir/stem.pem` and `dir/stem-key.pem`.
+    fn issue(&self, dir: &Path, stem: &str, names: &[&str]) {
+        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{stem}-key.pem")), key.serialize_pem()).unwrap();
+    }
+
+    fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+struct Proxy {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(path: &Path, listen: SocketAddr) -> Proxy {
+        let config = ProxyConfig::load(path).expect("valid config");
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(proxy::run(config, async {
+                let _ = stop_rx.await;
+            }))
+            .unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(listen).is_err() {
+            assert!(Instant::now() < deadline, "proxy did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Proxy { stop: Some(stop_tx), thread: Some(thread) }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A proxy serving `dir/www/index.html` over HTTPS on .1:8443 (certificates `a` then `b`),
+/// and plain HTTP on .1:8080 that redirects to it.
+fn write_config(dir: &Path, net: u8, certs: &[&str]) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(dir.join("www/index.html"), "hello over tls").unwrap();
+    let mut c = format!(
+        "name = \"tls\"\n[admin]\nbind = \"127.211.{net}.1:8404\"\n\
+         [[listeners]]\nname = \"plain\"\nbind = \"127.211.{net}.1:8080\"\nredirect_https_port = 8443\n\
+         [[listeners.routes]]\nprefix = \"/\"\nstatic_root = \"{www}\"\n\
+         [[listeners]]\nname = \"tls\"\nbind = \"127.211.{net}.1:8443\"\n[listeners.tls]\nhsts_max_age = 600\n",
+        www = dir.join("www").display()
+    );
+    for stem in certs {
+        c.push_str(&format!(
+            "[[listeners.tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
+            dir.join(format!("{stem}.pem")).display(),
+            dir.join(format!("{stem}-key.pem")).display()
+        ));
+    }
+    c.push_str(&format!("[[listeners.routes]]\nprefix = \"/\"\nstatic_root = \"{}\"\n", dir.join("www").display()));
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, c).unwrap();
+    path
+}
+
+/// Connects with SNI `name`, verifying the server's certificate for it; returns the ALPN
+/// protocol and, over HTTP/1.1, the raw answer to `GET /index.html`.
+async fn fetch(ca: &Ca, address: SocketAddr, name: &str, alpn: &[&[u8]]) -> Result<(Vec<u8>, String), String> {
+    let tcp = tokio::net::TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+    let server_name = ServerName::try_from(name.to_string()).unwrap();
+    let mut tls = ca.client(alpn).connect(server_name, tcp).await.map_err(|e| e.to_string())?;
+    let protocol = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec).unwrap_or_default();
+    if protocol == b"h2" {
+        return Ok((protocol, String::new()));
+    }
+    tls.write_all(format!("GET /index.html HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    Ok((protocol, String::from_utf8_lossy(&out).into_owned()))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn sni_alpn_hsts_and_redirects() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(dir.path(), "a", &["www.foobar.com", "foobar.com"]);
+    ca.issue(dir.path(), "b", &["shop.example.org"]);
+    let path = write_config(dir.path(), 1, &["a", "b"]);
+    let _proxy = Proxy::start(&path, "127.211.1.1:8443".parse().unwrap());
+    let tls: SocketAddr = "127.211.1.1:8443".parse().unwrap();
+    let rt = runtime();
+
+    // Each name gets the certificate that covers it (the client verifies the name).
+    let (alpn, answer) = rt.block_on(fetch(&ca, tls, "www.foobar.com", &[b"http/1.1"])).unwrap();
+    assert_eq!(alpn, b"http/1.1");
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello over tls"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("strict-transport-security: max-age=600"), "{answer}");
+    let (_, answer) = rt.block_on(fetch(&ca, tls, "shop.example.org", &[b"http/1.1"])).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A name no certificate covers gets the default one, which the client rejects.
+    let unknown = rt.block_on(fetch(&ca, tls, "other.test", &[b"http/1.1"]));
+    assert!(unknown.is_err(), "{unknown:?}");
+    // ALPN offers h2 first.
+    let (alpn, _) = rt.block_on(fetch(&ca, tls, "www.foobar.com", &[b"h2", b"http/1.1"])).unwrap();
+    assert_eq!(alpn, b"h2");
+
+    // Plain HTTP: 301 for GET, 308 for POST, to the same host and path on 8443.
+    let redirect = |request: &str| {
+        let mut s = std::net::TcpStream::connect("127.211.1.1:8080").unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let get = redirect("GET /a/b?c=1 HTTP/1.1\r\nHost: www.foobar.com:8080\r\nConnection: close\r\n\r\n");
+    assert!(get.starts_with("HTTP/1.1 301"), "{get}");
+    assert!(get.contains("location: https://www.foobar.com:8443/a/b?c=1"), "{get}");
+    let post =
+        redirect("POST /order HTTP/1.1\r\nHost: www.foobar.com\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert!(post.starts_with("HTTP/1.1 308"), "{post}");
+}
+
+#[test]
+fn a_reload_swaps_the_certificate_for_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_ca = Ca::new();
+    old_ca.issue(dir.path(), "a", &["www.foobar.com"]);
+    let path = write_config(dir.path(), 2, &["a"]);
+    let _proxy = Proxy::start(&path, "127.211.2.1:8443".parse().unwrap());
+    let tls: SocketAddr = "127.211.2.1:8443".parse().unwrap();
+    let rt = runtime();
+    assert!(rt.block_on(fetch(&old_ca, tls, "www.foobar.com", &[b"http/1.1"])).is_ok());
+
+    // New files from another CA, then a reload through the admin API.
+    let new_ca = Ca::new();
+    new_ca.issue(dir.path(), "a", &["www.foobar.com"]);
+    let mut s = std::net::TcpStream::connect("127.211.2.1:8404").unwrap();
+    s.write_all(b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        rt.block_on(fetch(&new_ca, tls, "www.foobar.com", &[b"http/1.1"])).is_ok(),
+        "the new certificate is served"
+    );
+    assert!(rt.block_on(fetch(&old_ca, tls, "www.foobar.com", &[b"http/1.1"])).is_err(), "the old one is gone");
+}
+
+#[test]
+fn a_missing_or_bad_certificate_is_a_config_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(dir.path(), "a", &["www.foobar.com"]);
+    ca.issue(dir.path(), "b", &["other.test"]);
+    let path = write_config(dir.path(), 3, &["a", "missing"]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let e = ProxyConfig::from_source(&Source::from_text(&path, text)).unwrap_err().to_string();
+    assert!(e.contains("listeners[1].tls.certificates[1].cert") && e.contains("missing.pem: No such file"), "{e}");
+
+    // A key that belongs to another certificate.
+    std::fs::copy(dir.path().join("b-key.pem"), dir.path().join("a-key.pem")).unwrap();
+    let path = write_config(dir.path(), 3, &["a"]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let e = ProxyConfig::from_source(&Source::from_text(&path, text)).unwrap_err().to_string();
+    assert!(e.contains("listeners[1].tls.certificates[0].key") && e.contains("does not belong to"), "{e}");
+
+    // Not PEM at all.
+    std::fs::write(dir.path().join("a.pem"), "hello").unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let e = ProxyConfig::from_source(&Source::from_text(&path, text)).unwrap_err().to_string();
+    assert!(e.contains("listeners[1].tls.certificates[0].cert") && e.contains("a.pem"), "{e}");
+}
