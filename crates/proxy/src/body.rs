@@ -20,6 +20,7 @@ pin_project_lite::pin_project! {
     pub enum ProxyBody {
         Upstream { #[pin] body: UpstreamBody },
         Full { bytes: Option<Bytes> },
+        File { file: Box<crate::static_files::FileBody> },
     }
 }
 
@@ -34,6 +35,10 @@ impl ProxyBody {
 
     pub fn upstream(body: UpstreamBody) -> Self {
         ProxyBody::Upstream { body }
+    }
+
+    pub fn file(file: crate::static_files::FileBody) -> Self {
+        ProxyBody::File { file: Box::new(file) }
     }
 }
 
@@ -128,6 +133,12 @@ impl Body for ProxyBody {
         match self.project() {
             ProxyBodyProj::Full { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBodyProj::Upstream { body } => body.poll_frame(cx),
+            ProxyBodyProj::File { file } => match file.poll_chunk(cx) {
+                Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
@@ -135,6 +146,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full { bytes } => bytes.is_none(),
             ProxyBody::Upstream { body } => body.is_end_stream(),
+            ProxyBody::File { file } => file.remaining() == 0,
         }
     }
 
@@ -143,6 +155,7 @@ impl Body for ProxyBody {
             ProxyBody::Full { bytes: Some(b) } => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full { bytes: None } => SizeHint::with_exact(0),
             ProxyBody::Upstream { body } => body.size_hint(),
+            ProxyBody::File { file } => SizeHint::with_exact(file.remaining()),
         }
     }
 }

@@ -23,9 +23,18 @@
 //! [[listeners.tls.certificates]]   # chosen by SNI; the first is the default
 //! cert = "/etc/webstack/foobar.com.pem"      # the chain, leaf first
 //! key = "/etc/webstack/foobar.com-key.pem"
-//! [[listeners.routes]]
+//! [[listeners.routes]]                # nginx's location: exact paths first, then longest prefix
 //! prefix = "/static/"
 //! static_root = "/srv/static"      # the prefix is replaced by this directory (nginx's alias)
+//! index = ["index.html"]           # tried for a directory
+//! cache_control = "public, max-age=3600"
+//! precompressed = true             # FILE.br / FILE.gz for clients that accept them
+//! [[listeners.routes]]
+//! exact = "/old-shop"
+//! redirect = { to = "/", status = 301 }
+//! [[listeners.routes]]
+//! exact = "/robots.txt"
+//! respond = { status = 200, body = "User-agent: *\nDisallow:\n" }
 //! [[listeners.routes]]
 //! prefix = "/"
 //! pool = "web"
@@ -147,9 +156,55 @@ struct RawCertificate {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
-    prefix: String,
+    prefix: Option<String>,
+    exact: Option<String>,
     pool: Option<String>,
     static_root: Option<PathBuf>,
+    /// With `static_root`: files tried for a directory, in order.
+    #[serde(default = "default_index")]
+    index: Vec<String>,
+    /// With `static_root`: the Cache-Control header of its files.
+    cache_control: Option<String>,
+    /// With `static_root`: serve `FILE.br` / `FILE.gz` to clients that accept them.
+    #[serde(default)]
+    precompressed: bool,
+    redirect: Option<RawRedirect>,
+    respond: Option<RawRespond>,
+}
+
+fn default_index() -> Vec<String> {
+    vec!["index.html".into()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedirect {
+    to: String,
+    #[serde(default = "default_redirect_status")]
+    status: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    301
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRespond {
+    #[serde(default = "default_respond_status")]
+    status: u16,
+    #[serde(default)]
+    body: String,
+    #[serde(default = "default_respond_type")]
+    content_type: String,
+}
+
+fn default_respond_status() -> u16 {
+    200
+}
+
+fn default_respond_type() -> String {
+    "text/plain; charset=utf-8".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -296,18 +351,47 @@ pub struct Tls {
     pub hsts: Option<http::HeaderValue>,
 }
 
+/// A route, as nginx's `location`: an exact path (`location = /x`) wins, else the longest
+/// matching prefix.
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub prefix: String,
+    pub path: String,
+    pub exact: bool,
     pub target: RouteTarget,
+}
+
+impl Route {
+    pub fn matches(&self, path: &str) -> bool {
+        match self.exact {
+            true => path == self.path,
+            false => path.starts_with(&self.path),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub enum RouteTarget {
     /// Index into [`ProxyConfig::pools`].
     Pool(usize),
-    /// A directory that replaces the route's prefix.
-    Static(PathBuf),
+    Static(StaticRoute),
+    Redirect {
+        to: String,
+        status: http::StatusCode,
+    },
+    Respond {
+        status: http::StatusCode,
+        body: bytes::Bytes,
+        content_type: http::HeaderValue,
+    },
+}
+
+/// Files under a directory that replaces the route's prefix (nginx's `alias`).
+#[derive(Debug, Clone)]
+pub struct StaticRoute {
+    pub root: PathBuf,
+    pub index: Vec<String>,
+    pub cache_control: Option<http::HeaderValue>,
+    pub precompressed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -383,44 +467,15 @@ impl ProxyConfig {
                 err(format!("{field}.routes"), "a listener needs at least one route".into());
             }
             let mut routes = Vec::new();
-            let mut prefixes = BTreeSet::new();
+            let mut seen = BTreeSet::new();
             for (j, r) in l.routes.iter().enumerate() {
                 let field = format!("{field}.routes[{j}]");
-                if !r.prefix.starts_with('/') {
-                    err(format!("{field}.prefix"), format!("`{}` must start with /", r.prefix));
-                }
-                if !prefixes.insert(r.prefix.as_str()) {
-                    err(format!("{field}.prefix"), format!("`{}` is routed twice", r.prefix));
-                }
-                let target = match (&r.pool, &r.static_root) {
-                    (Some(pool), None) => match pool_names.iter().position(|p| *p == pool) {
-                        Some(index) => Some(RouteTarget::Pool(index)),
-                        None => {
-                            err(format!("{field}.pool"), format!("no pool `{pool}` in [pools]"));
-                            None
-                        }
-                    },
-                    (None, Some(dir)) => match dir.canonicalize() {
-                        Ok(dir) if dir.is_dir() => Some(RouteTarget::Static(dir)),
-                        Ok(_) => {
-                            err(format!("{field}.static_root"), format!("{} is not a directory", dir.display()));
-                            None
-                        }
-                        Err(e) => {
-                            err(format!("{field}.static_root"), format!("{}: {e}", dir.display()));
-                            None
-                        }
-                    },
-                    _ => {
-                        err(field.clone(), "a route needs exactly one of `pool` or `static_root`".into());
-                        None
-                    }
-                };
-                if let Some(target) = target {
-                    routes.push(Route { prefix: r.prefix.clone(), target });
+                if let Some(route) = validate_route(r, &field, &pool_names, &mut seen, &mut err) {
+                    routes.push(route);
                 }
             }
-            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+            // Exact routes first, then prefixes longest first: the first match wins.
+            routes.sort_by_key(|r| (!r.exact, std::cmp::Reverse(r.path.len())));
             // hyper needs room for at least one read: below 8 KiB it refuses the setting.
             if l.max_header_bytes < 8192 {
                 err(format!("{field}.max_header_bytes"), format!("{} is below the minimum 8192", l.max_header_bytes));
@@ -551,6 +606,97 @@ impl ProxyConfig {
     }
 }
 
+fn validate_route(
+    r: &RawRoute,
+    field: &str,
+    pool_names: &[&String],
+    seen: &mut BTreeSet<(bool, String)>,
+    err: &mut impl FnMut(String, String),
+) -> Option<Route> {
+    let (path, exact, key) = match (&r.prefix, &r.exact) {
+        (Some(p), None) => (p.clone(), false, "prefix"),
+        (None, Some(p)) => (p.clone(), true, "exact"),
+        _ => {
+            err(field.to_string(), "a route needs exactly one of `prefix` or `exact`".into());
+            return None;
+        }
+    };
+    if !path.starts_with('/') {
+        err(format!("{field}.{key}"), format!("`{path}` must start with /"));
+    }
+    if !seen.insert((exact, path.clone())) {
+        err(format!("{field}.{key}"), format!("`{path}` is routed twice"));
+    }
+    let targets = [r.pool.is_some(), r.static_root.is_some(), r.redirect.is_some(), r.respond.is_some()];
+    if targets.iter().filter(|t| **t).count() != 1 {
+        err(field.to_string(), "a route needs exactly one of `pool`, `static_root`, `redirect` or `respond`".into());
+        return None;
+    }
+    let target = if let Some(pool) = &r.pool {
+        match pool_names.iter().position(|p| *p == pool) {
+            Some(index) => RouteTarget::Pool(index),
+            None => {
+                err(format!("{field}.pool"), format!("no pool `{pool}` in [pools]"));
+                return None;
+            }
+        }
+    } else if let Some(dir) = &r.static_root {
+        let root = match dir.canonicalize() {
+            Ok(root) if root.is_dir() => root,
+            Ok(_) => {
+                err(format!("{field}.static_root"), format!("{} is not a directory", dir.display()));
+                return None;
+            }
+            Err(e) => {
+                err(format!("{field}.static_root"), format!("{}: {e}", dir.display()));
+                return None;
+            }
+        };
+        if r.index.iter().any(|i| i.is_empty() || i.contains('/')) {
+            err(format!("{field}.index"), "index files are plain file names".into());
+        }
+        let cache_control = r.cache_control.as_ref().and_then(|c| match http::HeaderValue::from_str(c) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                err(format!("{field}.cache_control"), format!("`{c}` is not a header value"));
+                None
+            }
+        });
+        RouteTarget::Static(StaticRoute { root, index: r.index.clone(), cache_control, precompressed: r.precompressed })
+    } else if let Some(redirect) = &r.redirect {
+        let status = match http::StatusCode::from_u16(redirect.status) {
+            Ok(s) if s.is_redirection() => s,
+            _ => {
+                err(
+                    format!("{field}.redirect.status"),
+                    format!("{} is not a redirect status (301, 302, 303, 307, 308)", redirect.status),
+                );
+                return None;
+            }
+        };
+        if http::HeaderValue::from_str(&redirect.to).is_err() || redirect.to.is_empty() {
+            err(format!("{field}.redirect.to"), format!("`{}` is not a URL or path", redirect.to));
+            return None;
+        }
+        RouteTarget::Redirect { to: redirect.to.clone(), status }
+    } else {
+        let respond = r.respond.as_ref()?;
+        let status = match http::StatusCode::from_u16(respond.status) {
+            Ok(s) => s,
+            Err(_) => {
+                err(format!("{field}.respond.status"), format!("{} is not an HTTP status", respond.status));
+                return None;
+            }
+        };
+        let Ok(content_type) = http::HeaderValue::from_str(&respond.content_type) else {
+            err(format!("{field}.respond.content_type"), format!("`{}` is not a header value", respond.content_type));
+            return None;
+        };
+        RouteTarget::Respond { status, body: bytes::Bytes::from(respond.body.clone()), content_type }
+    };
+    Some(Route { path, exact, target })
+}
+
 /// Loads a listener's certificates; each bad file is reported on its own field.
 fn load_tls(raw: &RawTls, field: &str, err: &mut impl FnMut(String, String)) -> Option<Tls> {
     if raw.certificates.is_empty() {
@@ -611,7 +757,7 @@ address = "127.0.0.1:9001"
     #[test]
     fn routes_are_ordered_longest_prefix_first() {
         let c = load(GOOD).unwrap();
-        assert_eq!(c.listeners[0].routes[0].prefix, "/api/");
+        assert_eq!(c.listeners[0].routes[0].path, "/api/");
         assert_eq!(c.pools[0].connect_timeout, Duration::from_secs(1));
     }
 

@@ -434,7 +434,7 @@ async fn route(
         (req.method().clone(), req.uri().clone(), req.version(), h.get(REFERER).cloned(), h.get(USER_AGENT).cloned())
     });
     let path = req.uri().path();
-    let (response, pool, server) = match listener.routes.iter().find(|r| path.starts_with(&r.prefix)) {
+    let (response, pool, server) = match listener.routes.iter().find(|r| r.matches(path)) {
         None => (error_response(StatusCode::NOT_FOUND), None, None),
         Some(route) => match &route.target {
             RouteTarget::Pool(p) => {
@@ -442,7 +442,14 @@ async fn route(
                 let (response, server) = forward(pool, req, client, listener).await;
                 (response, Some(pool), server.map(|s| &pool.servers[s]))
             }
-            RouteTarget::Static(root) => (static_files::serve(root, &route.prefix, &req).await, None, None),
+            RouteTarget::Static(files) => (static_files::serve(files, &route.path, &req).await, None, None),
+            RouteTarget::Redirect { to, status } => (fixed_redirect(to, *status), None, None),
+            RouteTarget::Respond { status, body, content_type } => {
+                let mut response = Response::new(ProxyBody::full(body.clone()));
+                *response.status_mut() = *status;
+                response.headers_mut().insert(http::header::CONTENT_TYPE, content_type.clone());
+                (response, None, None)
+            }
         },
     };
     let mut response = response;
@@ -465,6 +472,15 @@ async fn route(
             server: server.map(|s| s.config.name.as_str()),
             request_id: request_id.to_str().unwrap_or("-"),
         });
+    }
+    response
+}
+
+fn fixed_redirect(to: &str, status: StatusCode) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = status;
+    if let Ok(location) = HeaderValue::from_str(to) {
+        response.headers_mut().insert(http::header::LOCATION, location);
     }
     response
 }

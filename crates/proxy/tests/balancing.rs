@@ -879,3 +879,68 @@ fn tcp_health_checks_need_only_a_connection() {
     }
     assert!(!get(admin, "/ready").body.contains("web/s1"));
 }
+
+#[test]
+fn static_routes_serve_like_nginx_ranges_index_precompressed_and_fixed_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("static");
+    std::fs::create_dir_all(root.join("docs")).unwrap();
+    let text: String = (0..1000).map(|i| format!("line {i:04}\n")).collect();
+    std::fs::write(root.join("big.txt"), &text).unwrap();
+    std::fs::write(root.join("big.txt.gz"), b"pretend-gzip").unwrap();
+    std::fs::write(root.join("big.txt.br"), b"pretend-brotli").unwrap();
+    std::fs::write(root.join("docs/index.html"), "<h1>docs</h1>").unwrap();
+    let config = format!(
+        "name = \"web\"\n[[listeners]]\nname = \"site\"\nbind = \"127.210.22.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/static/\"\nstatic_root = \"{}\"\ncache_control = \"public, max-age=60\"\nprecompressed = true\n\
+         [[listeners.routes]]\nexact = \"/static/special\"\nrespond = {{ status = 418, body = \"teapot\" }}\n\
+         [[listeners.routes]]\nexact = \"/old\"\nredirect = {{ to = \"/static/docs/\", status = 308 }}\n",
+        root.display()
+    );
+    let _proxy = Proxy::start(&config);
+    let web = addr("127.210.22.1:8080");
+    let req = |path: &str, headers: &str| {
+        request(web, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"))
+    };
+
+    let whole = req("/static/big.txt", "");
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.body, text);
+    assert_eq!(whole.header("cache-control").as_deref(), Some("public, max-age=60"));
+    assert_eq!(whole.header("accept-ranges").as_deref(), Some("bytes"));
+    assert_eq!(whole.header("vary").as_deref(), Some("Accept-Encoding"));
+
+    let part = req("/static/big.txt", "Range: bytes=10-19\r\n");
+    assert_eq!((part.status, part.body.as_str()), (206, "line 0001\n"));
+    assert_eq!(part.header("content-range").as_deref(), Some(format!("bytes 10-19/{}", text.len()).as_str()));
+    let tail = req("/static/big.txt", "Range: bytes=-10\r\n");
+    assert_eq!((tail.status, tail.body.as_str()), (206, "line 0999\n"));
+    let past = req("/static/big.txt", "Range: bytes=999999-\r\n");
+    assert_eq!(past.status, 416);
+    assert_eq!(past.header("content-range").as_deref(), Some(format!("bytes */{}", text.len()).as_str()));
+    let etag = whole.header("etag").unwrap();
+    let stale = req("/static/big.txt", "Range: bytes=0-3\r\nIf-Range: \"old\"\r\n");
+    assert_eq!(stale.status, 200, "a stale If-Range gets the whole file");
+    let fresh = req("/static/big.txt", &format!("Range: bytes=0-3\r\nIf-Range: {etag}\r\n"));
+    assert_eq!((fresh.status, fresh.body.as_str()), (206, "line"));
+    assert_eq!(req("/static/big.txt", &format!("If-None-Match: {etag}\r\n")).status, 304);
+
+    let br = req("/static/big.txt", "Accept-Encoding: gzip, br\r\n");
+    assert_eq!((br.header("content-encoding").as_deref(), br.body.as_str()), (Some("br"), "pretend-brotli"));
+    assert_eq!(br.header("content-type").as_deref(), Some("text/plain; charset=utf-8"));
+    let gz = req("/static/big.txt", "Accept-Encoding: gzip, br;q=0\r\n");
+    assert_eq!((gz.header("content-encoding").as_deref(), gz.body.as_str()), (Some("gzip"), "pretend-gzip"));
+    assert_ne!(gz.header("etag"), whole.header("etag"), "each variant has its own tag");
+
+    let slash = req("/static/docs", "");
+    assert_eq!((slash.status, slash.header("location").as_deref()), (301, Some("/static/docs/")));
+    let index = req("/static/docs/", "");
+    assert_eq!((index.status, index.body.as_str()), (200, "<h1>docs</h1>"));
+    assert_eq!(index.header("content-type").as_deref(), Some("text/html; charset=utf-8"));
+
+    let exact = req("/static/special", "");
+    assert_eq!((exact.status, exact.body.as_str()), (418, "teapot"), "an exact route wins over a prefix");
+    let moved = req("/old", "");
+    assert_eq!((moved.status, moved.header("location").as_deref()), (308, Some("/static/docs/")));
+    assert_eq!(req("/old/more", "").status, 404, "exact means exact");
+}

@@ -94,7 +94,7 @@ impl Context<'_> {
 
     fn edge_listeners(&self) -> Vec<Listener> {
         let t = self.topology;
-        let to_pool = || vec![Route { prefix: "/".into(), pool: Some("web".into()), static_root: None }];
+        let to_pool = || vec![Route::to_pool("web")];
         let mut http = Listener {
             name: "www".into(),
             bind: SocketAddr::new(t.vip.into(), t.ports.http),
@@ -135,8 +135,14 @@ impl Context<'_> {
                 redirect_https_port: None,
                 tls: None,
                 routes: vec![
-                    Route { prefix: "/static/".into(), pool: None, static_root: Some(t.static_root.clone()) },
-                    Route { prefix: "/".into(), pool: Some("app".into()), static_root: None },
+                    Route {
+                        prefix: "/static/".into(),
+                        pool: None,
+                        static_root: Some(t.static_root.clone()),
+                        cache_control: Some("public, max-age=3600".into()),
+                        precompressed: Some(true),
+                    },
+                    Route::to_pool("app"),
                 ],
             }],
             pools: [(
@@ -278,6 +284,22 @@ struct Route {
     pool: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     static_root: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_control: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precompressed: Option<bool>,
+}
+
+impl Route {
+    fn to_pool(pool: &str) -> Route {
+        Route {
+            prefix: "/".into(),
+            pool: Some(pool.into()),
+            static_root: None,
+            cache_control: None,
+            precompressed: None,
+        }
+    }
 }
 
 #[derive(Serialize)]
