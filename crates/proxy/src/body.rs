@@ -21,6 +21,7 @@ pin_project_lite::pin_project! {
         Upstream { #[pin] body: UpstreamBody },
         Full { bytes: Option<Bytes> },
         File { file: Box<crate::static_files::FileBody> },
+        Compressed { body: Box<crate::compression::CompressedBody> },
     }
 }
 
@@ -35,6 +36,10 @@ impl ProxyBody {
 
     pub fn upstream(body: UpstreamBody) -> Self {
         ProxyBody::Upstream { body }
+    }
+
+    pub fn compressed(body: crate::compression::CompressedBody) -> Self {
+        ProxyBody::Compressed { body: Box::new(body) }
     }
 
     pub fn file(file: crate::static_files::FileBody) -> Self {
@@ -139,6 +144,7 @@ impl Body for ProxyBody {
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            ProxyBodyProj::Compressed { body } => body.poll_frame(cx),
         }
     }
 
@@ -147,6 +153,7 @@ impl Body for ProxyBody {
             ProxyBody::Full { bytes } => bytes.is_none(),
             ProxyBody::Upstream { body } => body.is_end_stream(),
             ProxyBody::File { file } => file.remaining() == 0,
+            ProxyBody::Compressed { body } => body.is_end_stream(),
         }
     }
 
@@ -156,6 +163,7 @@ impl Body for ProxyBody {
             ProxyBody::Full { bytes: None } => SizeHint::with_exact(0),
             ProxyBody::Upstream { body } => body.size_hint(),
             ProxyBody::File { file } => SizeHint::with_exact(file.remaining()),
+            ProxyBody::Compressed { body } => body.size_hint(),
         }
     }
 }

@@ -16,6 +16,8 @@
 //! max_header_bytes = 65536         # request line and headers; more is 431
 //! max_headers = 100                # more is 431
 //! max_body_bytes = 0               # 0: no limit; more is 413 (nginx's client_max_body_size)
+//! compress = true                  # gzip/brotli text answers on the fly (nginx's gzip on)
+//! compress_min_bytes = 1024
 //! redirect_https_port = 8443       # optional: answer every request with a redirect to HTTPS
 //!                                  # (301 for GET and HEAD, 308 otherwise)
 //! [listeners.tls]                  # optional: this listener speaks HTTPS
@@ -135,6 +137,10 @@ struct RawListener {
     #[serde(default)]
     max_body_bytes: u64,
     redirect_https_port: Option<u16>,
+    #[serde(default)]
+    compress: bool,
+    #[serde(default = "default_compress_min_bytes")]
+    compress_min_bytes: u64,
     tls: Option<RawTls>,
     routes: Vec<RawRoute>,
 }
@@ -226,6 +232,10 @@ struct RawPool {
     passive: Option<RawPassive>,
     health: Option<RawHealth>,
     servers: Vec<RawServer>,
+}
+
+fn default_compress_min_bytes() -> u64 {
+    1024
 }
 
 fn default_max_header_bytes() -> usize {
@@ -338,6 +348,9 @@ pub struct Listener {
     pub max_body_bytes: Option<u64>,
     /// Every request is redirected to HTTPS on this port.
     pub redirect_https_port: Option<u16>,
+    /// Compress text answers of at least `compress_min_bytes` for clients that accept it.
+    pub compress: bool,
+    pub compress_min_bytes: u64,
     pub tls: Option<Tls>,
     /// Longest prefix first, so the first match wins.
     pub routes: Vec<Route>,
@@ -491,6 +504,8 @@ impl ProxyConfig {
                 max_headers: l.max_headers,
                 max_body_bytes: (l.max_body_bytes > 0).then_some(l.max_body_bytes),
                 redirect_https_port: l.redirect_https_port,
+                compress: l.compress,
+                compress_min_bytes: l.compress_min_bytes,
                 tls: l.tls.as_ref().and_then(|t| load_tls(t, &field, &mut err)),
                 routes,
             });

@@ -27,7 +27,7 @@ use crate::body::ProxyBody;
 use crate::config::{ProxyConfig, RouteTarget};
 use crate::forward::{error_response, forward};
 use crate::upstream::PoolState;
-use crate::{admin, health, static_files};
+use crate::{admin, compression, health, static_files};
 
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// A client that has not finished its TLS handshake by then is dropped.
@@ -433,6 +433,10 @@ async fn route(
         let h = req.headers();
         (req.method().clone(), req.uri().clone(), req.version(), h.get(REFERER).cloned(), h.get(USER_AGENT).cloned())
     });
+    let compress = match listener.compress {
+        true => compression::negotiate(req.headers()).map(|e| (e, req.method().clone())),
+        false => None,
+    };
     let path = req.uri().path();
     let (response, pool, server) = match listener.routes.iter().find(|r| r.matches(path)) {
         None => (error_response(StatusCode::NOT_FOUND), None, None),
@@ -452,7 +456,12 @@ async fn route(
             }
         },
     };
-    let mut response = response;
+    let mut response = match compress {
+        Some((encoding, method)) => {
+            compression::maybe_compress(&method, Some(encoding), listener.compress_min_bytes, response)
+        }
+        None => response,
+    };
     if let Some(hsts) = listener.tls.as_ref().and_then(|t| t.hsts.clone()) {
         response.headers_mut().insert(STRICT_TRANSPORT_SECURITY, hsts);
     }

@@ -944,3 +944,71 @@ fn static_routes_serve_like_nginx_ranges_index_precompressed_and_fixed_answers()
     assert_eq!((moved.status, moved.header("location").as_deref()), (308, Some("/static/docs/")));
     assert_eq!(req("/old/more", "").status, 404, "exact means exact");
 }
+
+fn raw_get(address: SocketAddr, path: &str, headers: &str) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(address).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&out[..split]).to_ascii_lowercase();
+    let mut body = out[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        let mut decoded = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap().trim(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            decoded.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+            rest = &rest[line_end + 2 + size + 2..];
+        }
+        body = decoded;
+    }
+    (head, body)
+}
+
+#[test]
+fn text_is_compressed_on_the_fly_for_clients_that_accept_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("static");
+    std::fs::create_dir_all(&root).unwrap();
+    let text: String = (0..2000).map(|i| format!("<p>paragraph {i}</p>\n")).collect();
+    std::fs::write(root.join("page.html"), &text).unwrap();
+    std::fs::write(root.join("small.txt"), "tiny").unwrap();
+    std::fs::write(root.join("photo.png"), vec![7u8; 5000]).unwrap();
+    let config = format!(
+        "name = \"web\"\n[[listeners]]\nname = \"site\"\nbind = \"127.210.23.1:8080\"\ncompress = true\n\
+         [[listeners.routes]]\nprefix = \"/\"\nstatic_root = \"{}\"\n",
+        root.display()
+    );
+    let _proxy = Proxy::start(&config);
+    let web = addr("127.210.23.1:8080");
+
+    let (head, body) = raw_get(web, "/page.html", "Accept-Encoding: gzip\r\n");
+    assert!(head.contains("content-encoding: gzip") && head.contains("vary: accept-encoding"), "{head}");
+    assert!(head.contains("etag: w/\""), "a compressed answer carries a weak tag: {head}");
+    let mut plain = String::new();
+    flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut plain).unwrap();
+    assert_eq!(plain, text);
+    assert!(body.len() * 5 < text.len(), "{} bytes compressed to {}", text.len(), body.len());
+
+    let (head, body) = raw_get(web, "/page.html", "Accept-Encoding: gzip, br\r\n");
+    assert!(head.contains("content-encoding: br"), "{head}");
+    let mut plain = String::new();
+    brotli::Decompressor::new(&body[..], 4096).read_to_string(&mut plain).unwrap();
+    assert_eq!(plain, text);
+
+    for (path, headers) in [
+        ("/page.html", ""),
+        ("/small.txt", "Accept-Encoding: gzip\r\n"),
+        ("/photo.png", "Accept-Encoding: gzip\r\n"),
+        ("/page.html", "Accept-Encoding: gzip\r\nRange: bytes=0-9\r\n"),
+    ] {
+        let (head, _) = raw_get(web, path, headers);
+        assert!(!head.contains("content-encoding"), "{path} {headers:?} was compressed: {head}");
+    }
+}

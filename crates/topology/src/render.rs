@@ -100,6 +100,7 @@ impl Context<'_> {
             bind: SocketAddr::new(t.vip.into(), t.ports.http),
             trust_forwarded: false,
             redirect_https_port: None,
+            compress: false,
             tls: None,
             routes: to_pool(),
         };
@@ -112,6 +113,7 @@ impl Context<'_> {
             bind: SocketAddr::new(t.vip.into(), t.ports.https),
             trust_forwarded: false,
             redirect_https_port: None,
+            compress: false,
             tls: Some(ListenerTls {
                 hsts_max_age: (t.tls.hsts_max_age > 0).then_some(t.tls.hsts_max_age),
                 certificates: vec![CertificatePair { cert: certificate.cert.clone(), key: certificate.key.clone() }],
@@ -133,6 +135,7 @@ impl Context<'_> {
                 // The edge in front sets X-Forwarded-For/-Proto; the web server keeps them.
                 trust_forwarded: self.hosts_with(Component::Edge).next().is_some(),
                 redirect_https_port: None,
+                compress: true,
                 tls: None,
                 routes: vec![
                     Route {
@@ -258,6 +261,7 @@ struct Listener {
     trust_forwarded: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     redirect_https_port: Option<u16>,
+    compress: bool,
     // Tables come after plain keys in TOML: keep `tls` and `routes` last.
     #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<ListenerTls>,
