@@ -7,7 +7,11 @@ three origins with keep-alive on both sides. For each proxy and connection count
 p50 and p99 latency, proxy CPU time per request, and peak RSS, as medians of several runs,
 with each figure's ratio to HAProxy's.
 
-Usage: bench/proxy_bench.py [--runs 3] [--seconds 10] [--conns 64,256] [--webstack PATH]
+Scenarios (--scenarios): proxy (the load balancer), static (a 16 KiB file from disk, against
+nginx), tls (TLS keep-alive), handshake (a new TLS connection per request), h2 (HTTP/2 over TLS
+with h2load). Every TLS scenario uses the same ECDSA P-256 certificate from `webstack cert`.
+
+Usage: bench/proxy_bench.py [--runs 3] [--seconds 10] [--conns 64,256] [--scenarios proxy,static]
 """
 
 import argparse
@@ -88,9 +92,38 @@ def parse_latency(text, label):
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def wrk(conns, seconds, path="/"):
+def load(scenario, conns, seconds):
+    if scenario["client"] == "h2load":
+        return h2load(conns, seconds, scenario["path"])
+    scheme = "https" if scenario["tls"] else "http"
+    close = ["-H", "Connection: close"] if scenario["client"] == "wrk-close" else []
+    return wrk(conns, seconds, f"{scheme}://www.foobar.com:{PROXY.rsplit(':', 1)[1]}{scenario['path']}", close)
+
+
+def h2load(conns, seconds, path):
+    log = tempfile.NamedTemporaryFile(prefix="h2load-", delete=False).name
     out = subprocess.run(
-        ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", f"http://{PROXY}{path}"],
+        ["taskset", "-c", "0", "h2load", "-c", str(conns), "-m", "10", "-D", str(seconds), "--log-file", log,
+         f"https://{PROXY}{path}"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    failed = int(re.search(r"(\d+) failed", out).group(1))
+    # h2load prints no percentiles: the log has one line per request, duration in µs last.
+    with open(log) as f:
+        durations = sorted(int(line.split()[-1]) for line in f if line.strip())
+    os.unlink(log)
+    pick = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))] / 1000 if durations else float("nan")
+    return {"requests": done, "rps": rps, "p50": pick(0.50), "p99": pick(0.99), "errors": failed, "socket_errors": ""}
+
+
+def wrk(conns, seconds, url, extra=()):
+    # wrk cannot be told where a name lives: it connects to the address (and sends it as SNI,
+    # which every proxy here answers with its one certificate).
+    url = url.replace("www.foobar.com", PROXY.rsplit(":", 1)[0])
+    out = subprocess.run(
+        ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", *extra, url],
         capture_output=True,
         text=True,
         check=True,
@@ -140,8 +173,9 @@ http {{
 """
 
 
-def haproxy_config(work):
+def haproxy_config(work, tls=False):
     servers = "\n".join(f"  server o{i} {o}" for i, o in enumerate(ORIGINS, 1))
+    bind = f"{PROXY}" + (f" ssl crt {work}/haproxy.pem alpn h2,http/1.1" if tls else "")
     return f"""global
   nbthread 1
   maxconn 9000
@@ -153,7 +187,7 @@ defaults
   http-reuse always
   option forwardfor
 frontend www
-  bind {PROXY}
+  bind {bind}
   default_backend web
 backend web
   balance roundrobin
@@ -161,8 +195,14 @@ backend web
 """
 
 
-def nginx_config(work):
+def nginx_config(work, tls=False, static=False):
     servers = "\n".join(f"    server {o};" for o in ORIGINS)
+    listen = f"{PROXY} ssl http2" if tls else PROXY
+    certs = f"ssl_certificate {work}/site.pem; ssl_certificate_key {work}/site-key.pem;" if tls else ""
+    location = f"root {work}/www;" if static else """proxy_pass http://web;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"""
     return f"""worker_processes 1;
 daemon off;
 pid {work}/nginx.pid;
@@ -177,27 +217,32 @@ http {{
     keepalive_requests 1000000;
   }}
   server {{
-    listen {PROXY};
+    listen {listen};
+    {certs}
+    http2_max_requests 1000000;
     location / {{
-      proxy_pass http://web;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      {location}
     }}
   }}
 }}
 """
 
 
-def webstack_config(work):
+def webstack_config(work, tls=False, static=False):
     servers = "".join(f'[[pools.web.servers]]\nname = "o{i}"\naddress = "{o}"\n' for i, o in enumerate(ORIGINS, 1))
+    certs = f"""[listeners.tls]
+[[listeners.tls.certificates]]
+cert = "{work}/site.pem"
+key = "{work}/site-key.pem"
+""" if tls else ""
+    target = f'static_root = "{work}/www"' if static else 'pool = "web"'
     return f"""name = "bench"
 [[listeners]]
 name = "www"
 bind = "{PROXY}"
-[[listeners.routes]]
+{certs}[[listeners.routes]]
 prefix = "/"
-pool = "web"
+{target}
 [pools.web]
 balance = "roundrobin"
 {servers}"""
@@ -210,12 +255,28 @@ def write(work, name, text):
     return path
 
 
-def proxies(work, webstack):
-    return {
-        "webstack": [webstack, "proxy", "--config", write(work, "webstack.toml", webstack_config(work))],
-        "haproxy": ["haproxy", "-f", write(work, "haproxy.cfg", haproxy_config(work))],
-        "nginx": ["nginx", "-c", write(work, "nginx.conf", nginx_config(work)), "-e", os.path.join(work, "nginx-e.log")],
+def proxies(work, webstack, scenario):
+    """The command of each proxy for a scenario; HAProxy serves no files, so not `static`."""
+    tls = scenario["tls"]
+    static = scenario.get("static", False)
+    tag = scenario["name"]
+    chosen = {
+        "webstack": [webstack, "proxy", "--config", write(work, f"webstack-{tag}.toml", webstack_config(work, tls, static))],
+        "nginx": ["nginx", "-c", write(work, f"nginx-{tag}.conf", nginx_config(work, tls, static)), "-e", os.path.join(work, "nginx-e.log")],
     }
+    if not static:
+        chosen["haproxy"] = ["haproxy", "-f", write(work, f"haproxy-{tag}.cfg", haproxy_config(work, tls))]
+    return chosen
+
+
+# What each scenario measures: the client, the path, and whether the proxy speaks TLS.
+SCENARIOS = {
+    "proxy": {"name": "proxy", "tls": False, "path": "/", "client": "wrk", "what": "3-server round robin, keep-alive"},
+    "static": {"name": "static", "tls": False, "static": True, "path": "/16k.bin", "client": "wrk", "what": "a 16 KiB file from disk"},
+    "tls": {"name": "tls", "tls": True, "path": "/", "client": "wrk", "what": "TLS 1.3 keep-alive, ECDSA P-256"},
+    "handshake": {"name": "handshake", "tls": True, "path": "/", "client": "wrk-close", "what": "a new TLS connection per request"},
+    "h2": {"name": "h2", "tls": True, "path": "/", "client": "h2load", "what": "HTTP/2 over TLS, 10 streams per connection"},
+}
 
 
 def busy_cpu_share(seconds=1.0):
@@ -242,7 +303,7 @@ def wait_until_quiet(limit=0.05, tries=10):
     return share
 
 
-def measure_once(cmd, conns, seconds):
+def measure_once(cmd, scenario, conns, seconds):
     wait_until_quiet()
     proc = start(cmd, 1)
     try:
@@ -251,15 +312,34 @@ def measure_once(cmd, conns, seconds):
         except SystemExit:
             stop(proc)
             raise SystemExit(f"{cmd[0]} did not start: {proc.stderr.read().decode(errors='replace')}")
-        wrk(conns, 2)  # warm-up: connections, pools, caches
+        load(scenario, conns, 2)  # warm-up: connections, pools, caches
         pids = pids_of(proc.pid)
         cpu_before = cpu_seconds(pids)
-        r = wrk(conns, seconds)
+        r = load(scenario, conns, seconds)
         r["cpu_us"] = (cpu_seconds(pids) - cpu_before) / max(r["requests"], 1) * 1e6
         r["rss"] = peak_rss_mib(pids_of(proc.pid))
         return r
     finally:
         stop(proc)
+
+
+def prepare_files(work, webstack):
+    """The 16 KiB file, and one ECDSA P-256 certificate every proxy serves."""
+    os.makedirs(os.path.join(work, "www"), exist_ok=True)
+    os.chmod(os.path.join(work, "www"), 0o755)
+    with open(os.path.join(work, "www", "16k.bin"), "wb") as f:
+        f.write(bytes(range(256)) * 64)
+    certs = os.path.join(work, "certs-state")
+    topology = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "webstack.toml")
+    subprocess.run([webstack, "cert", "--topology", topology, "--state-dir", certs], check=True, capture_output=True)
+    for name in ("site.pem", "site-key.pem"):
+        shutil.copy(os.path.join(certs, "certs", name), os.path.join(work, name))
+    with open(os.path.join(work, "haproxy.pem"), "w") as out:
+        for name in ("site.pem", "site-key.pem"):
+            with open(os.path.join(work, name)) as f:
+                out.write(f.read())
+    for name in os.listdir(work):
+        os.chmod(os.path.join(work, name), 0o755 if os.path.isdir(os.path.join(work, name)) else 0o644)
 
 
 def median_of(results):
@@ -276,8 +356,9 @@ def main():
     ap.add_argument("--conns", default="64,256")
     ap.add_argument("--webstack", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "webstack"))
     ap.add_argument("--only", default="webstack,haproxy,nginx")
+    ap.add_argument("--scenarios", default="proxy", help="comma-separated: " + ", ".join(SCENARIOS))
     args = ap.parse_args()
-    for tool in ("wrk", "haproxy", "nginx", "taskset"):
+    for tool in ("wrk", "haproxy", "nginx", "taskset", "h2load"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             raise SystemExit(f"{tool} not found; run scripts/setup --bench")
     os.environ["PATH"] += ":/usr/sbin"
@@ -288,25 +369,29 @@ def main():
     try:
         for o in ORIGINS:
             wait_listening(o)
+        prepare_files(work, args.webstack)
         table = []
-        chosen = {n: c for n, c in proxies(work, args.webstack).items() if n in args.only.split(",")}
-        for conns in [int(c) for c in args.conns.split(",")]:
-            # Runs interleave the proxies, so a noisy minute hurts each of them alike.
-            results = {name: [] for name in chosen}
-            for run in range(args.runs):
-                for name, cmd in chosen.items():
-                    results[name].append(measure_once(cmd, conns, args.seconds))
-                    print(f"  run {run + 1}: {name} at {conns} connections", file=sys.stderr)
-            figures = {name: median_of(rs) for name, rs in results.items()}
-            base = figures.get("haproxy")
-            for name, f in figures.items():
-                ratio = lambda k, f=f, base=base: f[k] / base[k] if base and base[k] else float("nan")
-                table.append((name, conns, f, ratio))
-        print(f"\n{'proxy':<9} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'µs/req':>7} {'RSS MiB':>8}   vs HAProxy: {'req/s':>6} {'p99':>6} {'µs/req':>6} {'errors':>6}")
-        for name, conns, f, ratio in table:
+        for scenario in [SCENARIOS[s.strip()] for s in args.scenarios.split(",")]:
+            chosen = {n: c for n, c in proxies(work, args.webstack, scenario).items() if n in args.only.split(",")}
+            # The reference: HAProxy, or nginx where HAProxy has no part (files from disk).
+            reference = "haproxy" if "haproxy" in chosen else "nginx"
+            for conns in [int(c) for c in args.conns.split(",")]:
+                # Runs interleave the proxies, so a noisy minute hurts each of them alike.
+                results = {name: [] for name in chosen}
+                for run in range(args.runs):
+                    for name, cmd in chosen.items():
+                        results[name].append(measure_once(cmd, scenario, conns, args.seconds))
+                        print(f"  {scenario['name']} run {run + 1}: {name} at {conns} connections", file=sys.stderr)
+                figures = {name: median_of(rs) for name, rs in results.items()}
+                base = figures.get(reference)
+                for name, f in figures.items():
+                    ratio = lambda k, f=f, base=base: f[k] / base[k] if base and base[k] else float("nan")
+                    table.append((scenario, reference, name, conns, f, ratio))
+        print(f"\n{'scenario':<10} {'proxy':<9} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'µs/req':>7} {'RSS MiB':>8}   vs {'ref':<7} {'req/s':>6} {'p99':>6} {'µs/req':>6} {'errors':>6}")
+        for scenario, reference, name, conns, f, ratio in table:
             print(
-                f"{name:<9} {conns:>5} {f['rps']:>9,.0f} {f['p50']:>7.2f} {f['p99']:>7.2f} {f['cpu_us']:>7.2f} {f['rss']:>8.1f}"
-                f"               {ratio('rps'):>6.2f} {ratio('p99'):>6.2f} {ratio('cpu_us'):>6.2f} {f['errors']:>6}"
+                f"{scenario['name']:<10} {name:<9} {conns:>5} {f['rps']:>9,.0f} {f['p50']:>7.2f} {f['p99']:>7.2f} {f['cpu_us']:>7.2f} {f['rss']:>8.1f}"
+                f"   vs {reference:<7} {ratio('rps'):>6.2f} {ratio('p99'):>6.2f} {ratio('cpu_us'):>6.2f} {f['errors']:>6}"
                 + (f"  socket errors: {f['socket_errors']}" if f["socket_errors"] else "")
             )
     finally:

@@ -402,6 +402,9 @@ pub enum RouteTarget {
 #[derive(Debug, Clone)]
 pub struct StaticRoute {
     pub root: PathBuf,
+    /// The root opened once, for `openat2(RESOLVE_BENEATH)`: one syscall per file and no
+    /// way out of the root, symlinks included.
+    pub root_dir: Arc<std::fs::File>,
     pub index: Vec<String>,
     pub cache_control: Option<http::HeaderValue>,
     pub precompressed: bool,
@@ -677,7 +680,20 @@ fn validate_route(
                 None
             }
         });
-        RouteTarget::Static(StaticRoute { root, index: r.index.clone(), cache_control, precompressed: r.precompressed })
+        let root_dir = match std::fs::File::open(&root) {
+            Ok(dir) => Arc::new(dir),
+            Err(e) => {
+                err(format!("{field}.static_root"), format!("{}: {e}", root.display()));
+                return None;
+            }
+        };
+        RouteTarget::Static(StaticRoute {
+            root,
+            root_dir,
+            index: r.index.clone(),
+            cache_control,
+            precompressed: r.precompressed,
+        })
     } else if let Some(redirect) = &r.redirect {
         let status = match http::StatusCode::from_u16(redirect.status) {
             Ok(s) if s.is_redirection() => s,

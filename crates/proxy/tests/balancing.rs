@@ -352,6 +352,9 @@ fn static_routes_serve_files_and_refuse_traversal() {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("site.css"), "body{}").unwrap();
     std::fs::write(dir.path().join("secret.txt"), "secret").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("out.txt")).unwrap();
+    std::os::unix::fs::symlink(root.join("site.css"), root.join("in.css")).unwrap();
+    std::os::unix::fs::symlink(dir.path(), root.join("up")).unwrap();
     let text = format!(
         "name = \"web\"\n[[listeners]]\nname = \"site\"\nbind = \"127.210.6.1:8080\"\n[[listeners.routes]]\nprefix = \"/static/\"\nstatic_root = \"{}\"\n",
         root.display()
@@ -374,6 +377,11 @@ fn static_routes_serve_files_and_refuse_traversal() {
         assert!(!a.body.contains("secret"), "{path} leaked the file");
     }
     assert_eq!(get(web, "/static/nope.css").status, 404);
+    let out = get(web, "/static/out.txt");
+    assert_eq!(out.status, 403, "a symlink out of the root");
+    assert!(!out.body.contains("secret"));
+    assert_eq!(get(web, "/static/up/secret.txt").status, 403, "a symlinked directory out of the root");
+    assert_eq!(get(web, "/static/in.css").body, "body{}", "a symlink inside the root is followed");
     assert_eq!(get(web, "/other").status, 404, "no route matches");
     let post =
         request(web, "POST /static/site.css HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
