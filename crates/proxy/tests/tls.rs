@@ -227,3 +227,77 @@ fn a_missing_or_bad_certificate_is_a_config_error_naming_the_file() {
     let e = ProxyConfig::from_source(&Source::from_text(&path, text)).unwrap_err().to_string();
     assert!(e.contains("listeners[1].tls.certificates[0].cert") && e.contains("a.pem"), "{e}");
 }
+
+#[test]
+fn certificates_reload_under_load_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(dir.path(), "a", &["www.foobar.com"]);
+    let first = std::fs::read(dir.path().join("a.pem")).unwrap();
+    let path = write_config(dir.path(), 4, &["a"]);
+    let _proxy = Proxy::start(&path, "127.211.4.1:8443".parse().unwrap());
+    let tls: SocketAddr = "127.211.4.1:8443".parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let ca = Arc::new(ca);
+
+    let (ok, failed, kept_alive_after) = rt.block_on(async {
+        // A keep-alive connection made before the reload, used again after it.
+        let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
+        let mut kept =
+            ca.client(&[b"http/1.1"]).connect(ServerName::try_from("www.foobar.com").unwrap(), tcp).await.unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let (ca, stop) = (ca.clone(), stop.clone());
+            clients.push(tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match fetch(&ca, tls, "www.foobar.com", &[b"http/1.1"]).await {
+                        Ok((_, answer)) if answer.starts_with("HTTP/1.1 200") => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ca.issue(dir.path(), "a", &["www.foobar.com"]);
+        let reload = tokio::task::spawn_blocking(|| {
+            let mut s = std::net::TcpStream::connect("127.211.4.1:8404").unwrap();
+            s.write_all(b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+        .await
+        .unwrap();
+        assert!(reload.starts_with("HTTP/1.1 200"), "{reload}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (mut ok, mut failed) = (0, 0);
+        for c in clients {
+            let (o, f) = c.await.unwrap();
+            ok += o;
+            failed += f;
+        }
+        kept.write_all(b"GET /index.html HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let _ = kept.read_to_end(&mut answer).await;
+        (ok, failed, String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"))
+    });
+    assert!(ok > 20, "only {ok} requests");
+    assert_eq!(failed, 0, "{failed} of {} TLS requests failed across the reload", ok + failed);
+    assert!(kept_alive_after, "the connection opened before the reload was dropped");
+
+    // New connections now get the new certificate.
+    let served = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
+        let stream =
+            ca.client(&[b"http/1.1"]).connect(ServerName::try_from("www.foobar.com").unwrap(), tcp).await.unwrap();
+        stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    });
+    let new = std::fs::read(dir.path().join("a.pem")).unwrap();
+    let der = |pem: &[u8]| CertificateDer::from_pem_slice(pem).unwrap().to_vec();
+    assert_eq!(served, der(&new));
+    assert_ne!(served, der(&first));
+}
