@@ -2,6 +2,8 @@
 //! keep-alive pooling, health checks taking servers out and back, retries, and error pages.
 //! Each test uses its own 127.210.N.0/24 addresses.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
@@ -12,9 +14,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use proxy::ProxyConfig;
+use support::Proxy;
 use tokio::sync::oneshot;
-use webstack_config::Source;
 
 /// An upstream that answers `NAME PATH xff=… proto=…`, counts its connections, and answers
 /// `/healthz` with a status the test sets.
@@ -115,54 +116,6 @@ impl Upstream {
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// The proxy, in-process on its own thread, stopped on drop.
-struct Proxy {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Proxy {
-    fn start(config_text: &str) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("proxy.toml");
-        Self::start_with(ProxyConfig::from_source(&Source::from_text(&path, config_text)).expect("valid config"))
-    }
-
-    /// A proxy whose config lives in `path`, so that it can be reloaded.
-    fn start_file(path: &std::path::Path) -> Proxy {
-        Self::start_with(ProxyConfig::load(path).expect("valid config"))
-    }
-
-    fn start_with(config: ProxyConfig) -> Proxy {
-        let listen = config.listeners[0].bind;
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(proxy::run(config, async {
-                let _ = stop_rx.await;
-            }))
-            .unwrap();
-        });
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(listen).is_err() {
-            assert!(Instant::now() < deadline, "proxy did not listen on {listen}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Proxy { stop: Some(stop_tx), thread: Some(thread) }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -6,14 +6,16 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod support;
 
 use proxy::ProxyConfig;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+use support::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 use webstack_config::Source;
 
 struct Ca {
@@ -50,42 +52,6 @@ impl Ca {
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         tokio_rustls::TlsConnector::from(Arc::new(config))
-    }
-}
-
-struct Proxy {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Proxy {
-    fn start(path: &Path, listen: SocketAddr) -> Proxy {
-        let config = ProxyConfig::load(path).expect("valid config");
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(proxy::run(config, async {
-                let _ = stop_rx.await;
-            }))
-            .unwrap();
-        });
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(listen).is_err() {
-            assert!(Instant::now() < deadline, "proxy did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Proxy { stop: Some(stop_tx), thread: Some(thread) }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -143,7 +109,7 @@ fn sni_alpn_hsts_and_redirects() {
     ca.issue(dir.path(), "a", &["www.foobar.com", "foobar.com"]);
     ca.issue(dir.path(), "b", &["shop.example.org"]);
     let path = write_config(dir.path(), 1, &["a", "b"]);
-    let _proxy = Proxy::start(&path, "127.211.1.1:8443".parse().unwrap());
+    let _proxy = Proxy::start_file(&path);
     let tls: SocketAddr = "127.211.1.1:8443".parse().unwrap();
     let rt = runtime();
 
@@ -183,7 +149,7 @@ fn a_reload_swaps_the_certificate_for_new_connections() {
     let old_ca = Ca::new();
     old_ca.issue(dir.path(), "a", &["www.foobar.com"]);
     let path = write_config(dir.path(), 2, &["a"]);
-    let _proxy = Proxy::start(&path, "127.211.2.1:8443".parse().unwrap());
+    let _proxy = Proxy::start_file(&path);
     let tls: SocketAddr = "127.211.2.1:8443".parse().unwrap();
     let rt = runtime();
     assert!(rt.block_on(fetch(&old_ca, tls, "www.foobar.com", &[b"http/1.1"])).is_ok());
@@ -235,7 +201,7 @@ fn certificates_reload_under_load_without_a_failed_request() {
     ca.issue(dir.path(), "a", &["www.foobar.com"]);
     let first = std::fs::read(dir.path().join("a.pem")).unwrap();
     let path = write_config(dir.path(), 4, &["a"]);
-    let _proxy = Proxy::start(&path, "127.211.4.1:8443".parse().unwrap());
+    let _proxy = Proxy::start_file(&path);
     let tls: SocketAddr = "127.211.4.1:8443".parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let ca = Arc::new(ca);
