@@ -239,6 +239,11 @@ pub fn metrics(pools: &[Arc<PoolState>]) -> String {
             let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
         }
     }
+    let name = "webstack_proxy_request_bytes_total";
+    let _ = writeln!(out, "# HELP {name} Request body bytes sent to the pool's servers.\n# TYPE {name} counter");
+    for pool in pools {
+        let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", pool.config.name, pool.request_bytes.load(Ordering::Relaxed));
+    }
     let name = "webstack_proxy_no_server_available_total";
     let _ = writeln!(
         out,

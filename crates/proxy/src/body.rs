@@ -174,15 +174,25 @@ pub struct RequestBody {
     inner: Option<Incoming>,
     limit: u64,
     seen: u64,
+    /// The pool's count of request body bytes, added to when the body is done.
+    counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
-        RequestBody { inner: Some(inner), limit: limit.unwrap_or(u64::MAX), seen: 0 }
+    pub fn new(inner: Incoming, limit: Option<u64>, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        RequestBody { inner: Some(inner), limit: limit.unwrap_or(u64::MAX), seen: 0, counter: Some(counter) }
     }
 
     pub fn empty() -> Self {
-        RequestBody { inner: None, limit: 0, seen: 0 }
+        RequestBody { inner: None, limit: 0, seen: 0, counter: None }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let (Some(counter), true) = (&self.counter, self.seen > 0) {
+            counter.fetch_add(self.seen, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 

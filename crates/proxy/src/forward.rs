@@ -71,7 +71,7 @@ pub async fn forward(
     let uri = req.uri().clone();
     pool.earn_retry();
     let replay = replayable(&req, pool, client_upgrade.is_some());
-    let req = req.map(|body| RequestBody::new(body, listener.max_body_bytes));
+    let req = req.map(|body| RequestBody::new(body, listener.max_body_bytes, pool.request_bytes.clone()));
     match send(pool, req, key, pinned, client_upgrade, replay).await {
         Ok((index, mut response)) => {
             let server = &pool.servers[index];

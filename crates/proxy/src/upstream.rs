@@ -30,6 +30,8 @@ pub struct PoolState {
     pub balancer: ArcSwap<Balancer>,
     pub next: AtomicUsize,
     pub no_server_available: AtomicU64,
+    /// Request body bytes sent upstream through this pool.
+    pub request_bytes: Arc<AtomicU64>,
     /// Retry budget in tenths of a retry: each request adds two, each retry of a request that
     /// was already sent takes ten; so such retries stay under 20% of requests.
     retry_tenths: AtomicU64,
@@ -54,6 +56,7 @@ impl PoolState {
             balancer,
             next: AtomicUsize::new(0),
             no_server_available: AtomicU64::new(0),
+            request_bytes: Arc::new(AtomicU64::new(0)),
             retry_tenths: AtomicU64::new(RETRY_TENTHS_MAX),
         }
     }

@@ -736,6 +736,13 @@ fn oversized_headers_and_bodies_get_431_and_413() {
     assert_eq!(chunked.status, 413, "{}", chunked.head);
     let small = request(lb, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
     assert_eq!(small.status, 200);
+    let metrics = get(addr("127.210.18.1:8404"), "/metrics").body;
+    let sent: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("webstack_proxy_request_bytes_total{pool=\"web\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("request bytes metric");
+    assert!(sent >= 5, "{sent} request body bytes counted");
 }
 
 /// Reads each request and closes the connection without a word, recording what it got.
