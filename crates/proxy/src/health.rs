@@ -71,14 +71,14 @@ pub async fn watch(pool: String, server: Arc<ServerState>, health: Health) {
             let name = &server.config.name;
             match (up, result) {
                 (true, _) => {
-                    tracing::warn!(pool, server = name, "server is UP (health check passed {} times)", health.rise)
+                    tracing::warn!(pool, server = name, "server is UP ({} health checks passed in a row)", health.rise)
                 }
                 (false, Err(reason)) => {
                     tracing::warn!(
                         pool,
                         server = name,
                         reason,
-                        "server is DOWN (health check failed {} times)",
+                        "server is DOWN ({} health checks failed in a row)",
                         health.fall
                     )
                 }
