@@ -10,6 +10,7 @@
 //! so two nodes that lose sight of each other never both hold the VIP.
 //! The I/O layer (adverts over UDP, binding the VIP) comes with the edge proxy that embeds it.
 
+pub mod advert;
 pub mod vrrp;
 
 pub use vrrp::{Action, Config, Event, Node, State};
