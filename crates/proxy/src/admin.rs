@@ -60,6 +60,19 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
         "/metrics" => (metrics(pools), "text/plain; version=0.0.4; charset=utf-8"),
         "/stats" | "/" => (stats(&runtime.config.name, pools), "text/plain; charset=utf-8"),
         "/api/servers" => (servers_json(pools), "application/json"),
+        "/ha" => match &proxy.ha {
+            Some(ha) => (
+                serde_json::json!({
+                    "state": ha.state(),
+                    "quorum": ha.quorum.load(Ordering::Relaxed),
+                    "healthy": ha.healthy.load(Ordering::Relaxed),
+                    "vip": runtime.config.ha.as_ref().map(|h| h.vip.to_string()),
+                })
+                .to_string(),
+                "application/json",
+            ),
+            None => return error_response(StatusCode::NOT_FOUND),
+        },
         _ => return error_response(StatusCode::NOT_FOUND),
     };
     let mut response = Response::new(ProxyBody::full(body));

@@ -4,7 +4,18 @@
 //! ```toml
 //! name = "lb-01"
 //! [admin]
-//! bind = "127.0.1.1:8404"          # /healthz, /ready, /metrics, /stats
+//! bind = "127.0.1.1:8404"          # /healthz, /ready, /metrics, /stats, /ha
+//! [ha]                             # optional: a load-balancer pair sharing a VIP
+//! id = 1                           # distinct per node; ties of priority go to the higher id
+//! priority = 200                   # 1..254, the highest is MASTER
+//! bind = "127.0.1.1:5405"          # adverts (UDP) from and to here
+//! peers = ["127.0.1.2:5405"]
+//! vip = "127.0.1.10"               # listeners on it are bound only while MASTER
+//! key = "a shared secret of 16+ chars"   # adverts are authenticated with it
+//! advert_interval_ms = 50
+//! preempt = true
+//! preempt_delay_ms = 1000
+//! witnesses = ["127.0.2.1:8080"]   # MASTER only while a majority of these answers a connect
 //! [access_log]
 //! path = "/var/log/webstack/access.log"   # "-" for stderr
 //! format = "combined"              # or "json"
@@ -84,6 +95,7 @@ struct RawConfig {
     name: String,
     admin: Option<RawAdmin>,
     access_log: Option<RawAccessLog>,
+    ha: Option<RawHa>,
     listeners: Vec<RawListener>,
     #[serde(default)]
     pools: BTreeMap<String, RawPool>,
@@ -93,6 +105,34 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     bind: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHa {
+    id: u32,
+    priority: u8,
+    bind: SocketAddr,
+    #[serde(default)]
+    peers: Vec<SocketAddr>,
+    vip: std::net::Ipv4Addr,
+    key: String,
+    #[serde(default = "default_advert_interval")]
+    advert_interval_ms: u64,
+    #[serde(default = "default_true")]
+    preempt: bool,
+    #[serde(default)]
+    preempt_delay_ms: u64,
+    #[serde(default)]
+    witnesses: Vec<SocketAddr>,
+}
+
+fn default_advert_interval() -> u64 {
+    50
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,8 +359,22 @@ pub struct ProxyConfig {
     pub name: String,
     pub admin: Option<SocketAddr>,
     pub access_log: Option<AccessLogConfig>,
+    /// Load-balancer redundancy: listeners on the VIP are bound only while MASTER.
+    pub ha: Option<HaConfig>,
     pub listeners: Vec<Listener>,
     pub pools: Vec<Pool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    pub node: ha::Config,
+    /// Where adverts are sent from and received.
+    pub bind: SocketAddr,
+    pub peers: Vec<SocketAddr>,
+    pub vip: std::net::Ipv4Addr,
+    pub key: String,
+    /// Seen by a majority: the quorum. None configured: always in quorum (keepalived's way).
+    pub witnesses: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -610,11 +664,40 @@ impl ProxyConfig {
             });
         }
 
+        if let Some(h) = &raw.ha {
+            if h.priority == 0 || h.priority == 255 {
+                err("ha.priority".into(), "must be from 1 to 254 (0 means leaving, 255 is reserved)".into());
+            }
+            if h.advert_interval_ms == 0 || h.advert_interval_ms > u16::MAX as u64 {
+                err("ha.advert_interval_ms".into(), "must be from 1 to 65535".into());
+            }
+            if h.key.len() < 16 {
+                err("ha.key".into(), "use a shared key of at least 16 characters".into());
+            }
+            if !listeners.iter().any(|l| l.bind.ip() == std::net::IpAddr::V4(h.vip)) {
+                err("ha.vip".into(), format!("no listener binds {}; the VIP's listeners are what MASTER holds", h.vip));
+            }
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        let ha = raw.ha.as_ref().map(|h| HaConfig {
+            node: ha::Config {
+                id: h.id,
+                priority: h.priority,
+                advert_interval: Duration::from_millis(h.advert_interval_ms),
+                preempt: h.preempt,
+                preempt_delay: Duration::from_millis(h.preempt_delay_ms),
+            },
+            bind: h.bind,
+            peers: h.peers.clone(),
+            vip: h.vip,
+            key: h.key.clone(),
+            witnesses: h.witnesses.clone(),
+        });
         Ok(ProxyConfig {
             source: Some(src.path().to_path_buf()),
+            ha,
             name: raw.name,
             admin: raw.admin.map(|a| a.bind),
             access_log: raw.access_log.map(|a| AccessLogConfig { path: a.path, format: a.format }),

@@ -15,6 +15,7 @@ pub mod compression;
 pub mod config;
 pub mod forward;
 pub mod health;
+pub mod redundancy;
 pub mod server;
 pub mod static_files;
 pub mod tls;

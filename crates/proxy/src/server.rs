@@ -27,7 +27,7 @@ use crate::body::ProxyBody;
 use crate::config::{ProxyConfig, RouteTarget};
 use crate::forward::{error_response, forward};
 use crate::upstream::PoolState;
-use crate::{admin, compression, health, static_files};
+use crate::{admin, compression, health, redundancy, static_files};
 
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// A client that has not finished its TLS handshake by then is dropped.
@@ -51,6 +51,7 @@ pub(crate) struct Proxy {
     current: ArcSwap<Runtime>,
     control: tokio::sync::Mutex<Control>,
     stop_rx: watch::Receiver<bool>,
+    pub(crate) ha: Option<Arc<redundancy::HaStatus>>,
 }
 
 struct Control {
@@ -86,8 +87,14 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io:
     let runtime = Runtime { config, pools, access_log };
     let flusher = runtime.access_log.clone().map(|log| tokio::spawn(log.flush_every(Duration::from_millis(500))));
     let control = Control { acceptors: HashMap::new(), checkers: Vec::new(), flusher, alive_tx: Some(alive_tx) };
-    let proxy =
-        Arc::new(Proxy { current: ArcSwap::from_pointee(runtime), control: tokio::sync::Mutex::new(control), stop_rx });
+    let ha_config = runtime.config.ha.clone();
+    let ha_status = ha_config.as_ref().map(|_| Arc::new(redundancy::HaStatus::default()));
+    let proxy = Arc::new(Proxy {
+        current: ArcSwap::from_pointee(runtime),
+        control: tokio::sync::Mutex::new(control),
+        stop_rx: stop_rx.clone(),
+        ha: ha_status.clone(),
+    });
     {
         let mut control = proxy.control.lock().await;
         for ((address, serves), socket) in bound {
@@ -98,10 +105,18 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io:
     tracing::info!(name = proxy.current.load().config.name, "proxy is serving");
 
     let reloads = tokio::spawn(reload_on_sighup(proxy.clone()));
+    let redundancy = match (ha_config, ha_status) {
+        (Some(config), Some(status)) => Some(tokio::spawn(redundancy::run(proxy.clone(), config, status, stop_rx))),
+        _ => None,
+    };
     shutdown.await;
     reloads.abort();
     tracing::info!("shutting down: no new connections, draining in-flight requests");
     let _ = stop_tx.send(true);
+    // A MASTER hands the VIP over before it drains.
+    if let Some(task) = redundancy {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     let flusher = {
         let mut control = proxy.control.lock().await;
         for (_, a) in control.acceptors.drain() {
@@ -126,10 +141,15 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io:
     Ok(())
 }
 
-/// Every address a config listens on, with what it serves.
+/// Every address a config listens on at all times, with what it serves: the VIP's listeners
+/// are left to the redundancy task, which binds them while MASTER.
 fn addresses(config: &ProxyConfig) -> Vec<(SocketAddr, Serves)> {
-    let site = config.listeners.iter().map(|l| (l.bind, Serves::Site));
+    let site = config.listeners.iter().filter(|l| !on_vip(config, l.bind)).map(|l| (l.bind, Serves::Site));
     site.chain(config.admin.map(|a| (a, Serves::Admin))).collect()
+}
+
+fn on_vip(config: &ProxyConfig, address: SocketAddr) -> bool {
+    config.ha.as_ref().is_some_and(|h| address.ip() == std::net::IpAddr::V4(h.vip))
 }
 
 /// Opens the configured access log, reusing `previous` when the path and format are the same.
@@ -173,6 +193,38 @@ async fn reload_on_sighup(proxy: Arc<Proxy>) {
 impl Proxy {
     pub(crate) fn runtime(&self) -> Arc<Runtime> {
         self.current.load_full()
+    }
+
+    /// Binds the VIP's listeners (MASTER).
+    pub(crate) async fn take_vip(self: &Arc<Self>) -> io::Result<()> {
+        let mut control = self.control.lock().await;
+        let runtime = self.runtime();
+        for l in runtime.config.listeners.iter().filter(|l| on_vip(&runtime.config, l.bind)) {
+            if !control.acceptors.contains_key(&l.bind) {
+                let socket = bind_shared(l.bind)?;
+                self.spawn_acceptor(&mut control, l.bind, Serves::Site, socket);
+            }
+        }
+        tracing::warn!("holding the VIP");
+        Ok(())
+    }
+
+    /// Closes the VIP's listeners (no longer MASTER); connections already accepted finish.
+    pub(crate) async fn release_vip(&self) {
+        let mut control = self.control.lock().await;
+        let runtime = self.runtime();
+        let vip: Vec<SocketAddr> = control.acceptors.keys().filter(|a| on_vip(&runtime.config, **a)).copied().collect();
+        for address in vip {
+            if let Some(task) = control.acceptors.remove(&address) {
+                task.abort();
+            }
+        }
+        tracing::warn!("released the VIP");
+    }
+
+    /// Whether this proxy can do its job: every pool has a server up.
+    pub(crate) fn can_serve(&self) -> bool {
+        self.runtime().pools.iter().all(|p| p.servers.iter().any(|s| s.is_up()))
     }
 
     fn spawn_acceptor(
@@ -234,7 +286,9 @@ impl Proxy {
         let log_changed = !matches!((&old.access_log, &new_log), (Some(a), Some(b)) if a.same_sink(b));
         self.current.store(Arc::new(runtime));
 
-        let gone: Vec<SocketAddr> = control.acceptors.keys().filter(|a| !wanted.contains(a)).copied().collect();
+        let vip_held = |a: &SocketAddr| on_vip(&self.current.load().config, *a);
+        let gone: Vec<SocketAddr> =
+            control.acceptors.keys().filter(|a| !wanted.contains(a) && !vip_held(a)).copied().collect();
         for address in gone {
             if let Some(task) = control.acceptors.remove(&address) {
                 task.abort();
@@ -261,6 +315,18 @@ impl Proxy {
         tracing::info!("{summary}");
         Ok(summary)
     }
+}
+
+/// A VIP listener, bound with SO_REUSEPORT: during a planned hand-over the new MASTER binds
+/// before the old one lets go, so no connection is refused in between.
+fn bind_shared(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 async fn bind(address: SocketAddr) -> io::Result<TcpListener> {

@@ -1,0 +1,176 @@
+//! The edge proxy's side of load-balancer redundancy: it runs the `ha` state machine, sends
+//! and receives authenticated adverts over UDP, watches its quorum of witnesses and its own
+//! health, and binds the VIP's listeners only while MASTER (on loopback hosts the VIP moves
+//! by binding). A dead proxy is a silent advertiser: its peer takes over after the
+//! master-down interval; a proxy that stops cleanly hands over at once (priority 0).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ha::advert::{self, Advert, Key};
+use ha::{Action, Event, Node, State};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+use crate::config::HaConfig;
+use crate::server::Proxy;
+
+/// How often witnesses and health are looked at.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+
+/// What `/ha` reports.
+#[derive(Debug, Default)]
+pub struct HaStatus {
+    state: AtomicU8,
+    pub quorum: AtomicBool,
+    pub healthy: AtomicBool,
+}
+
+impl HaStatus {
+    pub fn state(&self) -> &'static str {
+        match self.state.load(Ordering::Relaxed) {
+            2 => "MASTER",
+            1 => "BACKUP",
+            _ => "FAULT",
+        }
+    }
+
+    fn set(&self, state: State) {
+        let v = match state {
+            State::Fault => 0,
+            State::Backup => 1,
+            State::Master => 2,
+        };
+        self.state.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Runs until `stop` turns true; then, if MASTER, releases the VIP and tells the peers.
+pub(crate) async fn run(proxy: Arc<Proxy>, config: HaConfig, status: Arc<HaStatus>, mut stop: watch::Receiver<bool>) {
+    let socket = match UdpSocket::bind(config.bind).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(bind = %config.bind, error = %e, "cannot bind the advert socket; this node stays in FAULT");
+            return;
+        }
+    };
+    let key = Key::new(config.key.as_bytes());
+    let mut node = Node::new(config.node.clone());
+    // Sequence numbers start from the clock, so they keep growing across restarts.
+    let mut sequence =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    let mut last_seen: HashMap<u32, u64> = HashMap::new();
+    let (probe_tx, mut probe_rx) = watch::channel((false, false));
+    let prober = tokio::spawn(probe(proxy.clone(), config.witnesses.clone(), probe_tx));
+    let mut buf = [0u8; 128];
+    let idle = config.node.advert_interval;
+    loop {
+        let deadline = node.next_deadline().unwrap_or_else(|| Instant::now() + idle);
+        let actions = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, from)) => match advert::decode(&buf[..n], &key) {
+                    Ok(a) if a.vip == config.vip && a.sender != config.node.id => {
+                        let last = last_seen.entry(a.sender).or_insert(0);
+                        if a.sequence <= *last {
+                            tracing::warn!(%from, sender = a.sender, "advert replayed or out of order; ignored");
+                            Vec::new()
+                        } else {
+                            *last = a.sequence;
+                            node.handle(Event::Advert { from: a.sender, priority: a.priority }, Instant::now())
+                        }
+                    }
+                    Ok(_) => Vec::new(),
+                    Err(e) => {
+                        tracing::warn!(%from, error = %e, "advert refused");
+                        Vec::new()
+                    }
+                },
+                Err(_) => Vec::new(),
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => node.handle(Event::Tick, Instant::now()),
+            changed = probe_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let (quorum, healthy) = *probe_rx.borrow_and_update();
+                status.quorum.store(quorum, Ordering::Relaxed);
+                status.healthy.store(healthy, Ordering::Relaxed);
+                let now = Instant::now();
+                let mut actions = node.handle(Event::Quorum(quorum), now);
+                actions.extend(node.handle(Event::Healthy(healthy), now));
+                actions
+            }
+        };
+        let before = status.state();
+        apply(&proxy, &socket, &config, &key, &mut sequence, actions).await;
+        status.set(node.state());
+        if before != status.state() {
+            tracing::warn!(vip = %config.vip, state = status.state(), "load-balancer state changed");
+        }
+    }
+    prober.abort();
+    if node.state() == State::Master {
+        let actions = vec![Action::ReleaseVip, Action::SendAdvert { priority: 0 }];
+        apply(&proxy, &socket, &config, &key, &mut sequence, actions).await;
+        status.set(State::Fault);
+    }
+}
+
+async fn apply(
+    proxy: &Arc<Proxy>,
+    socket: &UdpSocket,
+    config: &HaConfig,
+    key: &Key,
+    sequence: &mut u64,
+    actions: Vec<Action>,
+) {
+    for action in actions {
+        match action {
+            Action::TakeVip => {
+                if let Err(e) = proxy.take_vip().await {
+                    tracing::error!(vip = %config.vip, error = %e, "could not take the VIP");
+                }
+            }
+            Action::ReleaseVip => proxy.release_vip().await,
+            Action::SendAdvert { priority } => {
+                *sequence += 1;
+                let interval_ms = config.node.advert_interval.as_millis().min(u16::MAX as u128) as u16;
+                let packet = advert::encode(
+                    &Advert { priority, interval_ms, sender: config.node.id, vip: config.vip, sequence: *sequence },
+                    key,
+                );
+                for peer in &config.peers {
+                    let _ = socket.send_to(&packet, peer).await;
+                }
+            }
+        }
+    }
+}
+
+/// Every `PROBE_EVERY`: is a majority of witnesses reachable, and can this proxy serve?
+async fn probe(proxy: Arc<Proxy>, witnesses: Vec<std::net::SocketAddr>, tx: watch::Sender<(bool, bool)>) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    loop {
+        tick.tick().await;
+        let quorum = match witnesses.is_empty() {
+            true => true,
+            false => {
+                let mut seen = 0;
+                for w in &witnesses {
+                    let connect = tokio::time::timeout(PROBE_EVERY, tokio::net::TcpStream::connect(w)).await;
+                    seen += matches!(connect, Ok(Ok(_))) as usize;
+                }
+                seen * 2 > witnesses.len()
+            }
+        };
+        let healthy = proxy.can_serve();
+        tx.send_if_modified(|current| {
+            let changed = *current != (quorum, healthy);
+            *current = (quorum, healthy);
+            changed
+        });
+    }
+}
