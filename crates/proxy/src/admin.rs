@@ -63,6 +63,7 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
         "/ha" => match &proxy.ha {
             Some(ha) => (
                 serde_json::json!({
+                    "role": ha.state(),
                     "state": ha.state(),
                     "quorum": ha.quorum.load(Ordering::Relaxed),
                     "healthy": ha.healthy.load(Ordering::Relaxed),

@@ -57,7 +57,13 @@ impl StateDir {
     pub fn secrets(&self) -> io::Result<Secrets> {
         let path = self.root.join("secrets.json");
         if let Ok(text) = std::fs::read_to_string(&path) {
-            if let Ok(secrets) = serde_json::from_str(&text) {
+            if let Ok(mut secrets) = serde_json::from_str::<Secrets>(&text) {
+                if !secrets.ha_key.is_empty() {
+                    return Ok(secrets);
+                }
+                // Made before the load-balancer pair existed: add its key, keep the rest.
+                secrets.ha_key = random_token()?;
+                write_private(&path, serde_json::to_string_pretty(&secrets).map_err(io::Error::other)?.as_bytes())?;
                 return Ok(secrets);
             }
         }
@@ -65,6 +71,7 @@ impl StateDir {
             db_admin_password: random_token()?,
             db_app_password: random_token()?,
             db_repl_password: random_token()?,
+            ha_key: random_token()?,
         };
         write_private(&path, serde_json::to_string_pretty(&secrets).map_err(io::Error::other)?.as_bytes())?;
         Ok(secrets)

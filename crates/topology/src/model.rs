@@ -84,6 +84,8 @@ struct RawNetwork {
 pub struct Ports {
     pub http: u16,
     pub https: u16,
+    /// The load-balancer pair's adverts (UDP).
+    pub ha: u16,
     pub admin: u16,
     pub app: u16,
     pub db: u16,
@@ -164,6 +166,9 @@ struct RawHost {
 #[serde(deny_unknown_fields)]
 struct RawProfile {
     hosts: Vec<String>,
+    /// Plain HTTP redirects to HTTPS and browsers are told to stay there (HSTS, one year).
+    #[serde(default)]
+    https_only: bool,
 }
 
 /// A validated `webstack.toml`.
@@ -185,6 +190,8 @@ pub struct Topology {
     pub db_name: String,
     pub hosts: Vec<Host>,
     pub profiles: BTreeMap<String, Vec<String>>,
+    /// Profiles that send HTTP to HTTPS and set HSTS.
+    pub https_only: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +254,7 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
     let ports = [
         ("http", raw.ports.http),
         ("https", raw.ports.https),
+        ("ha", raw.ports.ha),
         ("admin", raw.ports.admin),
         ("app", raw.ports.app),
         ("db", raw.ports.db),
@@ -361,8 +369,8 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
         if runs(Component::Db) && !profile.hosts.contains(&raw.database.primary) {
             err(&field, format!("database.primary `{}` is not in this profile", raw.database.primary));
         }
-        if members.iter().filter(|h| h.components.contains(&Component::Edge)).count() > 1 {
-            err(&field, "one `edge` host per profile until the load-balancer pair lands".into());
+        if members.iter().filter(|h| h.components.contains(&Component::Edge)).count() > 2 {
+            err(&field, "at most two `edge` hosts per profile: a MASTER and its BACKUP".into());
         }
     }
 
@@ -389,6 +397,7 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
             .into_iter()
             .map(|h| Host { name: h.name, address: h.address, components: h.components })
             .collect(),
+        https_only: raw.profiles.iter().filter(|(_, p)| p.https_only).map(|(k, _)| k.clone()).collect(),
         profiles: raw.profiles.into_iter().map(|(k, v)| (k, v.hosts)).collect(),
     })
 }
@@ -469,8 +478,10 @@ mod tests {
     #[test]
     fn the_repo_topology_is_valid() {
         let t = load(REPO_TOPOLOGY).unwrap();
-        assert_eq!(t.hosts.len(), 4);
+        assert_eq!(t.hosts.len(), 5);
         assert_eq!(t.profiles["distributed"].len(), 4);
+        assert_eq!(t.profiles["secured"].len(), 5);
+        assert!(t.https_only.contains("secured"));
         assert_eq!(t.default_profile, "distributed");
     }
 
@@ -479,7 +490,7 @@ mod tests {
         let text = REPO_TOPOLOGY.replace("address = \"127.0.2.2\"", "address = \"127.0.2.1\"");
         let errs = errors(&text);
         let line = line_of(&text, "name = \"server-02\"") + 1;
-        assert_eq!(errs, vec![format!("{line}:hosts[2].address: 127.0.2.1 is also the address of `server-01`")]);
+        assert_eq!(errs, vec![format!("{line}:hosts[3].address: 127.0.2.1 is also the address of `server-01`")]);
     }
 
     #[test]
@@ -488,7 +499,7 @@ mod tests {
         let errs = errors(&text);
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
-            errs[0].starts_with(&format!("{}:hosts[3].address: 127.9.2.3 is outside", line_of(&text, "127.9.2.3"))),
+            errs[0].starts_with(&format!("{}:hosts[4].address: 127.9.2.3 is outside", line_of(&text, "127.9.2.3"))),
             "{errs:?}"
         );
     }
@@ -515,9 +526,9 @@ mod tests {
     fn profile_errors_are_all_reported() {
         let text = REPO_TOPOLOGY
             .replace("hosts = [\"lb-01\", \"server-01\"", "hosts = [\"lb-01\", \"server-09\"")
-            .replace("profile = \"distributed\"", "profile = \"secured\"");
+            .replace("profile = \"distributed\"", "profile = \"tertiary\"");
         let errs = errors(&text);
-        assert!(errs.iter().any(|e| e.contains("profile: no profile `secured`")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("profile: no profile `tertiary`")), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("profiles.distributed.hosts[1]: no host `server-09`")), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("database.primary `server-01` is not in this profile")), "{errs:?}");
     }

@@ -15,6 +15,9 @@ pub struct Secrets {
     pub db_admin_password: String,
     pub db_app_password: String,
     pub db_repl_password: String,
+    /// The load-balancer pair's advert key.
+    #[serde(default)]
+    pub ha_key: String,
 }
 
 /// The site's certificate chain and key, as PEM files.
@@ -114,7 +117,8 @@ impl Topology {
             format!("no profile `{profile}` in {}; defined: {}", self.path.display(), known.join(", "))
         })?;
         let hosts: Vec<&Host> = names.iter().filter_map(|n| self.host(n)).collect();
-        let ctx = render::Context { topology: self, hosts: &hosts, state_dir, secrets, certificate };
+        let https_only = self.https_only.contains(profile);
+        let ctx = render::Context { topology: self, hosts: &hosts, state_dir, secrets, certificate, https_only };
         let planned = hosts
             .iter()
             .map(|host| PlannedHost {

@@ -16,6 +16,7 @@ pub(crate) struct Context<'a> {
     pub state_dir: &'a Path,
     pub secrets: &'a Secrets,
     pub certificate: Option<&'a SiteCertificate>,
+    pub https_only: bool,
 }
 
 const APP_DB_USER: &str = "foobar";
@@ -30,11 +31,12 @@ impl Context<'_> {
                 let https = SocketAddr::new(self.topology.vip.into(), ports.https);
                 // Healthy when every web server is in the pool: a degraded pool shows.
                 let probe = Probe::Http { address: at(ports.admin), path: "/ready".into() };
+                let role = (self.hosts_with(Component::Edge).count() > 1).then(|| "/ha".to_string());
                 let listen = match self.certificate {
                     Some(_) => vec![main, https, at(ports.admin)],
                     None => vec![main, at(ports.admin)],
                 };
-                ("proxy", self.edge(host), listen, probe, None)
+                ("proxy", self.edge(host), listen, probe, role)
             }
             Component::Web => {
                 let probe = Probe::Http { address: at(ports.admin), path: "/ready".into() };
@@ -75,6 +77,7 @@ impl Context<'_> {
             name: host.name.clone(),
             admin: Admin { bind: SocketAddr::new(host.address.into(), t.ports.admin) },
             access_log: self.access_log(host, Component::Edge),
+            ha: self.edge_pair(host),
             listeners: self.edge_listeners(),
             pools: [(
                 "web".to_string(),
@@ -105,9 +108,14 @@ impl Context<'_> {
             routes: to_pool(),
         };
         let Some(certificate) = self.certificate else { return vec![http] };
-        if t.tls.redirect_http {
+        if t.tls.redirect_http || self.https_only {
             http.redirect_https_port = Some(t.ports.https);
         }
+        let hsts = match (self.https_only, t.tls.hsts_max_age) {
+            (_, age) if age > 0 => Some(age),
+            (true, _) => Some(31_536_000),
+            (false, _) => None,
+        };
         let https = Listener {
             name: "www-tls".into(),
             bind: SocketAddr::new(t.vip.into(), t.ports.https),
@@ -115,12 +123,42 @@ impl Context<'_> {
             redirect_https_port: None,
             compress: false,
             tls: Some(ListenerTls {
-                hsts_max_age: (t.tls.hsts_max_age > 0).then_some(t.tls.hsts_max_age),
+                hsts_max_age: hsts,
                 certificates: vec![CertificatePair { cert: certificate.cert.clone(), key: certificate.key.clone() }],
             }),
             routes: to_pool(),
         };
         vec![http, https]
+    }
+
+    /// The pair's settings for one of two edge hosts: the first listed is preferred.
+    fn edge_pair(&self, host: &Host) -> Option<HaSection> {
+        let t = self.topology;
+        let edges: Vec<&&Host> = self.hosts_with(Component::Edge).collect();
+        if edges.len() < 2 {
+            return None;
+        }
+        let index = edges.iter().position(|h| h.name == host.name)?;
+        Some(HaSection {
+            id: index as u32 + 1,
+            priority: 200 - 100 * index.min(1) as u8,
+            bind: SocketAddr::new(host.address.into(), t.ports.ha),
+            peers: edges
+                .iter()
+                .filter(|h| h.name != host.name)
+                .map(|h| SocketAddr::new(h.address.into(), t.ports.ha))
+                .collect(),
+            vip: t.vip,
+            key: self.secrets.ha_key.clone(),
+            advert_interval_ms: 50,
+            preempt: true,
+            preempt_delay_ms: 1000,
+            // The servers are the witnesses: an edge that cannot see most of them steps down.
+            witnesses: self
+                .hosts_with(Component::Web)
+                .map(|h| SocketAddr::new(h.address.into(), t.ports.http))
+                .collect(),
+        })
     }
 
     fn web(&self, host: &Host) -> String {
@@ -129,6 +167,7 @@ impl Context<'_> {
             name: host.name.clone(),
             admin: Admin { bind: SocketAddr::new(host.address.into(), t.ports.admin) },
             access_log: self.access_log(host, Component::Web),
+            ha: None,
             listeners: vec![Listener {
                 name: "site".into(),
                 bind: SocketAddr::new(host.address.into(), t.ports.http),
@@ -234,8 +273,24 @@ struct ProxyConfig {
     name: String,
     admin: Admin,
     access_log: AccessLog,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ha: Option<HaSection>,
     listeners: Vec<Listener>,
     pools: std::collections::BTreeMap<String, Pool>,
+}
+
+#[derive(Serialize)]
+struct HaSection {
+    id: u32,
+    priority: u8,
+    bind: SocketAddr,
+    peers: Vec<SocketAddr>,
+    vip: Ipv4Addr,
+    key: String,
+    advert_interval_ms: u64,
+    preempt: bool,
+    preempt_delay_ms: u64,
+    witnesses: Vec<SocketAddr>,
 }
 
 #[derive(Serialize)]

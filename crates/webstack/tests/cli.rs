@@ -43,7 +43,7 @@ fn check_names_file_line_and_field_of_each_error() {
     let dup_line = text.lines().position(|l| l.contains("name = \"server-02\"")).unwrap() + 2;
     assert!(
         out.contains(&format!(
-            "{}:{dup_line}: hosts[2].address: 127.0.2.1 is also the address of `server-01`",
+            "{}:{dup_line}: hosts[3].address: 127.0.2.1 is also the address of `server-01`",
             path.display()
         )),
         "{out}"
