@@ -1,4 +1,4 @@
-//! `webstack proxy|app|db --config FILE`: one component alone. Each validates its whole config
+//! `webstack proxy|app|db|dns --config FILE`: one component alone. Each validates its whole config
 //! before it binds a socket; `--check` stops there (like `nginx -t`).
 
 use std::future::Future;
@@ -82,4 +82,8 @@ pub fn app(args: &ComponentArgs) -> ExitCode {
 
 pub fn db(args: &ComponentArgs) -> ExitCode {
     run_component(args, |p| db::DbConfig::load(p), |c| db::run(c, stop_signal()))
+}
+
+pub fn dns(args: &ComponentArgs) -> ExitCode {
+    run_component(args, |p| dns::DnsConfig::load(p), |c| dns::run(c, stop_signal()))
 }

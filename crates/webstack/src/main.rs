@@ -83,6 +83,8 @@ enum Command {
     App(components::ComponentArgs),
     /// Run one MariaDB node alone.
     Db(components::ComponentArgs),
+    /// Run the authoritative DNS server for the site's zone alone.
+    Dns(components::ComponentArgs),
     /// Run the supervisor of a rendered stack (used by `up -d`).
     #[command(hide = true)]
     Supervise,
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => return components::proxy(&args),
         Command::App(args) => return components::app(&args),
         Command::Db(args) => return components::db(&args),
+        Command::Dns(args) => return components::dns(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
