@@ -77,7 +77,7 @@ type ControlMessage = (Request, oneshot::Sender<Answer>);
 /// Start order: databases first, the edge last, so each finds what it needs sooner.
 fn start_rank(c: Component) -> u8 {
     match c {
-        Component::Db => 0,
+        Component::Db | Component::Dns => 0,
         Component::App => 1,
         Component::Web => 2,
         Component::Edge => 3,
@@ -416,7 +416,16 @@ impl Supervisor {
 type ProbeResult = Result<(Option<String>, Option<u64>), String>;
 
 async fn probe_component(planned: &PlannedComponent) -> ProbeResult {
-    let Probe::Http { address, path } = &planned.probe;
+    let (address, path) = match &planned.probe {
+        Probe::Http { address, path } => (address, path),
+        Probe::Tcp { address } => {
+            return match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
+                Ok(Ok(_)) => Ok((None, None)),
+                Ok(Err(e)) => Err(format!("connect {address}: {e}")),
+                Err(_) => Err(format!("{address} did not accept in {} ms", PROBE_TIMEOUT.as_millis())),
+            };
+        }
+    };
     match probe::http_get(*address, path, PROBE_TIMEOUT).await? {
         (200, _) => {}
         (status, body) => return Err(format!("health check answered {status}: {}", body.trim())),

@@ -22,10 +22,12 @@ pub enum Component {
     App,
     /// A MariaDB instance.
     Db,
+    /// The authoritative DNS server of the site's zone.
+    Dns,
 }
 
 impl Component {
-    pub const ALL: [Component; 4] = [Component::Edge, Component::Web, Component::App, Component::Db];
+    pub const ALL: [Component; 5] = [Component::Edge, Component::Web, Component::App, Component::Db, Component::Dns];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -33,6 +35,7 @@ impl Component {
             Component::Web => "web",
             Component::App => "app",
             Component::Db => "db",
+            Component::Dns => "dns",
         }
     }
 
@@ -86,6 +89,8 @@ pub struct Ports {
     pub https: u16,
     /// The load-balancer pair's adverts (UDP).
     pub ha: u16,
+    /// DNS, UDP and TCP.
+    pub dns: u16,
     pub admin: u16,
     pub app: u16,
     pub db: u16,
@@ -237,6 +242,8 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
     }
     if !is_domain(&raw.site.name) {
         err("site.name", format!("`{}` is not a host name like www.foobar.com", raw.site.name));
+    } else if !raw.site.name.ends_with(&format!(".{}", raw.site.domain)) && raw.site.name != raw.site.domain {
+        err("site.name", format!("`{}` is not in the domain {}", raw.site.name, raw.site.domain));
     }
 
     let subnet = match raw.network.subnet.parse::<Subnet>() {
@@ -255,6 +262,7 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
         ("http", raw.ports.http),
         ("https", raw.ports.https),
         ("ha", raw.ports.ha),
+        ("dns", raw.ports.dns),
         ("admin", raw.ports.admin),
         ("app", raw.ports.app),
         ("db", raw.ports.db),
@@ -478,9 +486,9 @@ mod tests {
     #[test]
     fn the_repo_topology_is_valid() {
         let t = load(REPO_TOPOLOGY).unwrap();
-        assert_eq!(t.hosts.len(), 5);
+        assert_eq!(t.hosts.len(), 6);
         assert_eq!(t.profiles["distributed"].len(), 4);
-        assert_eq!(t.profiles["secured"].len(), 5);
+        assert_eq!(t.profiles["secured"].len(), 6);
         assert!(t.https_only.contains("secured"));
         assert_eq!(t.default_profile, "distributed");
     }

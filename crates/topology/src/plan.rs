@@ -72,6 +72,8 @@ pub struct PlannedComponent {
 pub enum Probe {
     /// Healthy when `GET path` on `address` answers 200.
     Http { address: SocketAddr, path: String },
+    /// Healthy when `address` accepts a TCP connection.
+    Tcp { address: SocketAddr },
 }
 
 impl PlannedComponent {

@@ -46,6 +46,10 @@ impl Context<'_> {
                 let probe = Probe::Http { address: at(ports.app), path: "/healthz".into() };
                 ("app", self.app(host), vec![at(ports.app)], probe, None)
             }
+            Component::Dns => {
+                let probe = Probe::Tcp { address: at(ports.dns) };
+                ("dns", self.dns(host), vec![at(ports.dns)], probe, None)
+            }
             Component::Db => {
                 let probe = Probe::Http { address: at(ports.db_admin), path: "/healthz".into() };
                 let role = Some("/status".to_string());
@@ -211,6 +215,32 @@ impl Context<'_> {
             path: self.state_dir.join("logs").join(format!("{}-{component}-access.log", host.name)),
             format: "combined".into(),
         }
+    }
+
+    /// The zone: the apex and the site's name lead to the VIP (checked on the port clients
+    /// use), and every host of the profile has its own record.
+    fn dns(&self, host: &Host) -> String {
+        let t = self.topology;
+        let site_port = if self.certificate.is_some() { t.ports.https } else { t.ports.http };
+        let label = t.site_name.strip_suffix(&format!(".{}", t.domain)).unwrap_or("www").to_string();
+        let mut records = vec![
+            DnsRecord { name: "@".into(), addresses: vec![t.vip], check_port: None },
+            DnsRecord { name: label, addresses: vec![t.vip], check_port: Some(site_port) },
+        ];
+        records.extend(self.hosts.iter().map(|h| DnsRecord {
+            name: h.name.clone(),
+            addresses: vec![h.address],
+            check_port: None,
+        }));
+        let config = DnsConfig {
+            name: host.name.clone(),
+            listen: SocketAddr::new(host.address.into(), t.ports.dns),
+            zone: t.domain.clone(),
+            ttl: 30,
+            nameserver: host.name.clone(),
+            records,
+        };
+        to_toml(&config, &format!("DNS server of {}", host.name))
     }
 
     fn db_nodes(&self) -> Vec<Node> {
@@ -420,4 +450,22 @@ struct DbAccounts {
     app_user: String,
     app_password: String,
     app_database: String,
+}
+
+#[derive(Serialize)]
+struct DnsConfig {
+    name: String,
+    listen: SocketAddr,
+    zone: String,
+    ttl: u32,
+    nameserver: String,
+    records: Vec<DnsRecord>,
+}
+
+#[derive(Serialize)]
+struct DnsRecord {
+    name: String,
+    addresses: Vec<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    check_port: Option<u16>,
 }

@@ -38,6 +38,7 @@ fn validate_rendered(plan: &Plan) -> Result<(), ConfigErrors> {
             Component::Edge | Component::Web => proxy::ProxyConfig::from_source(&src).map(drop),
             Component::App => app::AppConfig::from_source(&src).map(drop),
             Component::Db => db::DbConfig::from_source(&src).map(drop),
+            Component::Dns => dns::DnsConfig::from_source(&src).map(drop),
         };
         if let Err(e) = result {
             errors.extend(e.0);

@@ -38,6 +38,18 @@ fn secured_profile_runs_a_load_balancer_pair_and_https_only() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // The zone's own DNS sends www.foobar.com to the VIP, and knows every host.
+    let dig = |name: &str| {
+        let out = std::process::Command::new("dig")
+            .args(["@127.219.4.1", "-p", "5353", "+short", "+time=2", "+tries=1", name])
+            .output()
+            .expect("dig");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(dig("www.foobar.com"), "127.219.1.10");
+    assert_eq!(dig("lb-02.foobar.com"), "127.219.1.2");
+    assert_eq!(dig("server-03.foobar.com"), "127.219.2.3");
+
     // HTTP redirects to HTTPS; HTTPS answers with HSTS.
     let plain = get("127.219.1.10:8080".parse().unwrap(), "/products/1?x=1").unwrap();
     assert_eq!(plain.status, 301);
