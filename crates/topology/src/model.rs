@@ -490,7 +490,7 @@ mod tests {
         assert_eq!(t.profiles["distributed"].len(), 4);
         assert_eq!(t.profiles["secured"].len(), 6);
         assert!(t.https_only.contains("secured"));
-        assert_eq!(t.default_profile, "distributed");
+        assert_eq!(t.default_profile, "secured");
     }
 
     #[test]
@@ -534,7 +534,7 @@ mod tests {
     fn profile_errors_are_all_reported() {
         let text = REPO_TOPOLOGY
             .replace("hosts = [\"lb-01\", \"server-01\"", "hosts = [\"lb-01\", \"server-09\"")
-            .replace("profile = \"distributed\"", "profile = \"tertiary\"");
+            .replace("profile = \"secured\"", "profile = \"tertiary\"");
         let errs = errors(&text);
         assert!(errs.iter().any(|e| e.contains("profile: no profile `tertiary`")), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("profiles.distributed.hosts[1]: no host `server-09`")), "{errs:?}");

@@ -170,12 +170,19 @@ fn print_ready(status: &StackStatus) {
     let host_port = url.trim_start_matches("http://").trim_end_matches('/');
     let (address, port) = host_port.rsplit_once(':').unwrap_or((host_port, "80"));
     let name = &status.site_name;
-    println!("all healthy. The site: {url}");
-    println!("  curl {url}");
-    println!("  curl --resolve {name}:{port}:{address} http://{name}:{port}/");
-    if let (Some(https), Some(ca)) = (&status.site_https_url, &status.ca_file) {
-        let https_port = https.trim_end_matches('/').rsplit(':').next().unwrap_or("443");
-        println!("  curl --cacert {ca} --resolve {name}:{https_port}:{address} {https}");
+    match (&status.site_https_url, &status.ca_file) {
+        (Some(https), ca) => {
+            let https_port = https.trim_end_matches('/').rsplit(':').next().unwrap_or("443");
+            println!("all healthy. The site: {https} ({name} is {address})");
+            let trust = ca.as_ref().map(|ca| format!("--cacert {ca} ")).unwrap_or_default();
+            println!("  curl {trust}--resolve {name}:{https_port}:{address} {https}");
+            println!("  curl -i {url}   (plain HTTP; profiles with https_only redirect it)");
+        }
+        (None, _) => {
+            println!("all healthy. The site: {url}");
+            println!("  curl {url}");
+            println!("  curl --resolve {name}:{port}:{address} http://{name}:{port}/");
+        }
     }
 }
 
