@@ -55,3 +55,4 @@ bench:
 	scripts/setup --bench
 	$(CARGO) build --release --bin webstack
 	python3 bench/proxy_bench.py $(BENCH_ARGS)
+	python3 bench/failover_bench.py
