@@ -125,14 +125,7 @@ fn sighup_reloads_the_proxy_config_in_place() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Stop(child);
+    let mut child = support::Stop(child);
     let site: std::net::SocketAddr = "127.206.0.1:8080".parse().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while support::get(site, "/a/x.txt").is_err() {

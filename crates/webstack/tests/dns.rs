@@ -1,17 +1,12 @@
 //! `webstack dns` answers as an authoritative server should, checked with dig (Debian's
 //! bind9-dnsutils) over UDP and TCP.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
-
-struct Stop(Child);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::Stop;
 
 fn dig(args: &[&str]) -> String {
     let out = Command::new("dig")

@@ -1,25 +1,20 @@
 //! Two edge proxies share a VIP: the MASTER serves it, SIGKILL moves it to the BACKUP, and the
 //! preferred node takes it back when it returns — measured, with the requests that failed.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::Stop;
 
 /// The VIP of a test's own 127.209.NET.0/24.
 fn vip(net: u8) -> String {
     format!("127.209.{net}.10:8080")
-}
-
-struct Stop(Child);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn config(dir: &std::path::Path, id: u32, priority: u8) -> std::path::PathBuf {

@@ -1,21 +1,16 @@
 //! Bodies stream through the proxy both ways: a 1 GiB download and a 1 GiB upload pass
 //! through `webstack proxy` while its memory stays small.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
+use support::Stop;
 
 const GIB: u64 = 1 << 30;
-
-struct Stop(Child);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Answers `GET /big` with 1 GiB of zeros, and `POST /upload` with the byte count it read.
 fn upstream(listener: TcpListener) {

@@ -102,6 +102,16 @@ impl Drop for Stack {
     }
 }
 
+/// A process a test started, killed and reaped when the test lets go of it.
+pub struct Stop(pub std::process::Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct HttpResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
