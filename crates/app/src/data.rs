@@ -139,15 +139,29 @@ impl Database {
         }
     }
 
-    pub async fn products(&self, after_gtid: Option<&str>, limit: u32) -> Result<Read<Vec<Product>>, DataError> {
+    /// One page of the catalog, newest first, optionally only names containing `search`;
+    /// with the number of matching products.
+    pub async fn catalog(&self, after_gtid: Option<&str>, page: &Page) -> Result<Read<(Vec<Product>, i64)>, DataError> {
         let node = self.read_node(after_gtid).await;
-        let rows = sqlx::query("SELECT id, name, description, price_cents FROM products ORDER BY id DESC LIMIT ?")
-            .bind(limit)
-            .fetch_all(&self.nodes[node].pool)
+        let pool = &self.nodes[node].pool;
+        let pattern = like_pattern(&page.search);
+        let rows = sqlx::query(
+            "SELECT id, name, description, price_cents FROM products WHERE name LIKE ? ESCAPE '!' \
+             ORDER BY id DESC LIMIT ? OFFSET ?",
+        )
+        .bind(&pattern)
+        .bind(page.per_page)
+        .bind((page.number as u64 - 1) * page.per_page as u64)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| self.classify(node, e))?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products WHERE name LIKE ? ESCAPE '!'")
+            .bind(&pattern)
+            .fetch_one(pool)
             .await
             .map_err(|e| self.classify(node, e))?;
         let value = rows.iter().map(product_from_row).collect::<Result<_, _>>().map_err(|e| self.classify(node, e))?;
-        Ok(Read { value, node: self.nodes[node].name.clone() })
+        Ok(Read { value: (value, total), node: self.nodes[node].name.clone() })
     }
 
     pub async fn product(&self, id: i64, after_gtid: Option<&str>) -> Result<Read<Option<Product>>, DataError> {
@@ -245,7 +259,10 @@ impl Database {
                 )
                 .execute(&mut *conn)
                 .await?;
-                for (version, statements) in MIGRATIONS {
+                let seeded = seed_catalog();
+                let generated: [(i32, Vec<&str>); 1] = [(3, seeded.iter().map(String::as_str).collect())];
+                let all = MIGRATIONS.iter().map(|(v, s)| (*v, s.to_vec())).chain(generated);
+                for (version, statements) in all {
                     let done: Option<i32> =
                         sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
                             .bind(version)
@@ -254,7 +271,7 @@ impl Database {
                     if done.is_some() {
                         continue;
                     }
-                    for statement in *statements {
+                    for statement in statements {
                         sqlx::query(statement).execute(&mut *conn).await?;
                     }
                     sqlx::query("INSERT INTO schema_migrations (version) VALUES (?)")
@@ -271,6 +288,54 @@ impl Database {
         };
         run.await.map_err(|e| self.unavailable(writer, e))
     }
+}
+
+/// A page of the catalog, as asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub number: u32,
+    pub per_page: u32,
+    pub search: String,
+}
+
+/// `search` as a LIKE pattern matching it anywhere, its own `%` and `_` taken literally.
+pub fn like_pattern(search: &str) -> String {
+    let mut pattern = String::with_capacity(search.len() + 2);
+    pattern.push('%');
+    for c in search.chars() {
+        if matches!(c, '%' | '_' | '!') {
+            pattern.push('!');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// The deterministic catalog loaded once by migration 3: a thousand products, every name
+/// distinct (10 adjectives × 10 materials × 10 items).
+pub fn seed_catalog() -> Vec<String> {
+    const ADJECTIVES: [&str; 10] =
+        ["Classic", "Compact", "Deluxe", "Everyday", "Field", "Heritage", "Modern", "Nordic", "Pocket", "Studio"];
+    const MATERIALS: [&str; 10] =
+        ["Ceramic", "Copper", "Glass", "Oak", "Steel", "Walnut", "Bamboo", "Enamel", "Stoneware", "Titanium"];
+    const ITEMS: [&str; 10] =
+        ["Mug", "Kettle", "Grinder", "Dripper", "Scale", "Tamper", "Carafe", "Canister", "Jug", "Tray"];
+    let rows: Vec<String> = (0..1000usize)
+        .map(|i| {
+            let (a, m, it) = (ADJECTIVES[i / 100], MATERIALS[i / 10 % 10], ITEMS[i % 10]);
+            let price = 500 + (i * 7919) % 9500;
+            format!(
+                "('{a} {m} {it}', 'A {} {} for the {} kitchen.', {price})",
+                m.to_lowercase(),
+                it.to_lowercase(),
+                a.to_lowercase()
+            )
+        })
+        .collect();
+    rows.chunks(250)
+        .map(|chunk| format!("INSERT INTO products (name, description, price_cents) VALUES {}", chunk.join(", ")))
+        .collect()
 }
 
 fn product_from_row(row: &sqlx::mysql::MySqlRow) -> Result<Product, sqlx::Error> {
@@ -307,3 +372,25 @@ const MIGRATIONS: &[(i32, &[&str])] = &[
             ('Paper filters', 'Pack of 100, fits size 02 drippers.', 600)"],
     ),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_take_wildcards_literally() {
+        assert_eq!(like_pattern(""), "%%");
+        assert_eq!(like_pattern("kettle"), "%kettle%");
+        assert_eq!(like_pattern("50%_off!"), "%50!%!_off!!%");
+    }
+
+    #[test]
+    fn the_seed_catalog_has_a_thousand_distinct_products() {
+        let statements = seed_catalog();
+        assert_eq!(statements.len(), 4);
+        let rows: usize = statements.iter().map(|s| s.matches("('").count()).sum();
+        assert_eq!(rows, 1000);
+        assert!(statements[0].contains("('Classic Ceramic Mug', 'A ceramic mug for the classic kitchen.', 500)"));
+        assert_eq!(seed_catalog(), statements, "deterministic");
+    }
+}

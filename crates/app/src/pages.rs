@@ -10,6 +10,12 @@ pub struct Home<'a> {
     pub server: &'a str,
     pub db_node: &'a str,
     pub products: &'a [Product],
+    pub total: i64,
+    pub search: &'a str,
+    pub page: u32,
+    pub pages: u64,
+    pub prev: Option<String>,
+    pub next: Option<String>,
 }
 
 #[derive(Template)]

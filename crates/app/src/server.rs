@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -12,7 +12,7 @@ use axum::{Form, Json, Router};
 use serde::Deserialize;
 
 use crate::config::AppConfig;
-use crate::data::{DataError, Database, Read};
+use crate::data::{DataError, Database, Page, Read};
 use crate::pages;
 
 const GTID_COOKIE: &str = "foobar_gtid";
@@ -97,14 +97,82 @@ fn data_error_page(state: &AppState, e: &DataError) -> Response {
     error_page(state, StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", &e.to_string())
 }
 
-async fn home(State(state): Shared, headers: HeaderMap) -> Response {
-    match state.db.products(session_gtid(&headers).as_deref(), 60).await {
+/// What `?page=&per_page=&q=` ask for, as given.
+#[derive(Debug, Default, Deserialize)]
+pub struct CatalogQuery {
+    page: Option<String>,
+    per_page: Option<String>,
+    q: Option<String>,
+}
+
+const MAX_PER_PAGE: u32 = 100;
+
+impl CatalogQuery {
+    /// The page asked for, or what is wrong with the parameters.
+    pub fn page(&self, default_per_page: u32) -> Result<Page, String> {
+        let number = match self.page.as_deref().map(str::trim) {
+            None | Some("") => 1,
+            Some(p) => p
+                .parse::<u32>()
+                .ok()
+                .filter(|p| (1..=100_000).contains(p))
+                .ok_or_else(|| format!("page `{p}` is not a number from 1 to 100000"))?,
+        };
+        let per_page = match self.per_page.as_deref().map(str::trim) {
+            None | Some("") => default_per_page,
+            Some(p) => p
+                .parse::<u32>()
+                .ok()
+                .filter(|p| (1..=MAX_PER_PAGE).contains(p))
+                .ok_or_else(|| format!("per_page `{p}` is not a number from 1 to {MAX_PER_PAGE}"))?,
+        };
+        let search = self.q.as_deref().unwrap_or("").trim().to_string();
+        if search.chars().count() > 100 {
+            return Err("the search is longer than 100 characters".into());
+        }
+        Ok(Page { number, per_page, search })
+    }
+}
+
+async fn home(State(state): Shared, headers: HeaderMap, Query(query): Query<CatalogQuery>) -> Response {
+    let page = match query.page(24) {
+        Ok(page) => page,
+        Err(e) => return error_page(&state, StatusCode::BAD_REQUEST, "Bad request", &e),
+    };
+    match state.db.catalog(session_gtid(&headers).as_deref(), &page).await {
         Ok(read) => {
-            let page = pages::Home { server: &state.name, db_node: &read.node, products: &read.value };
-            with_header(render(page), &X_DB_READ, &read.node)
+            let (products, total) = &read.value;
+            let pages = ((*total as u64).div_ceil(page.per_page as u64)).max(1);
+            let view = pages::Home {
+                server: &state.name,
+                db_node: &read.node,
+                products,
+                total: *total,
+                search: &page.search,
+                page: page.number,
+                pages,
+                prev: (page.number > 1).then(|| page_link(page.number - 1, &page.search)),
+                next: ((page.number as u64) < pages).then(|| page_link(page.number + 1, &page.search)),
+            };
+            with_header(render(view), &X_DB_READ, &read.node)
         }
         Err(e) => data_error_page(&state, &e),
     }
+}
+
+/// `/?page=N&q=…`, the search percent-encoded.
+fn page_link(number: u32, search: &str) -> String {
+    let mut link = format!("/?page={number}");
+    if !search.is_empty() {
+        link.push_str("&q=");
+        for b in search.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => link.push(b as char),
+                _ => link.push_str(&format!("%{b:02X}")),
+            }
+        }
+    }
+    link
 }
 
 async fn product_page(State(state): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
@@ -230,10 +298,22 @@ fn api_data_error(e: &DataError) -> Response {
     api_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
 }
 
-async fn api_products(State(state): Shared, headers: HeaderMap) -> Response {
-    match state.db.products(session_gtid(&headers).as_deref(), 100).await {
+async fn api_products(State(state): Shared, headers: HeaderMap, Query(query): Query<CatalogQuery>) -> Response {
+    let page = match query.page(20) {
+        Ok(page) => page,
+        Err(e) => return api_error(StatusCode::BAD_REQUEST, &e),
+    };
+    match state.db.catalog(session_gtid(&headers).as_deref(), &page).await {
         Ok(read) => {
-            with_header(Json(serde_json::json!({ "products": read.value })).into_response(), &X_DB_READ, &read.node)
+            let (products, total) = &read.value;
+            let body = serde_json::json!({
+                "products": products,
+                "page": page.number,
+                "per_page": page.per_page,
+                "total": total,
+                "q": page.search,
+            });
+            with_header(Json(body).into_response(), &X_DB_READ, &read.node)
         }
         Err(e) => api_data_error(&e),
     }
@@ -313,6 +393,22 @@ mod tests {
         for bad in ["", "-1", "1.234", "12,50", "abc", "1e3", "."] {
             assert!(parse_price(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn catalog_queries_are_checked() {
+        let q = |page: &str, per: &str, search: &str| CatalogQuery {
+            page: Some(page.into()),
+            per_page: Some(per.into()),
+            q: Some(search.into()),
+        };
+        assert_eq!(q("2", "10", " mug ").page(20), Ok(Page { number: 2, per_page: 10, search: "mug".into() }));
+        assert_eq!(CatalogQuery::default().page(20).unwrap().per_page, 20);
+        assert!(q("0", "", "").page(20).unwrap_err().contains("page `0`"));
+        assert!(q("1", "1000", "").page(20).unwrap_err().contains("per_page `1000`"));
+        assert!(q("x", "", "").page(20).is_err());
+        assert!(q("1", "", &"a".repeat(101)).page(20).is_err());
+        assert_eq!(page_link(3, "oak mug&x"), "/?page=3&q=oak%20mug%26x");
     }
 
     #[test]

@@ -70,9 +70,10 @@ fn foreground_up_restarts_crashes_and_stops_on_ctrl_c() {
         assert!(Instant::now() < deadline, "the crashed app was not restarted: {app}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let home = get(site, "/").unwrap();
+    let home = get(site, "/?q=Espresso").unwrap();
     assert_eq!(home.status, 200);
     assert_eq!(home.body.matches("Espresso cup").count(), 1, "seed data loaded twice");
+    assert!(get(site, "/").unwrap().body.contains("1008 products"), "the catalog was seeded more than once");
 
     // The logs command shows each component's log.
     let logs = stack.run_ok(&["logs", "server-01/db"]);
