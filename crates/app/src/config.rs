@@ -8,6 +8,7 @@
 //! user = "foobar"
 //! password = "…"
 //! local = "server-01"                # the node reads go to
+//! max_lag_ms = 2000                  # ... while it is no further behind than this
 //! [[database.nodes]]
 //! name = "server-01"
 //! address = "127.0.2.1:3306"
@@ -35,7 +36,14 @@ pub struct DatabaseConfig {
     pub user: String,
     pub password: String,
     pub local: String,
+    /// Reads avoid a node further behind the writer than this.
+    #[serde(default = "default_max_lag_ms")]
+    pub max_lag_ms: u64,
     pub nodes: Vec<NodeConfig>,
+}
+
+fn default_max_lag_ms() -> u64 {
+    2000
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -36,6 +36,11 @@ pub struct Database {
     pub nodes: Vec<Node>,
     local: usize,
     writer: Mutex<Option<(usize, Instant)>>,
+    /// How far behind the writer a node may be and still serve reads.
+    max_lag: Duration,
+    /// Each node's last measured lag (heartbeat age); `None` until measured or when unreachable.
+    lags: Mutex<Vec<Option<Duration>>>,
+    name: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,7 +66,7 @@ pub struct Read<T> {
 impl Database {
     pub fn new(config: &AppConfig) -> Database {
         let db = &config.database;
-        let nodes = db
+        let nodes: Vec<Node> = db
             .nodes
             .iter()
             .map(|n| {
@@ -81,7 +86,15 @@ impl Database {
                 Node { name: n.name.clone(), pool }
             })
             .collect();
-        Database { nodes, local: config.local_index(), writer: Mutex::new(None) }
+        let count = nodes.len();
+        Database {
+            nodes,
+            local: config.local_index(),
+            writer: Mutex::new(None),
+            max_lag: Duration::from_millis(config.database.max_lag_ms),
+            lags: Mutex::new(vec![None; count]),
+            name: config.name.clone(),
+        }
     }
 
     fn unavailable(&self, index: usize, source: sqlx::Error) -> DataError {
@@ -117,10 +130,53 @@ impl Database {
         *self.writer.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// The node a read goes to: the local one, once it has applied `after_gtid` (the session's
-    /// last write); the writer when the local node cannot catch up in time.
+    /// Where plain reads go: the local node while its lag is within the bound, else the
+    /// replica least behind within it, else the writer (pt-heartbeat's way of measuring lag:
+    /// the age of the newest heartbeat row a node has applied).
+    fn fresh_node(&self) -> usize {
+        let lags = self.lags.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = |i: usize| lags.get(i).copied().flatten().is_some_and(|lag| lag <= self.max_lag);
+        // Not measured yet (start-up): trust the local node rather than send everyone away.
+        if fresh(self.local) || lags.iter().all(Option::is_none) {
+            return self.local;
+        }
+        let best = (0..lags.len()).filter(|&i| fresh(i)).min_by_key(|&i| lags[i]);
+        match best {
+            Some(i) => i,
+            None => self.writer.lock().unwrap_or_else(|p| p.into_inner()).map(|(w, _)| w).unwrap_or(self.local),
+        }
+    }
+
+    /// Every half second: write this server's heartbeat on the writer, and measure each
+    /// node's lag as the age of the newest heartbeat it holds.
+    pub async fn watch_lag(&self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            if let Ok(w) = self.writer().await {
+                let beat = sqlx::query("REPLACE INTO heartbeat (server, ts) VALUES (?, NOW(6))").bind(&self.name);
+                let _ = beat.execute(&self.nodes[w].pool).await;
+            }
+            let mut measured = Vec::with_capacity(self.nodes.len());
+            for node in &self.nodes {
+                let age = sqlx::query_scalar::<_, Option<i64>>(
+                    "SELECT TIMESTAMPDIFF(MICROSECOND, MAX(ts), NOW(6)) FROM heartbeat",
+                )
+                .fetch_one(&node.pool)
+                .await;
+                measured.push(match age {
+                    Ok(Some(us)) => Some(Duration::from_micros(us.max(0) as u64)),
+                    _ => None,
+                });
+            }
+            *self.lags.lock().unwrap_or_else(|p| p.into_inner()) = measured;
+        }
+    }
+
+    /// The node a read goes to: see [`Self::fresh_node`]; after a write in this session, the
+    /// local node once it has applied that write (`after_gtid`), else the writer.
     async fn read_node(&self, after_gtid: Option<&str>) -> usize {
-        let Some(gtid) = after_gtid else { return self.local };
+        let Some(gtid) = after_gtid else { return self.fresh_node() };
         match self.writer().await {
             Ok(w) if w == self.local => self.local,
             Ok(w) => {
@@ -370,6 +426,13 @@ const MIGRATIONS: &[(i32, &[&str])] = &[
             ('Milk jug', 'Stainless steel, 350 ml, for latte art.', 1800),
             ('Scale', '0.1 g resolution with a timer, for repeatable brews.', 3200),
             ('Paper filters', 'Pack of 100, fits size 02 drippers.', 600)"],
+    ),
+    (
+        4,
+        &["CREATE TABLE IF NOT EXISTS heartbeat (
+            server VARCHAR(64) NOT NULL PRIMARY KEY,
+            ts TIMESTAMP(6) NOT NULL
+        ) ENGINE=InnoDB"],
     ),
 ];
 

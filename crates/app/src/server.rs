@@ -49,9 +49,12 @@ pub async fn run(config: AppConfig, shutdown: impl Future<Output = ()> + Send + 
     let state = Arc::new(AppState { name: config.name.clone(), db: Database::new(&config) });
     let migrating = state.clone();
     let migrations = tokio::spawn(async move { migrating.db.migrate_when_ready().await });
+    let watching = state.clone();
+    let lag = tokio::spawn(async move { watching.db.watch_lag().await });
     tracing::info!(listen = %config.listen, "foobar.com app is serving");
     let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
     migrations.abort();
+    lag.abort();
     served
 }
 

@@ -176,6 +176,37 @@ fn distributed_stack_serves_balances_survives_a_dead_web_server_and_replicates()
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // A replica that stops replicating falls behind; its server's reads move to a node within
+    // the lag bound (2 s), and come back once it catches up.
+    let secrets: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stack.state_dir().join("secrets.json")).unwrap()).unwrap();
+    let admin = |sql: &str| {
+        let out = std::process::Command::new("mariadb")
+            .args(["--no-defaults", "-h", "127.201.2.2", "-P", "3306", "-u", "webstack_admin"])
+            .arg(format!("-p{}", secrets["db_admin_password"].as_str().unwrap()))
+            .args(["-e", sql])
+            .output()
+            .expect("mariadb client");
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let app02: SocketAddr = "127.201.2.2:9000".parse().unwrap();
+    let read_from =
+        || get(app02, "/api/v1/products?per_page=1").ok().and_then(|r| r.header("x-db-read").map(str::to_string));
+    assert_eq!(read_from().as_deref(), Some("server-02"));
+    admin("STOP SLAVE");
+    let stopped = Instant::now();
+    while read_from().as_deref() == Some("server-02") {
+        assert!(stopped.elapsed() < Duration::from_secs(15), "reads never left the stopped replica");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("replication stopped on server-02: its reads moved after {} ms", stopped.elapsed().as_millis());
+    admin("START SLAVE");
+    let started = Instant::now();
+    while read_from().as_deref() != Some("server-02") {
+        assert!(started.elapsed() < Duration::from_secs(15), "reads never came back to server-02");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // down leaves no process running.
     let pids = stack.pids();
     assert!(pids.len() >= 11, "{pids:?}");
