@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 
 use crate::balancer::{self, Algorithm, Pick};
 use crate::body::{BodyTooLarge, ProxyBody, RequestBody, UpstreamBody};
-use crate::config::{Listener, Passive};
+use crate::config::Listener;
 use crate::upstream::{InFlight, PoolState, Sender, ServerState};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -77,9 +77,9 @@ pub async fn forward(
             let server = &pool.servers[index];
             let status = response.status().as_u16();
             server.count_response(status);
-            if let Some(passive) = &pool.config.passive {
+            if pool.config.passive.is_some() {
                 if status >= 500 {
-                    note_failure(pool, server, passive, &format!("answered {status}"));
+                    note_failure(pool, server, &format!("answered {status}"));
                 } else {
                     server.record_success();
                 }
@@ -124,9 +124,10 @@ pub async fn forward(
     }
 }
 
-/// Passive health: counts a failure, and takes the server out after `passive.failures` in a
-/// row. The active check brings it back; without one, the cooldown does.
-fn note_failure(pool: &PoolState, server: &Arc<ServerState>, passive: &Passive, reason: &str) {
+/// Passive health, when the pool has it: counts a failure, and takes the server out after
+/// `passive.failures` in a row. The active check brings it back; without one, the cooldown does.
+fn note_failure(pool: &PoolState, server: &Arc<ServerState>, reason: &str) {
+    let Some(passive) = &pool.config.passive else { return };
     if !server.record_failure(passive.failures) {
         return;
     }
@@ -245,9 +246,7 @@ async fn send(
             }
             Err(SendError::NotSent(back, reason)) => {
                 server.connect_failures.fetch_add(1, Ordering::Relaxed);
-                if let Some(passive) = &pool.config.passive {
-                    note_failure(pool, server, passive, &reason);
-                }
+                note_failure(pool, server, &reason);
                 tracing::info!(
                     pool = pool.config.name,
                     server = server.config.name,
@@ -258,9 +257,7 @@ async fn send(
                 req = back;
             }
             Err(SendError::Failed(reason)) => {
-                if let Some(passive) = &pool.config.passive {
-                    note_failure(pool, server, passive, &reason);
-                }
+                note_failure(pool, server, &reason);
                 match &replay {
                     Some(replay) if attempt + 1 < MAX_ATTEMPTS && pool.spend_retry() => {
                         tracing::info!(

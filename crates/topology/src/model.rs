@@ -27,8 +27,6 @@ pub enum Component {
 }
 
 impl Component {
-    pub const ALL: [Component; 5] = [Component::Edge, Component::Web, Component::App, Component::Db, Component::Dns];
-
     pub fn name(self) -> &'static str {
         match self {
             Component::Edge => "edge",
@@ -37,10 +35,6 @@ impl Component {
             Component::Db => "db",
             Component::Dns => "dns",
         }
-    }
-
-    pub fn from_name(name: &str) -> Option<Component> {
-        Component::ALL.into_iter().find(|c| c.name() == name)
     }
 }
 

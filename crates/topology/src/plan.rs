@@ -151,10 +151,6 @@ impl Topology {
 }
 
 impl Plan {
-    pub fn component(&self, host: &str, component: Component) -> Option<&PlannedComponent> {
-        self.hosts.iter().find(|h| h.name == host)?.components.iter().find(|c| c.component == component)
-    }
-
     /// Every (host, component) pair, hosts in plan order.
     pub fn components(&self) -> impl Iterator<Item = (&PlannedHost, &PlannedComponent)> {
         self.hosts.iter().flat_map(|h| h.components.iter().map(move |c| (h, c)))
