@@ -1,7 +1,6 @@
 //! The body of a response the proxy sends: streamed from an upstream (handing its connection
 //! back to the pool when the body ends), or made here (error pages, static files, admin).
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -9,9 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
 
-use crate::upstream::{InFlight, Sender};
+use crate::client::{Connection, Framing};
+use crate::upstream::InFlight;
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -47,86 +46,79 @@ impl ProxyBody {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// An upstream response body. When it ends cleanly the connection goes back to the
-    /// server's idle pool; no task is spawned per request for that. A body dropped before its
-    /// end (the client went away) drops its connection too: it is mid-response and cannot be
-    /// reused. Silence longer than the pool's idle timeout ends the response with an error.
-    pub struct UpstreamBody {
-        inner: Incoming,
-        flight: InFlight,
-        sender: Option<Sender>,
-        idle_timeout: Duration,
-        #[pin]
-        idle: Sleep,
-    }
+/// An upstream response body, read from its connection as the client takes it. When it ends
+/// cleanly the connection goes back to the server's idle pool, with no task spawned per
+/// request for that. A body dropped before its end (the client went away) drops its
+/// connection too: it is mid-response and cannot be reused. Silence longer than the pool's
+/// idle timeout ends the response with an error.
+pub struct UpstreamBody {
+    connection: Option<Connection>,
+    framing: Framing,
+    keep_alive: bool,
+    flight: InFlight,
+    idle_timeout: Duration,
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, flight: InFlight, sender: Sender, idle_timeout: Duration) -> Self {
-        let idle = tokio::time::sleep(idle_timeout);
-        UpstreamBody { inner, flight, sender: Some(sender), idle_timeout, idle }
+    pub fn new(
+        mut connection: Connection,
+        framing: Framing,
+        keep_alive: bool,
+        flight: InFlight,
+        idle_timeout: Duration,
+    ) -> Self {
+        connection.arm_idle_timer(idle_timeout);
+        UpstreamBody { connection: Some(connection), framing, keep_alive, flight, idle_timeout }
+    }
+
+    /// The body is read whole: its connection can serve the next request.
+    fn finish(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            if self.keep_alive {
+                self.flight.server().put_idle(connection);
+            }
+        }
     }
 }
-
-#[derive(Debug)]
-struct IdleTimeout(Duration);
-
-impl std::fmt::Display for IdleTimeout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "upstream sent nothing for {} ms mid-response", self.0.as_millis())
-    }
-}
-
-impl std::error::Error for IdleTimeout {}
 
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BodyError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let mut this = self.project();
-        match Pin::new(&mut *this.inner).poll_frame(cx) {
-            Poll::Ready(None) => {
-                if let Some(sender) = this.sender.take() {
-                    this.flight.server().put_idle(sender);
+        let this = self.get_mut();
+        let Some(connection) = this.connection.as_mut() else { return Poll::Ready(None) };
+        match connection.poll_body(&mut this.framing, this.idle_timeout, cx) {
+            Poll::Ready(Ok(Some(data))) => {
+                this.flight.server().bytes_out.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if this.framing.is_done() {
+                    this.finish();
                 }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Ok(None)) => {
+                this.finish();
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.flight.server().bytes_out.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-                if this.inner.is_end_stream() {
-                    if let Some(sender) = this.sender.take() {
-                        this.flight.server().put_idle(sender);
-                    }
-                } else {
-                    this.idle.as_mut().reset(Instant::now() + *this.idle_timeout);
-                }
-                Poll::Ready(Some(Ok(frame)))
+            Poll::Ready(Err(e)) => {
+                this.connection = None;
+                tracing::warn!(server = this.flight.server().config.name, error = %e, "response body failed; closing");
+                Poll::Ready(Some(Err(Box::new(e))))
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.sender.take();
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Pending => match this.idle.poll(cx) {
-                Poll::Ready(()) => {
-                    this.sender.take();
-                    tracing::warn!(server = this.flight.server().config.name, "response body stalled; closing");
-                    Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle_timeout)))))
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.connection.is_none() || self.framing.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.framing {
+            Framing::Length(left) => SizeHint::with_exact(left),
+            Framing::Empty => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }
 

@@ -14,9 +14,10 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::balancer::{self, Algorithm, Pick};
-use crate::body::{BodyTooLarge, ProxyBody, RequestBody, UpstreamBody};
+use crate::body::{ProxyBody, RequestBody, UpstreamBody};
+use crate::client::{self, BodyWriteError, Connection, Framing, RequestFraming, ResponseHead};
 use crate::config::Listener;
-use crate::upstream::{InFlight, PoolState, Sender, ServerState};
+use crate::upstream::{InFlight, PoolState, ServerState};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -178,15 +179,11 @@ fn pinned_server(pool: &PoolState, headers: &HeaderMap, cookie: &str) -> Option<
     pool.servers.iter().position(|s| s.config.name == name && s.takes_pinned_requests())
 }
 
-/// What it takes to send a request again after it failed once sent: only idempotent requests
-/// without a body (RFC 9110 §9.2.2), while the pool's retry budget lasts.
-struct Replay {
-    method: http::Method,
-    uri: http::Uri,
-    headers: HeaderMap,
-}
-
-fn replayable(req: &Request<Incoming>, pool: &PoolState, upgrading: bool) -> Option<Replay> {
+/// Whether a request may be sent again after it failed once sent: only idempotent requests
+/// without a body (RFC 9110 §9.2.2), while the pool's retry budget lasts. The request itself
+/// comes back from the failed attempt (its head was only encoded, not consumed), so nothing
+/// is copied for this up front.
+fn replayable(req: &Request<Incoming>, pool: &PoolState, upgrading: bool) -> bool {
     let idempotent = matches!(
         *req.method(),
         http::Method::GET
@@ -196,20 +193,7 @@ fn replayable(req: &Request<Incoming>, pool: &PoolState, upgrading: bool) -> Opt
             | http::Method::PUT
             | http::Method::DELETE
     );
-    if !idempotent || upgrading || !req.body().is_end_stream() || !pool.can_retry() {
-        return None;
-    }
-    Some(Replay { method: req.method().clone(), uri: req.uri().clone(), headers: req.headers().clone() })
-}
-
-impl Replay {
-    fn request(&self) -> Request<RequestBody> {
-        let mut req = Request::new(RequestBody::empty());
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
+    idempotent && !upgrading && req.body().is_end_stream() && pool.can_retry()
 }
 
 async fn send(
@@ -218,7 +202,7 @@ async fn send(
     key: Option<u64>,
     pinned: Option<usize>,
     client_upgrade: Option<OnUpgrade>,
-    replay: Option<Replay>,
+    replay: bool,
 ) -> Result<(usize, Response<ProxyBody>), Failure> {
     let mut client_upgrade = client_upgrade;
     let mut req = req;
@@ -256,10 +240,10 @@ async fn send(
                 last_failure = Failure::Connect(server.clone(), reason);
                 req = back;
             }
-            Err(SendError::Failed(reason)) => {
+            Err(SendError::Failed(reason, back)) => {
                 note_failure(pool, server, &reason);
-                match &replay {
-                    Some(replay) if attempt + 1 < MAX_ATTEMPTS && pool.spend_retry() => {
+                match back {
+                    Some(back) if replay && attempt + 1 < MAX_ATTEMPTS && pool.spend_retry() => {
                         tracing::info!(
                             pool = pool.config.name,
                             server = server.config.name,
@@ -267,7 +251,7 @@ async fn send(
                             "idempotent request failed once sent; retrying on another server"
                         );
                         last_failure = Failure::Upstream(server.clone(), reason);
-                        req = replay.request();
+                        req = back;
                     }
                     _ => return Err(Failure::Upstream(server.clone(), reason)),
                 }
@@ -325,21 +309,10 @@ fn random_u64() -> u64 {
 enum SendError {
     /// Nothing reached the server; the request comes back for another try.
     NotSent(Request<RequestBody>, String),
-    Failed(String),
+    /// Sent, and failed; the request comes back when it had no body, for a replay.
+    Failed(String, Option<Request<RequestBody>>),
     TimedOut,
     TooLarge,
-}
-
-/// True when `error`, or an error it wraps, is the request body limit.
-fn is_body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<BodyTooLarge>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
 }
 
 async fn send_to(
@@ -350,73 +323,88 @@ async fn send_to(
 ) -> Result<Response<ProxyBody>, SendError> {
     let mut req = req;
     let flight = InFlight::start(server);
+    let framing = RequestFraming::of(&req);
     // A pooled connection may have been closed by the server since it was idle: then try the
     // next one, and at last a new connection. Only a failed connect counts against the server.
-    loop {
-        let (mut sender, pooled) = match server.take_idle() {
-            Some(sender) => (sender, true),
-            None => match server.connect(pool.config.connect_timeout).await {
-                Ok(sender) => (sender, false),
-                Err(e) => return Err(SendError::NotSent(req, e.to_string())),
-            },
-        };
-        if sender.ready().await.is_err() {
-            if pooled {
-                continue;
+    let mut connection = loop {
+        if let Some(mut connection) = server.take_idle() {
+            if connection.write_head(&req, framing).await.is_ok() {
+                break connection;
             }
-            return Err(SendError::NotSent(req, "connection closed before the request was sent".into()));
+            continue;
         }
-        let sent = tokio::time::timeout(pool.config.first_byte_timeout, sender.try_send_request(req)).await;
-        match sent {
-            Err(_) => return Err(SendError::TimedOut),
-            Ok(Ok(response)) => {
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_side) = client_upgrade.take() {
-                        return Ok(tunnel(response, client_side, flight));
-                    }
-                }
-                return Ok(into_client_response(response, flight, sender, pool.config.idle_timeout));
-            }
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(back) if pooled => req = back,
-                Some(back) => return Err(SendError::NotSent(back, e.into_error().to_string())),
-                None => {
-                    let error = e.into_error();
-                    if is_body_too_large(&error) {
-                        return Err(SendError::TooLarge);
-                    }
-                    return Err(SendError::Failed(error.to_string()));
-                }
-            },
+        let mut connection = match server.connect(pool.config.connect_timeout).await {
+            Ok(connection) => connection,
+            Err(e) => return Err(SendError::NotSent(req, e.to_string())),
+        };
+        if let Err(e) = connection.write_head(&req, framing).await {
+            return Err(SendError::NotSent(req, e.to_string()));
+        }
+        break connection;
+    };
+    let mut body_failure = None;
+    if framing.has_body() {
+        let body = std::mem::replace(req.body_mut(), RequestBody::empty());
+        match connection.write_body(body, framing, pool.config.idle_timeout).await {
+            Ok(()) => {}
+            Err(BodyWriteError::TooLarge) => return Err(SendError::TooLarge),
+            Err(BodyWriteError::Client(e)) => return Err(SendError::Failed(format!("client body: {e}"), None)),
+            // The server may have answered early and stopped reading (a 413 before the end of
+            // an upload): its answer, if any, is what the client gets.
+            Err(BodyWriteError::Upstream(e)) => body_failure = Some(e),
         }
     }
+    let head_request = req.method() == http::Method::HEAD;
+    let head = match connection.read_head(head_request, pool.config.first_byte_timeout).await {
+        Ok(head) => head,
+        Err(client::Error::TimedOut) => return Err(SendError::TimedOut),
+        Err(e) => {
+            let reason = match body_failure {
+                Some(write) => format!("sending the body: {write}"),
+                None => e.to_string(),
+            };
+            return Err(SendError::Failed(reason, (!framing.has_body()).then_some(req)));
+        }
+    };
+    let keep_alive = head.keep_alive && body_failure.is_none();
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        return match client_upgrade.take() {
+            Some(client_side) => Ok(tunnel(head, connection, client_side, flight)),
+            None => Err(SendError::Failed("101 answer to a request that asked no upgrade".into(), None)),
+        };
+    }
+    Ok(into_client_response(head, connection, keep_alive, flight, pool.config.idle_timeout))
 }
 
 /// A 101 answer: the client and the server now talk their own protocol (WebSocket) through
 /// a tunnel that copies bytes both ways until either side closes. The upstream connection
 /// is the tunnel's, never pooled again.
-fn tunnel(mut response: Response<Incoming>, client_side: OnUpgrade, flight: InFlight) -> Response<ProxyBody> {
-    let server_side = hyper::upgrade::on(&mut response);
-    let (mut parts, _) = response.into_parts();
-    let protocol = parts.headers.get(header::UPGRADE).cloned();
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some(protocol) = protocol {
-        parts.headers.insert(header::UPGRADE, protocol);
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+fn tunnel(head: ResponseHead, connection: Connection, client_side: OnUpgrade, flight: InFlight) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    if let Some(protocol) = head.upgrade {
+        response.headers_mut().insert(header::UPGRADE, protocol);
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     tokio::spawn(async move {
         let _flight = flight;
-        match tokio::try_join!(client_side, server_side) {
-            Ok((client, server)) => {
-                let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-                    tracing::debug!(error = %e, "upgraded connection ended");
-                }
+        let (mut server, early) = connection.into_tunnel();
+        let mut client = match client_side.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(e) => return tracing::info!(error = %e, "upgrade failed"),
+        };
+        // Bytes the server sent right after its 101 head belong to the new protocol.
+        if !early.is_empty() {
+            if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut client, &early).await {
+                return tracing::debug!(error = %e, "upgraded connection ended");
             }
-            Err(e) => tracing::info!(error = %e, "upgrade failed"),
+        }
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+            tracing::debug!(error = %e, "upgraded connection ended");
         }
     });
-    Response::from_parts(parts, ProxyBody::empty())
+    response
 }
 
 /// The protocol a request asks to switch to (`Connection: upgrade` with `Upgrade: …`).
@@ -453,21 +441,44 @@ fn to_origin_form<B>(req: &mut Request<B>) {
 }
 
 fn into_client_response(
-    response: Response<Incoming>,
+    head: ResponseHead,
+    mut connection: Connection,
+    keep_alive: bool,
     flight: InFlight,
-    sender: Sender,
     idle_timeout: std::time::Duration,
 ) -> Response<ProxyBody> {
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let body = if body.is_end_stream() {
-        // Nothing to stream (HEAD, 204, 304, empty body): the connection is free now.
-        flight.server().put_idle(sender);
-        ProxyBody::empty()
-    } else {
-        ProxyBody::upstream(UpstreamBody::new(body, flight, sender, idle_timeout))
+    let body = match head.framing {
+        // Nothing to stream (HEAD, 204, 304, an empty body): the connection is free now.
+        Framing::Empty | Framing::Length(0) => {
+            if keep_alive {
+                flight.server().put_idle(connection);
+            }
+            ProxyBody::empty()
+        }
+        Framing::Length(length) => match connection.take_buffered(length) {
+            // The whole body came with the head, as small answers do: no streaming state.
+            Some(data) => {
+                let server = flight.server();
+                server.bytes_out.fetch_add(length, Ordering::Relaxed);
+                if keep_alive {
+                    server.put_idle(connection);
+                }
+                ProxyBody::full(data)
+            }
+            None => ProxyBody::upstream(UpstreamBody::new(
+                connection,
+                Framing::Length(length),
+                keep_alive,
+                flight,
+                idle_timeout,
+            )),
+        },
+        framing => ProxyBody::upstream(UpstreamBody::new(connection, framing, keep_alive, flight, idle_timeout)),
     };
-    Response::from_parts(parts, body)
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    response
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1) and sets X-Forwarded-For/-Proto, in one pass

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::client::connect_tcp;
 use crate::config::{Health, HealthKind};
-use crate::upstream::{connect_tcp, ServerState};
+use crate::upstream::ServerState;
 
 /// Where a server stands between checks: consecutive passes or failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@ pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod body;
+pub mod client;
 pub mod compression;
 pub mod config;
 pub mod forward;

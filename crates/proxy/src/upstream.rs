@@ -2,24 +2,18 @@
 //! connections per server.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-
 use crate::balancer::{self, Balancer};
+use crate::client::Connection;
 use crate::config;
 
 /// Idle connections kept per server; more are closed when handed back.
 const MAX_IDLE_PER_SERVER: usize = 256;
-
-pub type Sender = SendRequest<crate::body::RequestBody>;
 
 /// A pool of servers as the request path sees it.
 #[derive(Debug)]
@@ -212,7 +206,7 @@ pub struct ServerState {
     pub in_flight: AtomicU64,
     /// Connect failures and 5xx answers in a row, for passive health.
     failures_in_row: AtomicU32,
-    idle: Mutex<Vec<Sender>>,
+    idle: Mutex<Vec<Connection>>,
     pub requests: AtomicU64,
     /// Responses by status class: index 0 for 1xx … 4 for 5xx.
     pub responses: [AtomicU64; 5],
@@ -352,31 +346,30 @@ impl ServerState {
         self.responses[class].fetch_add(1, Ordering::Relaxed);
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Sender>> {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
         // A poisoned lock only means another request panicked mid-push; the Vec is still sound.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used idle connection that is still open; the caller awaits
-    /// `ready()` on it, as a connection handed back at the end of a body may still be
-    /// finishing that response.
-    pub fn take_idle(&self) -> Option<Sender> {
+    /// The most recently used idle connection that the server has not closed.
+    pub fn take_idle(&self) -> Option<Connection> {
         let mut idle = self.lock_idle();
-        while let Some(sender) = idle.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(mut connection) = idle.pop() {
+            if !connection.is_stale() {
+                return Some(connection);
             }
         }
         None
     }
 
-    pub fn put_idle(&self, sender: Sender) {
-        if sender.is_closed() || !self.is_up() {
+    /// Hands back a connection whose last response ended cleanly.
+    pub fn put_idle(&self, connection: Connection) {
+        if !connection.is_clean() || !self.is_up() {
             return;
         }
         let mut idle = self.lock_idle();
         if idle.len() < MAX_IDLE_PER_SERVER {
-            idle.push(sender);
+            idle.push(connection);
         }
     }
 
@@ -384,28 +377,8 @@ impl ServerState {
         self.lock_idle().len()
     }
 
-    /// Opens a new HTTP/1.1 connection, within `timeout`.
-    pub async fn connect(&self, timeout: Duration) -> io::Result<Sender> {
-        let stream = connect_tcp(self.config.address, timeout).await?;
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(io::Error::other)?;
-        tokio::spawn(async move {
-            // with_upgrades: a 101 answer hands the connection to a tunnel (WebSocket).
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+    /// Opens a new connection, within `timeout`.
+    pub async fn connect(&self, timeout: Duration) -> io::Result<Connection> {
+        Connection::open(self.config.address, timeout).await
     }
-}
-
-pub async fn connect_tcp(address: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }
