@@ -462,6 +462,8 @@ pub struct StaticRoute {
     pub index: Vec<String>,
     pub cache_control: Option<http::HeaderValue>,
     pub precompressed: bool,
+    /// Small files in memory, checked against the disk on each request.
+    pub cache: Arc<crate::static_files::FileCache>,
 }
 
 #[derive(Debug, Clone)]
@@ -776,6 +778,7 @@ fn validate_route(
             index: r.index.clone(),
             cache_control,
             precompressed: r.precompressed,
+            cache: Arc::default(),
         })
     } else if let Some(redirect) = &r.redirect {
         let status = match http::StatusCode::from_u16(redirect.status) {

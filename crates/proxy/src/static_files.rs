@@ -2,11 +2,14 @@
 //! HEAD; a content type from the extension; ETag and Last-Modified with 304 answers; single
 //! byte ranges (206, and 416 for a range past the end, If-Range honoured); index files for
 //! directories (and a redirect adding the slash, as nginx does); `FILE.br` / `FILE.gz`
-//! siblings for clients that accept them; Cache-Control per route; files streamed from disk.
+//! siblings for clients that accept them; Cache-Control per route; large files streamed from
+//! disk, small ones kept in memory and checked against the disk on every request.
 //! Never a file outside the directory: encoded `..`, NUL bytes, backslashes and symlinks out of
 //! the root are refused.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -118,21 +121,37 @@ pub async fn serve<B>(route: &StaticRoute, prefix: &str, req: &Request<B>) -> Re
     }
     // Files are opened and read on this thread, as nginx does without aio: from the page
     // cache that takes microseconds, where a hop to tokio's blocking pool costs far more.
-    let mut relative = match relative_path(prefix, req.uri().path()) {
+    let relative = match relative_path(prefix, req.uri().path()) {
         Ok(relative) => relative,
         Err(status) => return error_response(status),
     };
-    let mut file = match open_beneath(route, &relative) {
-        Ok(file) => file,
-        Err(status) => return error_response(status),
-    };
-    let mut meta = match file.metadata() {
-        Ok(meta) => meta,
-        Err(_) => return error_response(StatusCode::NOT_FOUND),
-    };
+    // A precompressed sibling depends on the client's Accept-Encoding: such routes take the
+    // full path every time.
+    if !route.precompressed {
+        if let Some(cached) = route.cache.fresh(&route.root, &cache_key(req, &relative)) {
+            return respond(route, req, Representation::cached(cached));
+        }
+    }
+    match open_representation(route, req, relative) {
+        Ok(representation) => respond(route, req, representation),
+        Err(Refused::Status(status)) => error_response(status),
+        Err(Refused::AddSlash) => add_slash(req),
+    }
+}
+
+/// What a request path names, opened: the file (or the directory's index file), or the
+/// precompressed sibling the client prefers. Small files read whole are kept in the cache.
+fn open_representation<B>(
+    route: &StaticRoute,
+    req: &Request<B>,
+    mut relative: PathBuf,
+) -> Result<Representation, Refused> {
+    let key = cache_key(req, &relative);
+    let mut file = open_beneath(route, &relative).map_err(Refused::Status)?;
+    let mut meta = file.metadata().map_err(|_| Refused::Status(StatusCode::NOT_FOUND))?;
     if meta.is_dir() {
         if !req.uri().path().ends_with('/') {
-            return add_slash(req);
+            return Err(Refused::AddSlash);
         }
         let index = route.index.iter().find_map(|name| {
             let candidate = relative.join(name);
@@ -142,11 +161,11 @@ pub async fn serve<B>(route: &StaticRoute, prefix: &str, req: &Request<B>) -> Re
         });
         match index {
             Some((candidate, f, m)) => (relative, file, meta) = (candidate, f, m),
-            None => return error_response(StatusCode::NOT_FOUND),
+            None => return Err(Refused::Status(StatusCode::NOT_FOUND)),
         }
     }
     if !meta.is_file() {
-        return error_response(StatusCode::NOT_FOUND);
+        return Err(Refused::Status(StatusCode::NOT_FOUND));
     }
     let content_type = content_type(&relative);
     let mut encoding = None;
@@ -157,15 +176,103 @@ pub async fn serve<B>(route: &StaticRoute, prefix: &str, req: &Request<B>) -> Re
     }
     let len = meta.len();
     let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    let etag = etag(len, modified, encoding);
-    let last_modified = httpdate::fmt_http_date(modified);
+    let validators = Arc::new(Validators::new(len, modified, encoding));
+    let cacheable = !route.precompressed && *req.method() == Method::GET && len <= CACHED_FILE_MAX;
+    let source = match cacheable.then(|| read_whole(&mut file, len)).flatten() {
+        Some(content) => {
+            let cached = CachedFile {
+                identity: Identity::of(&meta),
+                resolved: relative,
+                content: content.clone(),
+                content_type,
+                validators: validators.clone(),
+            };
+            route.cache.insert(key, cached);
+            Source::Memory(content)
+        }
+        None => Source::File(file),
+    };
+    Ok(Representation { len, content_type, encoding, validators, source })
+}
 
-    let mut response = if not_modified(req.headers(), &etag, modified) {
+/// Why a path gives no file: an error status, or a directory named without its slash.
+enum Refused {
+    Status(StatusCode),
+    AddSlash,
+}
+
+/// A directory's path with and without its final slash get different answers (the index
+/// file, a redirect), so the slash is part of the key.
+fn cache_key<B>(req: &Request<B>, relative: &Path) -> CacheKey {
+    (relative.to_path_buf(), req.uri().path().ends_with('/'))
+}
+
+type CacheKey = (PathBuf, bool);
+
+fn read_whole(file: &mut std::fs::File, len: u64) -> Option<Bytes> {
+    let mut bytes = vec![0u8; usize::try_from(len).ok()?];
+    std::io::Read::read_exact(file, &mut bytes).ok()?;
+    Some(Bytes::from(bytes))
+}
+
+/// A file as the response will carry it.
+struct Representation {
+    len: u64,
+    content_type: &'static str,
+    encoding: Option<&'static str>,
+    validators: Arc<Validators>,
+    source: Source,
+}
+
+enum Source {
+    File(std::fs::File),
+    Memory(Bytes),
+}
+
+impl Representation {
+    fn cached(cached: Arc<CachedFile>) -> Self {
+        Representation {
+            len: cached.content.len() as u64,
+            content_type: cached.content_type,
+            encoding: None,
+            validators: cached.validators.clone(),
+            source: Source::Memory(cached.content.clone()),
+        }
+    }
+}
+
+/// ETag and Last-Modified of a file, made once per file version.
+#[derive(Debug)]
+struct Validators {
+    modified: SystemTime,
+    etag: String,
+    etag_header: Option<HeaderValue>,
+    last_modified: Option<HeaderValue>,
+}
+
+impl Validators {
+    fn new(len: u64, modified: SystemTime, encoding: Option<&str>) -> Self {
+        let etag = etag(len, modified, encoding);
+        Validators {
+            modified,
+            etag_header: HeaderValue::from_str(&etag).ok(),
+            etag,
+            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified)).ok(),
+        }
+    }
+}
+
+/// The answer for a representation: 304 when the client's copy is current, a range, or all.
+fn respond<B>(route: &StaticRoute, req: &Request<B>, file: Representation) -> Response<ProxyBody> {
+    let Representation { len, content_type, encoding, validators, source } = file;
+    let mut response = if not_modified(req.headers(), &validators.etag, validators.modified) {
         status_only(StatusCode::NOT_MODIFIED)
     } else {
         // Ranges apply to the file as stored; a compressed variant is always sent whole.
         let range = match encoding {
-            None if if_range_holds(req.headers(), &etag, modified) => requested_range(req.headers(), len),
+            None if if_range_holds(req.headers(), &validators.etag, validators.modified) => {
+                requested_range(req.headers(), len)
+            }
             _ => Ok(None),
         };
         match range {
@@ -177,17 +284,20 @@ pub async fn serve<B>(route: &StaticRoute, prefix: &str, req: &Request<B>) -> Re
                 return r;
             }
             Ok(Some((start, end))) => {
-                if std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).is_err() {
-                    return error_response(StatusCode::INTERNAL_SERVER_ERROR);
-                }
-                let mut r = body_response(req.method(), file, end - start + 1);
+                let mut r = match body_response(req.method(), source, start, end - start + 1) {
+                    Ok(r) => r,
+                    Err(status) => return error_response(status),
+                };
                 *r.status_mut() = StatusCode::PARTIAL_CONTENT;
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
                     r.headers_mut().insert(header::CONTENT_RANGE, v);
                 }
                 r
             }
-            Ok(None) => body_response(req.method(), file, len),
+            Ok(None) => match body_response(req.method(), source, 0, len) {
+                Ok(r) => r,
+                Err(status) => return error_response(status),
+            },
         }
     };
     let headers = response.headers_mut();
@@ -201,16 +311,112 @@ pub async fn serve<B>(route: &StaticRoute, prefix: &str, req: &Request<B>) -> Re
     if let Some(encoding) = encoding {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
     }
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        headers.insert(header::ETAG, v);
+    if let Some(v) = &validators.etag_header {
+        headers.insert(header::ETAG, v.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(&last_modified) {
-        headers.insert(header::LAST_MODIFIED, v);
+    if let Some(v) = &validators.last_modified {
+        headers.insert(header::LAST_MODIFIED, v.clone());
     }
     if let Some(cache_control) = &route.cache_control {
         headers.insert(header::CACHE_CONTROL, cache_control.clone());
     }
     response
+}
+
+/// Files up to this size are kept in memory after their first GET.
+const CACHED_FILE_MAX: u64 = 256 * 1024;
+/// Memory the cache of one route may hold.
+const CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Small files kept in memory, as nginx's `open_file_cache` keeps descriptors, with a check
+/// on disk for each request (one `statx`): a file edited, replaced or removed is never served
+/// stale. A hit skips open, read and close, and its ETag and Last-Modified are made once.
+#[derive(Debug, Default)]
+pub struct FileCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    files: HashMap<CacheKey, Arc<CachedFile>>,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct CachedFile {
+    /// Which file version this is: the check compares what `statx` says now.
+    identity: Identity,
+    /// The file served, below the root (the index file for a directory's path).
+    resolved: PathBuf,
+    content: Bytes,
+    content_type: &'static str,
+    validators: Arc<Validators>,
+}
+
+/// A file version: same device, inode, size and change times. ctime cannot be set by anyone,
+/// so a different file can never pass for the cached one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl Identity {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Identity {
+            device: meta.dev(),
+            inode: meta.ino(),
+            len: meta.len(),
+            modified: (meta.mtime(), meta.mtime_nsec()),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+impl FileCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        // A panic mid-insert leaves a map that is still sound.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached file for `relative`, if the file on disk is still that version. The path
+    /// was resolved beneath the root when the entry was made; a path that now leads to any
+    /// other file (a symlink swapped in) fails the identity check and takes the full path.
+    fn fresh(&self, root: &Path, key: &CacheKey) -> Option<Arc<CachedFile>> {
+        let cached = self.lock().files.get(key).cloned()?;
+        let meta = std::fs::metadata(root.join(&cached.resolved)).ok();
+        if meta.is_some_and(|m| Identity::of(&m) == cached.identity) {
+            return Some(cached);
+        }
+        let mut inner = self.lock();
+        if let Some(gone) = inner.files.remove(key) {
+            inner.bytes -= gone.content.len();
+        }
+        None
+    }
+
+    fn insert(&self, key: CacheKey, file: CachedFile) {
+        let size = file.content.len();
+        let mut inner = self.lock();
+        if let Some(old) = inner.files.remove(&key) {
+            inner.bytes -= old.content.len();
+        }
+        // Full: make room by dropping arbitrary entries (the map's order is random enough).
+        while inner.bytes + size > CACHE_BYTES_MAX {
+            let Some(victim) = inner.files.keys().next().cloned() else { break };
+            if let Some(gone) = inner.files.remove(&victim) {
+                inner.bytes -= gone.content.len();
+            }
+        }
+        if inner.bytes + size <= CACHE_BYTES_MAX {
+            inner.bytes += size;
+            inner.files.insert(key, Arc::new(file));
+        }
+    }
 }
 
 fn status_only(status: StatusCode) -> Response<ProxyBody> {
@@ -219,22 +425,28 @@ fn status_only(status: StatusCode) -> Response<ProxyBody> {
     r
 }
 
-/// `len` bytes of `file` from where it stands; HEAD gets the headers only.
-fn body_response(method: &Method, mut file: std::fs::File, len: u64) -> Response<ProxyBody> {
-    let body = match *method {
-        Method::HEAD => ProxyBody::empty(),
-        _ if len <= READ_WHOLE => {
-            let mut bytes = vec![0u8; len as usize];
-            match std::io::Read::read_exact(&mut file, &mut bytes) {
-                Ok(()) => ProxyBody::full(bytes),
-                Err(_) => return error_response(StatusCode::INTERNAL_SERVER_ERROR),
+/// `len` bytes of a representation from `start`; HEAD gets the headers only.
+fn body_response(method: &Method, source: Source, start: u64, len: u64) -> Result<Response<ProxyBody>, StatusCode> {
+    let body = match (method, source) {
+        (&Method::HEAD, _) => ProxyBody::empty(),
+        (_, Source::Memory(content)) => {
+            let (start, end) = (start as usize, (start + len) as usize);
+            ProxyBody::full(content.slice(start..end.min(content.len())))
+        }
+        (_, Source::File(mut file)) => {
+            if start > 0 && std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).is_err() {
+                return Err(StatusCode::INTERNAL_SERVER_ERROR);
+            }
+            if len <= READ_WHOLE {
+                ProxyBody::full(read_whole(&mut file, len).ok_or(StatusCode::INTERNAL_SERVER_ERROR)?)
+            } else {
+                ProxyBody::file(FileBody { file, remaining: len, buffer: vec![0; CHUNK] })
             }
         }
-        _ => ProxyBody::file(FileBody { file, remaining: len, buffer: vec![0; CHUNK] }),
     };
     let mut r = Response::new(body);
     r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    r
+    Ok(r)
 }
 
 /// `/static/docs` names a directory: nginx answers 301 to `/static/docs/`.

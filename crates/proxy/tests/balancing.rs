@@ -980,3 +980,49 @@ fn text_is_compressed_on_the_fly_for_clients_that_accept_it() {
         assert!(!head.contains("content-encoding"), "{path} {headers:?} was compressed: {head}");
     }
 }
+
+#[test]
+fn cached_static_files_follow_every_change_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("static");
+    std::fs::create_dir_all(root.join("docs")).unwrap();
+    std::fs::write(root.join("app.js"), "one").unwrap();
+    std::fs::write(root.join("docs/index.html"), "docs").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "secret").unwrap();
+    let text = format!(
+        "name = \"web\"\n[[listeners]]\nname = \"site\"\nbind = \"127.210.24.1:8080\"\n[[listeners.routes]]\nprefix = \"/\"\nstatic_root = \"{}\"\nindex = [\"index.html\"]\n",
+        root.display()
+    );
+    let _proxy = Proxy::start(&text);
+    let web = addr("127.210.24.1:8080");
+    // Twice each: the first answer fills the cache, the second comes from it.
+    for _ in 0..2 {
+        assert_eq!(get(web, "/app.js").body, "one");
+        assert_eq!(get(web, "/docs/").body, "docs");
+        assert_eq!(get(web, "/docs").status, 301, "a directory without its slash is redirected, cached or not");
+    }
+    let etag = get(web, "/app.js").header("etag");
+
+    // Rewritten in place, same size, within the same second: new content and a new ETag
+    // would not come from mtime in seconds alone.
+    std::fs::write(root.join("app.js"), "two").unwrap();
+    let a = get(web, "/app.js");
+    assert_eq!(a.body, "two", "an edited file is served new at once");
+    // Replaced by rename, as deploy tools do.
+    std::fs::write(root.join("app.js.tmp"), "three!").unwrap();
+    std::fs::rename(root.join("app.js.tmp"), root.join("app.js")).unwrap();
+    let a = get(web, "/app.js");
+    assert_eq!(a.body, "three!");
+    assert_ne!(a.header("etag"), etag);
+    std::fs::remove_file(root.join("app.js")).unwrap();
+    assert_eq!(get(web, "/app.js").status, 404, "a removed file is gone");
+
+    // A cached path whose directory is swapped for a symlink out of the root.
+    std::fs::remove_dir_all(root.join("docs")).unwrap();
+    std::fs::create_dir(dir.path().join("outside")).unwrap();
+    std::fs::write(dir.path().join("outside/index.html"), "secret").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("outside"), root.join("docs")).unwrap();
+    let a = get(web, "/docs/");
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(!a.body.contains("secret"));
+}
