@@ -345,7 +345,8 @@ async fn send_to(
     let mut body_failure = None;
     if framing.has_body() {
         let body = std::mem::replace(req.body_mut(), RequestBody::empty());
-        match connection.write_body(body, framing, pool.config.idle_timeout).await {
+        // Boxed: most requests have no body, and this future would grow every request's state.
+        match Box::pin(connection.write_body(body, framing, pool.config.idle_timeout)).await {
             Ok(()) => {}
             Err(BodyWriteError::TooLarge) => return Err(SendError::TooLarge),
             Err(BodyWriteError::Client(e)) => return Err(SendError::Failed(format!("client body: {e}"), None)),

@@ -373,7 +373,9 @@ async fn accept_loop(
                 let proxy = proxy.clone();
                 async move {
                     let response = match serves {
-                        Serves::Admin => admin::handle(&proxy, req).await,
+                        // Boxed: the admin answer's future is large and rare; unboxed it would
+                        // make every proxied request's future (moved per request) as large.
+                        Serves::Admin => Box::pin(admin::handle(&proxy, req)).await,
                         Serves::Site => route(&proxy.runtime(), address, client, req).await,
                     };
                     Ok::<_, Infallible>(response)
@@ -509,7 +511,10 @@ async fn route(
         Some(route) => match &route.target {
             RouteTarget::Pool(p) => {
                 let pool = &shared.pools[*p];
-                let (response, server) = forward(pool, req, client, listener).await;
+                // Boxed: the forwarding future is kilobytes, and the request's future is
+                // moved whole several times (into hyper's slot, into a task for HTTP/2);
+                // one allocation costs less than copying it each time.
+                let (response, server) = Box::pin(forward(pool, req, client, listener)).await;
                 (response, Some(pool), server.map(|s| &pool.servers[s]))
             }
             RouteTarget::Static(files) => (static_files::serve(files, &route.path, &req).await, None, None),
