@@ -8,6 +8,7 @@ use serde::Serialize;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
 use sqlx::Row;
 
+use crate::accounts::User;
 use crate::config::AppConfig;
 
 /// How long a found writer is trusted before the nodes are asked again.
@@ -265,6 +266,128 @@ impl Database {
         }
     }
 
+    /// Runs `write` on the writer's connection and returns its result with the writer's name
+    /// and the GTID of the write, for read-your-writes.
+    async fn on_writer<T, F>(&self, write: F) -> Result<(T, String, String), DataError>
+    where
+        F: for<'c> FnOnce(
+            &'c mut sqlx::MySqlConnection,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'c>>,
+    {
+        let writer = self.writer().await?;
+        let result = async {
+            let mut conn = self.nodes[writer].pool.acquire().await?;
+            let value = write(&mut conn).await?;
+            let gtid: String = sqlx::query_scalar("SELECT @@last_gtid").fetch_one(&mut *conn).await?;
+            Ok::<_, sqlx::Error>((value, gtid))
+        }
+        .await;
+        match result {
+            Ok((value, gtid)) => Ok((value, self.nodes[writer].name.clone(), gtid)),
+            Err(e) => {
+                if !is_duplicate(&e) {
+                    // A failed write may mean the writer changed: ask the nodes again next time.
+                    self.forget_writer();
+                }
+                Err(self.classify(writer, e))
+            }
+        }
+    }
+
+    /// A new account; `Ok(None)` when the e-mail address already has one.
+    pub async fn create_user(&self, email: &str, password_hash: &str) -> Result<Option<(User, String)>, DataError> {
+        let (email_owned, hash) = (email.to_string(), password_hash.to_string());
+        let created = self
+            .on_writer(move |conn| {
+                Box::pin(async move {
+                    let inserted = sqlx::query("INSERT INTO users (email, password_hash) VALUES (?, ?)")
+                        .bind(&email_owned)
+                        .bind(&hash)
+                        .execute(&mut *conn)
+                        .await;
+                    match inserted {
+                        Ok(done) => Ok(Some(done.last_insert_id() as i64)),
+                        Err(e) if is_duplicate(&e) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                })
+            })
+            .await?;
+        Ok(match created {
+            (Some(id), _, gtid) => Some((User { id, email: email.to_string(), is_admin: false }, gtid)),
+            (None, _, _) => None,
+        })
+    }
+
+    /// The account of an e-mail address with its password hash, for a log-in.
+    pub async fn user_for_login(
+        &self,
+        email: &str,
+        after_gtid: Option<&str>,
+    ) -> Result<Option<(User, String)>, DataError> {
+        let node = self.read_node(after_gtid).await;
+        let row = sqlx::query("SELECT id, email, is_admin, password_hash FROM users WHERE email = ?")
+            .bind(email)
+            .fetch_optional(&self.nodes[node].pool)
+            .await
+            .map_err(|e| self.classify(node, e))?;
+        row.map(|r| Ok((user_from_row(&r)?, r.try_get::<String, _>("password_hash")?)))
+            .transpose()
+            .map_err(|e| self.classify(node, e))
+    }
+
+    /// Opens a session for `user_id`; returns the GTID of the write.
+    pub async fn create_session(&self, token_sha256: &str, user_id: i64) -> Result<String, DataError> {
+        let token = token_sha256.to_string();
+        let (_, _, gtid) = self
+            .on_writer(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO sessions (token_sha256, user_id, expires_at)                          VALUES (?, ?, NOW() + INTERVAL ? DAY)",
+                    )
+                    .bind(&token)
+                    .bind(user_id)
+                    .bind(crate::accounts::SESSION_DAYS)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| ())
+                })
+            })
+            .await?;
+        Ok(gtid)
+    }
+
+    /// The user of a live session.
+    pub async fn session_user(&self, token_sha256: &str, after_gtid: Option<&str>) -> Result<Option<User>, DataError> {
+        let node = self.read_node(after_gtid).await;
+        let row = sqlx::query(
+            "SELECT u.id, u.email, u.is_admin FROM sessions s JOIN users u ON u.id = s.user_id              WHERE s.token_sha256 = ? AND s.expires_at > NOW()",
+        )
+        .bind(token_sha256)
+        .fetch_optional(&self.nodes[node].pool)
+        .await
+        .map_err(|e| self.classify(node, e))?;
+        row.as_ref().map(user_from_row).transpose().map_err(|e| self.classify(node, e))
+    }
+
+    /// Ends a session; returns the GTID of the write.
+    pub async fn end_session(&self, token_sha256: &str) -> Result<String, DataError> {
+        let token = token_sha256.to_string();
+        let (_, _, gtid) = self
+            .on_writer(move |conn| {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM sessions WHERE token_sha256 = ? OR expires_at < NOW()")
+                        .bind(&token)
+                        .execute(&mut *conn)
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .await?;
+        Ok(gtid)
+    }
+
     /// Healthy when the local node answers and holds the schema.
     pub async fn check_local(&self) -> Result<String, DataError> {
         sqlx::query("SELECT 1 FROM products LIMIT 1")
@@ -394,6 +517,16 @@ pub fn seed_catalog() -> Vec<String> {
         .collect()
 }
 
+/// MariaDB's "duplicate entry" (1062): a unique key says no.
+fn is_duplicate(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|m| m.number() == 1062))
+}
+
+fn user_from_row(row: &sqlx::mysql::MySqlRow) -> Result<User, sqlx::Error> {
+    Ok(User { id: row.try_get("id")?, email: row.try_get("email")?, is_admin: row.try_get::<bool, _>("is_admin")? })
+}
+
 fn product_from_row(row: &sqlx::mysql::MySqlRow) -> Result<Product, sqlx::Error> {
     Ok(Product {
         id: row.try_get("id")?,
@@ -433,6 +566,27 @@ const MIGRATIONS: &[(i32, &[&str])] = &[
             server VARCHAR(64) NOT NULL PRIMARY KEY,
             ts TIMESTAMP(6) NOT NULL
         ) ENGINE=InnoDB"],
+    ),
+    (
+        5,
+        &[
+            "CREATE TABLE IF NOT EXISTS users (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            email VARCHAR(254) NOT NULL UNIQUE,
+            password_hash VARCHAR(255) NOT NULL,
+            is_admin BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+            // The token's SHA-256, never the token itself.
+            "CREATE TABLE IF NOT EXISTS sessions (
+            token_sha256 CHAR(64) NOT NULL PRIMARY KEY,
+            user_id BIGINT NOT NULL,
+            expires_at TIMESTAMP NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+            INDEX (user_id),
+            FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
+        ) ENGINE=InnoDB",
+        ],
     ),
 ];
 

@@ -7,6 +7,7 @@
 //! named lock, and are idempotent. Static assets are not served here: the web role serves the
 //! code base's `static/` directory.
 
+pub mod accounts;
 pub mod config;
 pub mod data;
 pub mod pages;

@@ -3,12 +3,14 @@
 use askama::Template;
 
 use crate::data::Product;
+use crate::server::Viewer;
 
 #[derive(Template)]
 #[template(path = "home.html")]
 pub struct Home<'a> {
     pub server: &'a str,
     pub db_node: &'a str,
+    pub viewer: &'a Viewer,
     pub products: &'a [Product],
     pub total: i64,
     pub search: &'a str,
@@ -23,6 +25,7 @@ pub struct Home<'a> {
 pub struct ProductPage<'a> {
     pub server: &'a str,
     pub db_node: &'a str,
+    pub viewer: &'a Viewer,
     pub product: &'a Product,
 }
 
@@ -31,6 +34,7 @@ pub struct ProductPage<'a> {
 pub struct NewProduct<'a> {
     pub server: &'a str,
     pub db_node: &'a str,
+    pub viewer: &'a Viewer,
     pub errors: &'a [String],
     pub name: &'a str,
     pub description: &'a str,
@@ -42,6 +46,58 @@ pub struct NewProduct<'a> {
 pub struct ErrorPage<'a> {
     pub server: &'a str,
     pub db_node: &'a str,
+    pub viewer: &'a Viewer,
     pub title: &'a str,
     pub message: &'a str,
+}
+
+/// Sign up or log in: one form, two purposes.
+#[derive(Template)]
+#[template(path = "account.html")]
+pub struct AccountPage<'a> {
+    pub server: &'a str,
+    pub db_node: &'a str,
+    pub viewer: &'a Viewer,
+    pub title: &'a str,
+    pub action: &'a str,
+    pub button: &'a str,
+    pub other_link: &'a str,
+    pub other_text: &'a str,
+    pub new_password: bool,
+    pub errors: &'a [String],
+    pub email: &'a str,
+}
+
+impl<'a> AccountPage<'a> {
+    pub fn signup(server: &'a str, viewer: &'a Viewer, errors: &'a [String], email: &'a str) -> Self {
+        AccountPage {
+            server,
+            db_node: "",
+            viewer,
+            title: "Create an account",
+            action: "/signup",
+            button: "Sign up",
+            other_link: "/login",
+            other_text: "Have an account? Log in.",
+            new_password: true,
+            errors,
+            email,
+        }
+    }
+
+    pub fn login(server: &'a str, viewer: &'a Viewer, errors: &'a [String], email: &'a str) -> Self {
+        AccountPage {
+            server,
+            db_node: "",
+            viewer,
+            title: "Log in",
+            action: "/login",
+            button: "Log in",
+            other_link: "/signup",
+            other_text: "New here? Create an account.",
+            new_password: false,
+            errors,
+            email,
+        }
+    }
 }

@@ -11,6 +11,7 @@ use axum::routing::get;
 use axum::{Form, Json, Router};
 use serde::Deserialize;
 
+use crate::accounts::{self, User, CSRF_COOKIE, SESSION_COOKIE};
 use crate::config::AppConfig;
 use crate::data::{DataError, Database, Page, Read};
 use crate::pages;
@@ -33,8 +34,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/products/new", get(new_product_form))
         .route("/products", axum::routing::post(create_product_form))
         .route("/products/{id}", get(product_page))
+        .route("/signup", get(signup_form).post(signup))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", axum::routing::post(logout))
         .route("/api/v1/products", get(api_products).post(api_create_product))
         .route("/api/v1/products/{id}", get(api_product))
+        .route("/api/v1/users", axum::routing::post(api_signup))
+        .route("/api/v1/session", axum::routing::post(api_login).delete(api_logout))
+        .route("/api/v1/me", get(api_me))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -78,26 +85,104 @@ fn with_header(mut response: Response, name: &HeaderName, value: &str) -> Respon
     response
 }
 
-fn render(template: impl Template) -> Response {
-    match template.render() {
+/// A page for `viewer`; a visitor without a CSRF cookie gets one with it.
+fn render(viewer: &Viewer, template: impl Template) -> Response {
+    let mut response = match template.render() {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "template failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+            return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
         }
+    };
+    if viewer.new_csrf {
+        let cookie = accounts::secret_cookie(CSRF_COOKIE, Some(&viewer.csrf), 86_400 * 365, viewer.secure);
+        append_cookie(&mut response, &cookie);
+    }
+    response
+}
+
+fn append_cookie(response: &mut Response, cookie: &str) {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
     }
 }
 
-fn error_page(state: &AppState, status: StatusCode, title: &str, message: &str) -> Response {
-    let page = pages::ErrorPage { server: &state.name, db_node: "", title, message };
-    let mut response = render(page);
+fn error_page(state: &AppState, viewer: &Viewer, status: StatusCode, title: &str, message: &str) -> Response {
+    let page = pages::ErrorPage { server: &state.name, db_node: "", viewer, title, message };
+    let mut response = render(viewer, page);
     *response.status_mut() = status;
     response
 }
 
-fn data_error_page(state: &AppState, e: &DataError) -> Response {
+fn data_error_page(state: &AppState, viewer: &Viewer, e: &DataError) -> Response {
     tracing::warn!(error = %e, "database error");
-    error_page(state, StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", &e.to_string())
+    error_page(state, viewer, StatusCode::SERVICE_UNAVAILABLE, "Service unavailable", &e.to_string())
+}
+
+/// Who is looking at a page: the signed-in user, if any, and the CSRF token their forms
+/// carry (double-submit: a cookie, and the same value in each form, which another site can
+/// neither read nor set).
+pub struct Viewer {
+    pub user: Option<User>,
+    pub csrf: String,
+    /// The visitor had no CSRF cookie: the page sets one, and no form can pass yet.
+    new_csrf: bool,
+    session_token: Option<String>,
+    /// The page came over HTTPS (the web role says so): cookies get `Secure`.
+    secure: bool,
+    gtid: Option<String>,
+}
+
+impl Viewer {
+    pub fn email(&self) -> &str {
+        self.user.as_ref().map(|u| u.email.as_str()).unwrap_or("")
+    }
+
+    /// A form's CSRF field matches the cookie this visitor had.
+    fn form_is_genuine(&self, submitted: &str) -> bool {
+        !self.new_csrf && accounts::same_secret(&self.csrf, submitted)
+    }
+}
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for Viewer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let headers = &parts.headers;
+        let secure = headers.get("x-forwarded-proto").is_some_and(|v| v == "https");
+        let gtid = session_gtid(headers);
+        let (csrf, new_csrf) = match accounts::cookie(headers, CSRF_COOKIE).filter(|t| accounts::well_formed_token(t)) {
+            Some(token) => (token.to_string(), false),
+            None => (accounts::new_token().unwrap_or_default(), true),
+        };
+        let session_token =
+            accounts::cookie(headers, SESSION_COOKIE).filter(|t| accounts::well_formed_token(t)).map(str::to_string);
+        let user = match &session_token {
+            Some(token) => match state.db.session_user(&accounts::token_digest(token), gtid.as_deref()).await {
+                Ok(user) => user,
+                Err(e) => {
+                    // The page still renders (signed out); its own query reports the outage.
+                    tracing::warn!(error = %e, "session lookup failed");
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok(Viewer { user, csrf, new_csrf, session_token, secure, gtid })
+    }
+}
+
+fn forged_form(state: &AppState, viewer: &Viewer) -> Response {
+    error_page(
+        state,
+        viewer,
+        StatusCode::FORBIDDEN,
+        "Form expired",
+        "This form has expired or did not come from this site. Go back, reload the page and try again.",
+    )
 }
 
 /// What `?page=&per_page=&q=` ask for, as given.
@@ -137,18 +222,19 @@ impl CatalogQuery {
     }
 }
 
-async fn home(State(state): Shared, headers: HeaderMap, Query(query): Query<CatalogQuery>) -> Response {
+async fn home(State(state): Shared, viewer: Viewer, Query(query): Query<CatalogQuery>) -> Response {
     let page = match query.page(24) {
         Ok(page) => page,
-        Err(e) => return error_page(&state, StatusCode::BAD_REQUEST, "Bad request", &e),
+        Err(e) => return error_page(&state, &viewer, StatusCode::BAD_REQUEST, "Bad request", &e),
     };
-    match state.db.catalog(session_gtid(&headers).as_deref(), &page).await {
+    match state.db.catalog(viewer.gtid.as_deref(), &page).await {
         Ok(read) => {
             let (products, total) = &read.value;
             let pages = ((*total as u64).div_ceil(page.per_page as u64)).max(1);
             let view = pages::Home {
                 server: &state.name,
                 db_node: &read.node,
+                viewer: &viewer,
                 products,
                 total: *total,
                 search: &page.search,
@@ -157,9 +243,9 @@ async fn home(State(state): Shared, headers: HeaderMap, Query(query): Query<Cata
                 prev: (page.number > 1).then(|| page_link(page.number - 1, &page.search)),
                 next: ((page.number as u64) < pages).then(|| page_link(page.number + 1, &page.search)),
             };
-            with_header(render(view), &X_DB_READ, &read.node)
+            with_header(render(&viewer, view), &X_DB_READ, &read.node)
         }
-        Err(e) => data_error_page(&state, &e),
+        Err(e) => data_error_page(&state, &viewer, &e),
     }
 }
 
@@ -178,28 +264,37 @@ fn page_link(number: u32, search: &str) -> String {
     link
 }
 
-async fn product_page(State(state): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn product_page(State(state): Shared, Path(id): Path<String>, viewer: Viewer) -> Response {
     let Ok(id) = id.parse::<i64>() else {
-        return error_page(&state, StatusCode::NOT_FOUND, "Not found", "There is no such product.");
+        return error_page(&state, &viewer, StatusCode::NOT_FOUND, "Not found", "There is no such product.");
     };
-    match state.db.product(id, session_gtid(&headers).as_deref()).await {
+    match state.db.product(id, viewer.gtid.as_deref()).await {
         Ok(read) => match &read.value {
             Some(product) => {
-                let page = pages::ProductPage { server: &state.name, db_node: &read.node, product };
-                with_header(render(page), &X_DB_READ, &read.node)
+                let page = pages::ProductPage { server: &state.name, db_node: &read.node, viewer: &viewer, product };
+                with_header(render(&viewer, page), &X_DB_READ, &read.node)
             }
             None => with_header(
-                error_page(&state, StatusCode::NOT_FOUND, "Not found", "There is no such product."),
+                error_page(&state, &viewer, StatusCode::NOT_FOUND, "Not found", "There is no such product."),
                 &X_DB_READ,
                 &read.node,
             ),
         },
-        Err(e) => data_error_page(&state, &e),
+        Err(e) => data_error_page(&state, &viewer, &e),
     }
 }
 
-async fn new_product_form(State(state): Shared) -> Response {
-    render(pages::NewProduct { server: &state.name, db_node: "", errors: &[], name: "", description: "", price: "" })
+async fn new_product_form(State(state): Shared, viewer: Viewer) -> Response {
+    let page = pages::NewProduct {
+        server: &state.name,
+        db_node: "",
+        viewer: &viewer,
+        errors: &[],
+        name: "",
+        description: "",
+        price: "",
+    };
+    render(&viewer, page)
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,6 +305,8 @@ pub struct ProductForm {
     description: String,
     #[serde(default)]
     price: String,
+    #[serde(default)]
+    csrf: String,
 }
 
 /// A product as submitted, checked: the name, description and price in cents.
@@ -262,19 +359,23 @@ pub fn parse_price(text: &str) -> Result<i64, String> {
     Ok(whole * 100 + frac)
 }
 
-async fn create_product_form(State(state): Shared, Form(form): Form<ProductForm>) -> Response {
+async fn create_product_form(State(state): Shared, viewer: Viewer, Form(form): Form<ProductForm>) -> Response {
+    if !viewer.form_is_genuine(&form.csrf) {
+        return forged_form(&state, &viewer);
+    }
     let (name, description, price) = match validate_product(&form.name, &form.description, parse_price(&form.price)) {
         Ok(valid) => valid,
         Err(errors) => {
             let page = pages::NewProduct {
                 server: &state.name,
                 db_node: "",
+                viewer: &viewer,
                 errors: &errors,
                 name: &form.name,
                 description: &form.description,
                 price: &form.price,
             };
-            let mut response = render(page);
+            let mut response = render(&viewer, page);
             *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             return response;
         }
@@ -282,14 +383,185 @@ async fn create_product_form(State(state): Shared, Form(form): Form<ProductForm>
     match state.db.create_product(&name, &description, price).await {
         Ok((product, writer, gtid)) => {
             let mut response = Redirect::to(&format!("/products/{}", product.id)).into_response();
-            let cookie = format!("{GTID_COOKIE}={gtid}; Path=/; HttpOnly; SameSite=Lax");
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                response.headers_mut().insert(header::SET_COOKIE, v);
-            }
+            append_cookie(&mut response, &gtid_cookie(&gtid));
             with_header(response, &X_DB_WRITE, &writer)
         }
-        Err(e) => data_error_page(&state, &e),
+        Err(e) => data_error_page(&state, &viewer, &e),
     }
+}
+
+/// The session's last write, so its next read waits for it (read-your-writes).
+fn gtid_cookie(gtid: &str) -> String {
+    format!("{GTID_COOKIE}={gtid}; Path=/; HttpOnly; SameSite=Lax")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AccountForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn signup_form(State(state): Shared, viewer: Viewer) -> Response {
+    let page = pages::AccountPage::signup(&state.name, &viewer, &[], "");
+    render(&viewer, page)
+}
+
+async fn login_form(State(state): Shared, viewer: Viewer) -> Response {
+    let page = pages::AccountPage::login(&state.name, &viewer, &[], "");
+    render(&viewer, page)
+}
+
+/// The account form again, with what went wrong.
+fn account_form_error(
+    state: &AppState,
+    viewer: &Viewer,
+    signup: bool,
+    status: StatusCode,
+    error: String,
+    email: &str,
+) -> Response {
+    let errors = [error];
+    let page = match signup {
+        true => pages::AccountPage::signup(&state.name, viewer, &errors, email),
+        false => pages::AccountPage::login(&state.name, viewer, &errors, email),
+    };
+    let mut response = render(viewer, page);
+    *response.status_mut() = status;
+    response
+}
+
+/// Why an account could not be opened or entered; each is a status and a message.
+enum AccountError {
+    Invalid(String),
+    Taken,
+    WrongCredentials,
+    Data(DataError),
+    Internal(String),
+}
+
+impl AccountError {
+    fn status_and_message(&self) -> (StatusCode, String) {
+        match self {
+            AccountError::Invalid(m) => (StatusCode::UNPROCESSABLE_ENTITY, m.clone()),
+            AccountError::Taken => {
+                (StatusCode::CONFLICT, "An account with this e-mail address exists; log in instead.".into())
+            }
+            AccountError::WrongCredentials => {
+                (StatusCode::UNAUTHORIZED, "The e-mail address or the password is wrong.".into())
+            }
+            AccountError::Data(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            AccountError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m.clone()),
+        }
+    }
+}
+
+/// A signed-in session: its token (for the cookie) and the GTID of the writes.
+struct Opened {
+    user: User,
+    token: String,
+    gtid: String,
+}
+
+/// Opens an account and signs it in.
+async fn open_account(state: &AppState, email: &str, password: &str) -> Result<Opened, AccountError> {
+    let email = accounts::valid_email(email).map_err(AccountError::Invalid)?;
+    accounts::valid_password(password).map_err(AccountError::Invalid)?;
+    let password = password.to_string();
+    // argon2 takes tens of milliseconds of CPU: off the request threads.
+    let hash = tokio::task::spawn_blocking(move || accounts::hash_password(&password))
+        .await
+        .map_err(|e| AccountError::Internal(e.to_string()))?
+        .map_err(AccountError::Internal)?;
+    let (user, _) =
+        state.db.create_user(&email, &hash).await.map_err(AccountError::Data)?.ok_or(AccountError::Taken)?;
+    start_session(state, user).await
+}
+
+/// Checks a log-in. An unknown address costs the same argon2 work as a wrong password.
+async fn enter_account(state: &AppState, viewer: &Viewer, email: &str, password: &str) -> Result<Opened, AccountError> {
+    let Ok(email) = accounts::valid_email(email) else { return Err(AccountError::WrongCredentials) };
+    let found = state.db.user_for_login(&email, viewer.gtid.as_deref()).await.map_err(AccountError::Data)?;
+    let (user, hash) = match found {
+        Some((user, hash)) => (Some(user), hash),
+        None => (None, accounts::dummy_hash().to_string()),
+    };
+    let password = password.to_string();
+    let matches = tokio::task::spawn_blocking(move || accounts::verify_password(&password, &hash))
+        .await
+        .map_err(|e| AccountError::Internal(e.to_string()))?;
+    match (user, matches) {
+        (Some(user), true) => start_session(state, user).await,
+        _ => Err(AccountError::WrongCredentials),
+    }
+}
+
+async fn start_session(state: &AppState, user: User) -> Result<Opened, AccountError> {
+    let token = accounts::new_token().map_err(AccountError::Internal)?;
+    let gtid = state.db.create_session(&accounts::token_digest(&token), user.id).await.map_err(AccountError::Data)?;
+    Ok(Opened { user, token, gtid })
+}
+
+/// The cookies of a new session on `response`.
+fn with_session(mut response: Response, viewer: &Viewer, opened: &Opened) -> Response {
+    let max_age = accounts::SESSION_DAYS * 86_400;
+    append_cookie(&mut response, &accounts::secret_cookie(SESSION_COOKIE, Some(&opened.token), max_age, viewer.secure));
+    append_cookie(&mut response, &gtid_cookie(&opened.gtid));
+    response
+}
+
+async fn signup(State(state): Shared, viewer: Viewer, Form(form): Form<AccountForm>) -> Response {
+    if !viewer.form_is_genuine(&form.csrf) {
+        return forged_form(&state, &viewer);
+    }
+    match open_account(&state, &form.email, &form.password).await {
+        Ok(opened) => with_session(Redirect::to("/").into_response(), &viewer, &opened),
+        Err(e) => {
+            let (status, message) = e.status_and_message();
+            account_form_error(&state, &viewer, true, status, message, &form.email)
+        }
+    }
+}
+
+async fn login(State(state): Shared, viewer: Viewer, Form(form): Form<AccountForm>) -> Response {
+    if !viewer.form_is_genuine(&form.csrf) {
+        return forged_form(&state, &viewer);
+    }
+    match enter_account(&state, &viewer, &form.email, &form.password).await {
+        Ok(opened) => with_session(Redirect::to("/").into_response(), &viewer, &opened),
+        Err(e) => {
+            let (status, message) = e.status_and_message();
+            account_form_error(&state, &viewer, false, status, message, &form.email)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogoutForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(State(state): Shared, viewer: Viewer, Form(form): Form<LogoutForm>) -> Response {
+    if !viewer.form_is_genuine(&form.csrf) {
+        return forged_form(&state, &viewer);
+    }
+    end_session(&state, &viewer, Redirect::to("/").into_response()).await
+}
+
+/// Ends the viewer's session, if any, and clears its cookie on `response`.
+async fn end_session(state: &AppState, viewer: &Viewer, mut response: Response) -> Response {
+    if let Some(token) = &viewer.session_token {
+        match state.db.end_session(&accounts::token_digest(token)).await {
+            Ok(gtid) => append_cookie(&mut response, &gtid_cookie(&gtid)),
+            Err(e) => tracing::warn!(error = %e, "could not end a session; it expires by itself"),
+        }
+    }
+    append_cookie(&mut response, &accounts::secret_cookie(SESSION_COOKIE, None, 0, viewer.secure));
+    response
 }
 
 fn api_error(status: StatusCode, message: &str) -> Response {
@@ -380,8 +652,69 @@ async fn healthz(State(state): Shared) -> Response {
     }
 }
 
-async fn not_found(State(state): Shared) -> Response {
-    error_page(&state, StatusCode::NOT_FOUND, "Not found", "There is nothing at this address.")
+async fn not_found(State(state): Shared, viewer: Viewer) -> Response {
+    error_page(&state, &viewer, StatusCode::NOT_FOUND, "Not found", "There is nothing at this address.")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountJson {
+    email: String,
+    password: String,
+}
+
+/// JSON bodies only: a browser cannot send one to another site without that site's CORS
+/// consent, so the API needs no CSRF token.
+fn account_json(
+    body: Result<Json<AccountJson>, axum::extract::rejection::JsonRejection>,
+) -> Result<AccountJson, (StatusCode, String)> {
+    body.map(|Json(input)| input).map_err(|rejection| (rejection.status(), rejection.body_text()))
+}
+
+fn api_account_error(e: AccountError) -> Response {
+    let (status, message) = e.status_and_message();
+    api_error(status, &message)
+}
+
+async fn api_signup(
+    State(state): Shared,
+    viewer: Viewer,
+    body: Result<Json<AccountJson>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let input = match account_json(body) {
+        Ok(input) => input,
+        Err((status, message)) => return api_error(status, &message),
+    };
+    match open_account(&state, &input.email, &input.password).await {
+        Ok(opened) => with_session((StatusCode::CREATED, Json(&opened.user)).into_response(), &viewer, &opened),
+        Err(e) => api_account_error(e),
+    }
+}
+
+async fn api_login(
+    State(state): Shared,
+    viewer: Viewer,
+    body: Result<Json<AccountJson>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let input = match account_json(body) {
+        Ok(input) => input,
+        Err((status, message)) => return api_error(status, &message),
+    };
+    match enter_account(&state, &viewer, &input.email, &input.password).await {
+        Ok(opened) => with_session(Json(&opened.user).into_response(), &viewer, &opened),
+        Err(e) => api_account_error(e),
+    }
+}
+
+async fn api_logout(State(state): Shared, viewer: Viewer) -> Response {
+    end_session(&state, &viewer, StatusCode::NO_CONTENT.into_response()).await
+}
+
+async fn api_me(viewer: Viewer) -> Response {
+    match &viewer.user {
+        Some(user) => Json(user).into_response(),
+        None => api_error(StatusCode::UNAUTHORIZED, "not signed in"),
+    }
 }
 
 #[cfg(test)]

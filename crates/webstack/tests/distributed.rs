@@ -136,13 +136,18 @@ fn distributed_stack_serves_balances_survives_a_dead_web_server_and_replicates()
     let direct = get("127.201.2.2:9000".parse().unwrap(), &path).expect("server-02 app");
     assert_eq!((direct.status, direct.header("x-db-read")), (200, Some("server-02")), "{}", direct.body);
 
-    // The form: a write, then a redirect to the product page that shows it at once.
+    // The form: a write, then a redirect to the product page that shows it at once. The
+    // form's page hands out the CSRF token the post must carry.
+    let form_page = get(lb(), "/products/new").expect("form page");
+    let csrf = form_page.header("set-cookie").and_then(|c| c.split(';').next()).expect("csrf cookie").to_string();
+    let token = csrf.split_once('=').map(|(_, t)| t.to_string()).unwrap_or_default();
+    assert!(form_page.body.contains(&token), "the form carries the token");
     let form = http(
         "POST",
         lb(),
         "/products",
-        &[("Content-Type", "application/x-www-form-urlencoded")],
-        "name=Latte+glass&description=Double+wall&price=7.50",
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &csrf)],
+        &format!("name=Latte+glass&description=Double+wall&price=7.50&csrf={token}"),
     )
     .expect("form post");
     assert_eq!(form.status, 303, "{}", form.body);
