@@ -50,11 +50,13 @@ pub struct Product {
     pub name: String,
     pub description: String,
     pub price_cents: i64,
+    /// Units left to sell.
+    pub stock: i64,
 }
 
 impl Product {
     pub fn price(&self) -> String {
-        format!("${}.{:02}", self.price_cents / 100, self.price_cents % 100)
+        dollars(self.price_cents)
     }
 }
 
@@ -203,7 +205,7 @@ impl Database {
         let pool = &self.nodes[node].pool;
         let pattern = like_pattern(&page.search);
         let rows = sqlx::query(
-            "SELECT id, name, description, price_cents FROM products WHERE name LIKE ? ESCAPE '!' \
+            "SELECT id, name, description, price_cents, stock FROM products WHERE name LIKE ? ESCAPE '!' \
              ORDER BY id DESC LIMIT ? OFFSET ?",
         )
         .bind(&pattern)
@@ -223,7 +225,7 @@ impl Database {
 
     pub async fn product(&self, id: i64, after_gtid: Option<&str>) -> Result<Read<Option<Product>>, DataError> {
         let node = self.read_node(after_gtid).await;
-        let row = sqlx::query("SELECT id, name, description, price_cents FROM products WHERE id = ?")
+        let row = sqlx::query("SELECT id, name, description, price_cents, stock FROM products WHERE id = ?")
             .bind(id)
             .fetch_optional(&self.nodes[node].pool)
             .await
@@ -238,32 +240,136 @@ impl Database {
         name: &str,
         description: &str,
         price_cents: i64,
+        stock: i64,
     ) -> Result<(Product, String, String), DataError> {
-        let writer = self.writer().await?;
-        let result = async {
-            let mut conn = self.nodes[writer].pool.acquire().await?;
-            let id = sqlx::query("INSERT INTO products (name, description, price_cents) VALUES (?, ?, ?)")
-                .bind(name)
-                .bind(description)
-                .bind(price_cents)
-                .execute(&mut *conn)
-                .await?
-                .last_insert_id() as i64;
-            let gtid: String = sqlx::query_scalar("SELECT @@last_gtid").fetch_one(&mut *conn).await?;
-            Ok::<_, sqlx::Error>((id, gtid))
-        }
-        .await;
-        match result {
-            Ok((id, gtid)) => {
-                let product = Product { id, name: name.into(), description: description.into(), price_cents };
-                Ok((product, self.nodes[writer].name.clone(), gtid))
+        let (name_owned, description_owned) = (name.to_string(), description.to_string());
+        let (id, writer, gtid) = self
+            .on_writer(move |conn| {
+                Box::pin(async move {
+                    let done =
+                        sqlx::query("INSERT INTO products (name, description, price_cents, stock) VALUES (?, ?, ?, ?)")
+                            .bind(&name_owned)
+                            .bind(&description_owned)
+                            .bind(price_cents)
+                            .bind(stock)
+                            .execute(&mut *conn)
+                            .await?;
+                    Ok(done.last_insert_id() as i64)
+                })
+            })
+            .await?;
+        let product = Product { id, name: name.into(), description: description.into(), price_cents, stock };
+        Ok((product, writer, gtid))
+    }
+
+    /// Adds `quantity` of a product to a user's cart (0 removes it).
+    pub async fn set_cart_line(&self, user_id: i64, product_id: i64, quantity: i64) -> Result<String, DataError> {
+        let (_, _, gtid) = self
+            .on_writer(move |conn| {
+                Box::pin(async move {
+                    if quantity == 0 {
+                        sqlx::query("DELETE FROM cart_items WHERE user_id = ? AND product_id = ?")
+                            .bind(user_id)
+                            .bind(product_id)
+                            .execute(&mut *conn)
+                            .await?;
+                    } else {
+                        sqlx::query(
+                            "INSERT INTO cart_items (user_id, product_id, quantity) \
+                             SELECT ?, id, ? FROM products WHERE id = ? \
+                             ON DUPLICATE KEY UPDATE quantity = VALUES(quantity)",
+                        )
+                        .bind(user_id)
+                        .bind(quantity)
+                        .bind(product_id)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(gtid)
+    }
+
+    /// A user's cart, with each product as it is now.
+    pub async fn cart(&self, user_id: i64, after_gtid: Option<&str>) -> Result<Read<Vec<CartLine>>, DataError> {
+        let node = self.read_node(after_gtid).await;
+        let rows = sqlx::query(
+            "SELECT p.id, p.name, p.description, p.price_cents, p.stock, c.quantity \
+             FROM cart_items c JOIN products p ON p.id = c.product_id WHERE c.user_id = ? ORDER BY p.id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.nodes[node].pool)
+        .await
+        .map_err(|e| self.classify(node, e))?;
+        let lines = rows
+            .iter()
+            .map(|r| Ok(CartLine { product: product_from_row(r)?, quantity: r.try_get::<i32, _>("quantity")? as i64 }))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| self.classify(node, e))?;
+        Ok(Read { value: lines, node: self.nodes[node].name.clone() })
+    }
+
+    /// Places an order for `items` (product, quantity), or for the user's cart when `items` is
+    /// empty, in one transaction: the products' rows are locked in id order, every quantity
+    /// is checked against the stock, the stock goes down and the order is written, or nothing
+    /// is. Concurrent orders thus never sell more than there is. A deadlock (which the lock
+    /// order should prevent) is retried.
+    pub async fn place_order(
+        &self,
+        user_id: i64,
+        items: &[(i64, i64)],
+    ) -> Result<Result<(Order, String), OrderRefused>, DataError> {
+        let mut attempt = 0;
+        loop {
+            let items = items.to_vec();
+            let placed = self.on_writer(move |conn| Box::pin(order_transaction(conn, user_id, items))).await;
+            match placed {
+                Ok((Ok(order), _, gtid)) => return Ok(Ok((order, gtid))),
+                Ok((Err(refused), _, _)) => return Ok(Err(refused)),
+                Err(DataError::Unavailable { source, .. }) if is_deadlock(&source) && attempt < 3 => attempt += 1,
+                Err(e) => return Err(e),
             }
-            Err(e) => {
-                // A failed write may mean the writer changed: ask the nodes again next time.
-                self.forget_writer();
-                Err(self.classify(writer, e))
+        }
+    }
+
+    /// A user's orders, newest first, with their lines.
+    pub async fn orders(&self, user_id: i64, after_gtid: Option<&str>) -> Result<Read<Vec<Order>>, DataError> {
+        let node = self.read_node(after_gtid).await;
+        let pool = &self.nodes[node].pool;
+        let rows = sqlx::query(
+            "SELECT o.id, o.total_cents, DATE_FORMAT(o.created_at, '%Y-%m-%d %H:%i') AS placed, \
+                    i.product_id, p.name, i.quantity, i.price_cents \
+             FROM orders o JOIN order_items i ON i.order_id = o.id JOIN products p ON p.id = i.product_id \
+             WHERE o.user_id = ? ORDER BY o.id DESC, i.product_id",
+        )
+        .bind(user_id)
+        .fetch_all(pool)
+        .await
+        .map_err(|e| self.classify(node, e))?;
+        let mut orders: Vec<Order> = Vec::new();
+        for row in &rows {
+            let read = || -> Result<(i64, i64, String, OrderLine), sqlx::Error> {
+                Ok((
+                    row.try_get("id")?,
+                    row.try_get::<i64, _>("total_cents")?,
+                    row.try_get("placed")?,
+                    OrderLine {
+                        product_id: row.try_get("product_id")?,
+                        name: row.try_get("name")?,
+                        quantity: row.try_get::<i32, _>("quantity")? as i64,
+                        price_cents: row.try_get::<i32, _>("price_cents")? as i64,
+                    },
+                ))
+            };
+            let (id, total_cents, placed, line) = read().map_err(|e| self.classify(node, e))?;
+            match orders.last_mut() {
+                Some(order) if order.id == id => order.lines.push(line),
+                _ => orders.push(Order { id, total_cents, placed, lines: vec![line] }),
             }
         }
+        Ok(Read { value: orders, node: self.nodes[node].name.clone() })
     }
 
     /// Runs `write` on the writer's connection and returns its result with the writer's name
@@ -517,6 +623,141 @@ pub fn seed_catalog() -> Vec<String> {
         .collect()
 }
 
+/// The order transaction on the writer's connection. `items` empty: the user's cart.
+async fn order_transaction(
+    conn: &mut sqlx::MySqlConnection,
+    user_id: i64,
+    items: Vec<(i64, i64)>,
+) -> Result<Result<Order, OrderRefused>, sqlx::Error> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await?;
+    let from_cart = items.is_empty();
+    let mut wanted: Vec<(i64, i64)> = if from_cart {
+        sqlx::query("SELECT product_id, quantity FROM cart_items WHERE user_id = ? FOR UPDATE")
+            .bind(user_id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("product_id")?, r.try_get::<i32, _>("quantity")? as i64)))
+            .collect::<Result<_, sqlx::Error>>()?
+    } else {
+        items
+    };
+    if wanted.is_empty() {
+        return Ok(Err(OrderRefused::Empty));
+    }
+    // One lock order for every transaction: no two orders wait on each other in a cycle.
+    wanted.sort_unstable();
+    let mut lines = Vec::with_capacity(wanted.len());
+    for (product_id, quantity) in &wanted {
+        let row = sqlx::query("SELECT name, price_cents, stock FROM products WHERE id = ? FOR UPDATE")
+            .bind(product_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else { return Ok(Err(OrderRefused::NoSuchProduct(*product_id))) };
+        let (name, price_cents, stock): (String, i32, i32) =
+            (row.try_get("name")?, row.try_get("price_cents")?, row.try_get("stock")?);
+        if (stock as i64) < *quantity {
+            return Ok(Err(OrderRefused::OutOfStock { name, left: stock as i64 }));
+        }
+        lines.push(OrderLine { product_id: *product_id, name, quantity: *quantity, price_cents: price_cents as i64 });
+    }
+    let total_cents: i64 = lines.iter().map(|l| l.price_cents * l.quantity).sum();
+    for line in &lines {
+        sqlx::query("UPDATE products SET stock = stock - ? WHERE id = ?")
+            .bind(line.quantity)
+            .bind(line.product_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let id = sqlx::query("INSERT INTO orders (user_id, total_cents) VALUES (?, ?)")
+        .bind(user_id)
+        .bind(total_cents)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_id() as i64;
+    for line in &lines {
+        sqlx::query("INSERT INTO order_items (order_id, product_id, quantity, price_cents) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(line.product_id)
+            .bind(line.quantity)
+            .bind(line.price_cents)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if from_cart {
+        sqlx::query("DELETE FROM cart_items WHERE user_id = ?").bind(user_id).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(Ok(Order { id, total_cents, placed: String::new(), lines }))
+}
+
+/// Why an order was not placed (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderRefused {
+    Empty,
+    NoSuchProduct(i64),
+    OutOfStock { name: String, left: i64 },
+}
+
+impl std::fmt::Display for OrderRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OrderRefused::Empty => f.write_str("The cart is empty."),
+            OrderRefused::NoSuchProduct(id) => write!(f, "There is no product {id}."),
+            OrderRefused::OutOfStock { name, left: 0 } => write!(f, "{name} is sold out."),
+            OrderRefused::OutOfStock { name, left } => write!(f, "Only {left} of {name} left."),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CartLine {
+    pub product: Product,
+    pub quantity: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Order {
+    pub id: i64,
+    pub total_cents: i64,
+    /// When it was placed, `YYYY-MM-DD HH:MM` (empty right after placing).
+    pub placed: String,
+    pub lines: Vec<OrderLine>,
+}
+
+impl Order {
+    pub fn total(&self) -> String {
+        dollars(self.total_cents)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OrderLine {
+    pub product_id: i64,
+    pub name: String,
+    pub quantity: i64,
+    pub price_cents: i64,
+}
+
+impl OrderLine {
+    pub fn price(&self) -> String {
+        dollars(self.price_cents)
+    }
+}
+
+/// Cents as `$12.50`.
+pub fn dollars(cents: i64) -> String {
+    format!("${}.{:02}", cents / 100, cents % 100)
+}
+
+/// InnoDB chose this transaction as a deadlock victim (1213) or gave up waiting for a lock
+/// (1205): the transaction may simply run again.
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|m| matches!(m.number(), 1213 | 1205)))
+}
+
 /// MariaDB's "duplicate entry" (1062): a unique key says no.
 fn is_duplicate(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db)
@@ -533,6 +774,7 @@ fn product_from_row(row: &sqlx::mysql::MySqlRow) -> Result<Product, sqlx::Error>
         name: row.try_get("name")?,
         description: row.try_get("description")?,
         price_cents: row.try_get::<i32, _>("price_cents")? as i64,
+        stock: row.try_get::<i32, _>("stock")? as i64,
     })
 }
 
@@ -585,6 +827,39 @@ const MIGRATIONS: &[(i32, &[&str])] = &[
             created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
             INDEX (user_id),
             FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
+        ) ENGINE=InnoDB",
+        ],
+    ),
+    (
+        6,
+        &[
+            "ALTER TABLE products ADD COLUMN IF NOT EXISTS stock INT NOT NULL DEFAULT 0",
+            // A deterministic stock for the starter and seeded products: 5 to 64 each.
+            "UPDATE products SET stock = 5 + (id * 37) % 60",
+            "CREATE TABLE IF NOT EXISTS cart_items (
+            user_id BIGINT NOT NULL,
+            product_id BIGINT NOT NULL,
+            quantity INT NOT NULL,
+            PRIMARY KEY (user_id, product_id),
+            FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE,
+            FOREIGN KEY (product_id) REFERENCES products (id)
+        ) ENGINE=InnoDB",
+            "CREATE TABLE IF NOT EXISTS orders (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            user_id BIGINT NOT NULL,
+            total_cents BIGINT NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+            INDEX (user_id),
+            FOREIGN KEY (user_id) REFERENCES users (id)
+        ) ENGINE=InnoDB",
+            "CREATE TABLE IF NOT EXISTS order_items (
+            order_id BIGINT NOT NULL,
+            product_id BIGINT NOT NULL,
+            quantity INT NOT NULL,
+            price_cents INT NOT NULL,
+            PRIMARY KEY (order_id, product_id),
+            FOREIGN KEY (order_id) REFERENCES orders (id),
+            FOREIGN KEY (product_id) REFERENCES products (id)
         ) ENGINE=InnoDB",
         ],
     ),

@@ -2,7 +2,7 @@
 
 use askama::Template;
 
-use crate::data::Product;
+use crate::data::{CartLine, Order, Product};
 use crate::server::Viewer;
 
 #[derive(Template)]
@@ -100,4 +100,24 @@ impl<'a> AccountPage<'a> {
             email,
         }
     }
+}
+
+#[derive(Template)]
+#[template(path = "cart.html")]
+pub struct CartPage<'a> {
+    pub server: &'a str,
+    pub db_node: &'a str,
+    pub viewer: &'a Viewer,
+    pub lines: &'a [CartLine],
+    pub total: String,
+    pub errors: &'a [String],
+}
+
+#[derive(Template)]
+#[template(path = "orders.html")]
+pub struct OrdersPage<'a> {
+    pub server: &'a str,
+    pub db_node: &'a str,
+    pub viewer: &'a Viewer,
+    pub orders: &'a [Order],
 }

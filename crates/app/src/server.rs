@@ -34,6 +34,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/products/new", get(new_product_form))
         .route("/products", axum::routing::post(create_product_form))
         .route("/products/{id}", get(product_page))
+        .route("/cart", get(cart_page).post(set_cart_line))
+        .route("/orders", get(orders_page).post(place_order))
         .route("/signup", get(signup_form).post(signup))
         .route("/login", get(login_form).post(login))
         .route("/logout", axum::routing::post(logout))
@@ -42,6 +44,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/users", axum::routing::post(api_signup))
         .route("/api/v1/session", axum::routing::post(api_login).delete(api_logout))
         .route("/api/v1/me", get(api_me))
+        .route("/api/v1/cart", get(api_cart).post(api_set_cart_line))
+        .route("/api/v1/orders", get(api_orders).post(api_place_order))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -306,6 +310,8 @@ pub struct ProductForm {
     #[serde(default)]
     price: String,
     #[serde(default)]
+    stock: String,
+    #[serde(default)]
     csrf: String,
 }
 
@@ -380,7 +386,11 @@ async fn create_product_form(State(state): Shared, viewer: Viewer, Form(form): F
             return response;
         }
     };
-    match state.db.create_product(&name, &description, price).await {
+    let stock = match parse_stock(&form.stock) {
+        Ok(stock) => stock,
+        Err(e) => return error_page(&state, &viewer, StatusCode::UNPROCESSABLE_ENTITY, "Bad request", &e),
+    };
+    match state.db.create_product(&name, &description, price, stock).await {
         Ok((product, writer, gtid)) => {
             let mut response = Redirect::to(&format!("/products/{}", product.id)).into_response();
             append_cookie(&mut response, &gtid_cookie(&gtid));
@@ -388,6 +398,24 @@ async fn create_product_form(State(state): Shared, viewer: Viewer, Form(form): F
         }
         Err(e) => data_error_page(&state, &viewer, &e),
     }
+}
+
+const MAX_STOCK: i64 = 1_000_000;
+/// At most this many of one product in a cart or an order line.
+const MAX_QUANTITY: i64 = 99;
+/// At most this many lines in one order.
+const MAX_LINES: usize = 50;
+
+/// A stock count as typed in the form; empty is none.
+pub fn parse_stock(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(0);
+    }
+    text.parse::<i64>()
+        .ok()
+        .filter(|n| (0..=MAX_STOCK).contains(n))
+        .ok_or_else(|| format!("The stock `{text}` is not a number from 0 to {MAX_STOCK}."))
 }
 
 /// The session's last write, so its next read waits for it (read-your-writes).
@@ -614,6 +642,8 @@ pub struct NewProductJson {
     #[serde(default)]
     description: String,
     price_cents: i64,
+    #[serde(default)]
+    stock: i64,
 }
 
 async fn api_create_product(
@@ -628,7 +658,10 @@ async fn api_create_product(
         Ok(valid) => valid,
         Err(errors) => return api_error(StatusCode::UNPROCESSABLE_ENTITY, &errors.join(" ")),
     };
-    match state.db.create_product(&name, &description, price).await {
+    if !(0..=MAX_STOCK).contains(&input.stock) {
+        return api_error(StatusCode::UNPROCESSABLE_ENTITY, &format!("stock must be from 0 to {MAX_STOCK}"));
+    }
+    match state.db.create_product(&name, &description, price, input.stock).await {
         Ok((product, writer, gtid)) => {
             let mut response = (StatusCode::CREATED, Json(&product)).into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/products/{}", product.id)) {
@@ -654,6 +687,196 @@ async fn healthz(State(state): Shared) -> Response {
 
 async fn not_found(State(state): Shared, viewer: Viewer) -> Response {
     error_page(&state, &viewer, StatusCode::NOT_FOUND, "Not found", "There is nothing at this address.")
+}
+
+/// The answer for a visitor who is not signed in: the log-in page, or a 401 in the API.
+fn to_login() -> Response {
+    Redirect::to("/login").into_response()
+}
+
+fn not_signed_in() -> Response {
+    api_error(StatusCode::UNAUTHORIZED, "not signed in")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CartForm {
+    #[serde(default)]
+    product_id: String,
+    #[serde(default)]
+    quantity: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+/// A cart line as asked for: a product id and a quantity from 0 (remove) to [`MAX_QUANTITY`].
+fn valid_cart_line(product_id: &str, quantity: &str) -> Result<(i64, i64), String> {
+    let product_id =
+        product_id.trim().parse::<i64>().ok().filter(|id| *id > 0).ok_or("The product is not a product id.")?;
+    let quantity = quantity
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|q| (0..=MAX_QUANTITY).contains(q))
+        .ok_or(format!("The quantity must be a number from 0 to {MAX_QUANTITY}."))?;
+    Ok((product_id, quantity))
+}
+
+async fn cart_page(State(state): Shared, viewer: Viewer) -> Response {
+    let Some(user) = viewer.user.as_ref() else { return to_login() };
+    show_cart(&state, &viewer, user, StatusCode::OK, &[]).await
+}
+
+async fn show_cart(state: &AppState, viewer: &Viewer, user: &User, status: StatusCode, errors: &[String]) -> Response {
+    match state.db.cart(user.id, viewer.gtid.as_deref()).await {
+        Ok(read) => {
+            let total: i64 = read.value.iter().map(|l| l.product.price_cents * l.quantity).sum();
+            let page = pages::CartPage {
+                server: &state.name,
+                db_node: &read.node,
+                viewer,
+                lines: &read.value,
+                total: crate::data::dollars(total),
+                errors,
+            };
+            let mut response = render(viewer, page);
+            *response.status_mut() = status;
+            response
+        }
+        Err(e) => data_error_page(state, viewer, &e),
+    }
+}
+
+async fn set_cart_line(State(state): Shared, viewer: Viewer, Form(form): Form<CartForm>) -> Response {
+    if !viewer.form_is_genuine(&form.csrf) {
+        return forged_form(&state, &viewer);
+    }
+    let Some(user) = viewer.user.as_ref() else { return to_login() };
+    let (product_id, quantity) = match valid_cart_line(&form.product_id, &form.quantity) {
+        Ok(line) => line,
+        Err(e) => return show_cart(&state, &viewer, user, StatusCode::UNPROCESSABLE_ENTITY, &[e]).await,
+    };
+    match state.db.set_cart_line(user.id, product_id, quantity).await {
+        Ok(gtid) => {
+            let mut response = Redirect::to("/cart").into_response();
+            append_cookie(&mut response, &gtid_cookie(&gtid));
+            response
+        }
+        Err(e) => data_error_page(&state, &viewer, &e),
+    }
+}
+
+async fn place_order(State(state): Shared, viewer: Viewer, Form(form): Form<LogoutForm>) -> Response {
+    if !viewer.form_is_genuine(&form.csrf) {
+        return forged_form(&state, &viewer);
+    }
+    let Some(user) = viewer.user.as_ref() else { return to_login() };
+    match state.db.place_order(user.id, &[]).await {
+        Ok(Ok((order, gtid))) => {
+            let mut response = Redirect::to(&format!("/orders#order-{}", order.id)).into_response();
+            append_cookie(&mut response, &gtid_cookie(&gtid));
+            response
+        }
+        Ok(Err(refused)) => show_cart(&state, &viewer, user, StatusCode::CONFLICT, &[refused.to_string()]).await,
+        Err(e) => data_error_page(&state, &viewer, &e),
+    }
+}
+
+async fn orders_page(State(state): Shared, viewer: Viewer) -> Response {
+    let Some(user) = viewer.user.as_ref() else { return to_login() };
+    match state.db.orders(user.id, viewer.gtid.as_deref()).await {
+        Ok(read) => {
+            let page =
+                pages::OrdersPage { server: &state.name, db_node: &read.node, viewer: &viewer, orders: &read.value };
+            render(&viewer, page)
+        }
+        Err(e) => data_error_page(&state, &viewer, &e),
+    }
+}
+
+async fn api_cart(State(state): Shared, viewer: Viewer) -> Response {
+    let Some(user) = viewer.user.as_ref() else { return not_signed_in() };
+    match state.db.cart(user.id, viewer.gtid.as_deref()).await {
+        Ok(read) => Json(serde_json::json!({ "lines": read.value })).into_response(),
+        Err(e) => api_data_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CartLineJson {
+    product_id: i64,
+    quantity: i64,
+}
+
+async fn api_set_cart_line(
+    State(state): Shared,
+    viewer: Viewer,
+    body: Result<Json<CartLineJson>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Some(user) = viewer.user.as_ref() else { return not_signed_in() };
+    let line = match body {
+        Ok(Json(line)) => line,
+        Err(rejection) => return api_error(rejection.status(), &rejection.body_text()),
+    };
+    if let Err(e) = valid_cart_line(&line.product_id.to_string(), &line.quantity.to_string()) {
+        return api_error(StatusCode::UNPROCESSABLE_ENTITY, &e);
+    }
+    match state.db.set_cart_line(user.id, line.product_id, line.quantity).await {
+        Ok(gtid) => with_header(StatusCode::NO_CONTENT.into_response(), &HeaderName::from_static("x-gtid"), &gtid),
+        Err(e) => api_data_error(&e),
+    }
+}
+
+async fn api_orders(State(state): Shared, viewer: Viewer) -> Response {
+    let Some(user) = viewer.user.as_ref() else { return not_signed_in() };
+    match state.db.orders(user.id, viewer.gtid.as_deref()).await {
+        Ok(read) => Json(serde_json::json!({ "orders": read.value })).into_response(),
+        Err(e) => api_data_error(&e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderJson {
+    /// The lines to buy; none means the cart.
+    #[serde(default)]
+    items: Vec<CartLineJson>,
+}
+
+async fn api_place_order(
+    State(state): Shared,
+    viewer: Viewer,
+    body: Result<Json<OrderJson>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Some(user) = viewer.user.as_ref() else { return not_signed_in() };
+    let order = match body {
+        Ok(Json(order)) => order,
+        Err(rejection) => return api_error(rejection.status(), &rejection.body_text()),
+    };
+    if order.items.len() > MAX_LINES {
+        return api_error(StatusCode::UNPROCESSABLE_ENTITY, &format!("at most {MAX_LINES} lines per order"));
+    }
+    let mut items: Vec<(i64, i64)> = Vec::with_capacity(order.items.len());
+    for line in &order.items {
+        if line.product_id <= 0 || !(1..=MAX_QUANTITY).contains(&line.quantity) {
+            return api_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &format!("each line needs a product_id and a quantity from 1 to {MAX_QUANTITY}"),
+            );
+        }
+        if items.iter().any(|(id, _)| *id == line.product_id) {
+            return api_error(StatusCode::UNPROCESSABLE_ENTITY, "each product may appear once per order");
+        }
+        items.push((line.product_id, line.quantity));
+    }
+    match state.db.place_order(user.id, &items).await {
+        Ok(Ok((order, gtid))) => {
+            let response = (StatusCode::CREATED, Json(&order)).into_response();
+            with_header(response, &HeaderName::from_static("x-gtid"), &gtid)
+        }
+        Ok(Err(refused)) => api_error(StatusCode::CONFLICT, &refused.to_string()),
+        Err(e) => api_data_error(&e),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -713,7 +936,7 @@ async fn api_logout(State(state): Shared, viewer: Viewer) -> Response {
 async fn api_me(viewer: Viewer) -> Response {
     match &viewer.user {
         Some(user) => Json(user).into_response(),
-        None => api_error(StatusCode::UNAUTHORIZED, "not signed in"),
+        None => not_signed_in(),
     }
 }
 
