@@ -23,7 +23,8 @@ build:
 
 # cargo-nextest runs each test in its own process (tests start servers); plain cargo test
 # where it is not installed.
-test: setup
+test:
+	scripts/setup --test
 	$(CARGO) build --workspace --all-targets
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --workspace --no-fail-fast; \
