@@ -12,6 +12,9 @@
 //! [[database.nodes]]
 //! name = "server-01"
 //! address = "127.0.2.1:3306"
+//! [admin]                            # optional: the account that adds and edits products
+//! email = "admin@foobar.com"
+//! password = "…"                     # made sure of at every start
 //! ```
 
 use std::collections::BTreeSet;
@@ -27,6 +30,15 @@ pub struct AppConfig {
     pub name: String,
     pub listen: SocketAddr,
     pub database: DatabaseConfig,
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub email: String,
+    pub password: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +84,14 @@ impl AppConfig {
                 errors.push(
                     src.error_at(&format!("database.nodes[{i}].name"), format!("node `{}` is listed twice", node.name)),
                 );
+            }
+        }
+        if let Some(admin) = &config.admin {
+            if let Err(e) = crate::accounts::valid_email(&admin.email) {
+                errors.push(src.error_at("admin.email", e));
+            }
+            if let Err(e) = crate::accounts::valid_password(&admin.password) {
+                errors.push(src.error_at("admin.password", e));
             }
         }
         if !db.nodes.iter().any(|n| n.name == db.local) {

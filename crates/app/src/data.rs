@@ -443,6 +443,54 @@ impl Database {
             .map_err(|e| self.classify(node, e))
     }
 
+    /// Makes sure the admin account exists with this password hash and the admin role.
+    pub async fn ensure_admin(&self, email: &str, password_hash: &str) -> Result<(), DataError> {
+        let (email, hash) = (email.to_string(), password_hash.to_string());
+        self.on_writer(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO users (email, password_hash, is_admin) VALUES (?, ?, TRUE) \
+                     ON DUPLICATE KEY UPDATE password_hash = VALUES(password_hash), is_admin = TRUE",
+                )
+                .bind(&email)
+                .bind(&hash)
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+            })
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Changes a product; `Ok(None)` when there is no such product.
+    pub async fn update_product(&self, product: &Product) -> Result<Option<(String, String)>, DataError> {
+        let p = product.clone();
+        let (changed, writer, gtid) = self
+            .on_writer(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "UPDATE products SET name = ?, description = ?, price_cents = ?, stock = ? WHERE id = ?",
+                    )
+                    .bind(&p.name)
+                    .bind(&p.description)
+                    .bind(p.price_cents)
+                    .bind(p.stock)
+                    .bind(p.id)
+                    .execute(&mut *conn)
+                    .await?;
+                    // Rows matched, not only changed: the connection asks for found rows.
+                    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM products WHERE id = ?")
+                        .bind(p.id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    Ok(done.rows_affected() > 0 || exists.is_some())
+                })
+            })
+            .await?;
+        Ok(changed.then_some((writer, gtid)))
+    }
+
     /// Opens a session for `user_id`; returns the GTID of the write.
     pub async fn create_session(&self, token_sha256: &str, user_id: i64) -> Result<String, DataError> {
         let token = token_sha256.to_string();

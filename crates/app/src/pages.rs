@@ -35,10 +35,14 @@ pub struct NewProduct<'a> {
     pub server: &'a str,
     pub db_node: &'a str,
     pub viewer: &'a Viewer,
+    pub heading: &'a str,
+    /// Where the form posts: `/products` to add, `/products/ID` to change.
+    pub action: String,
     pub errors: &'a [String],
     pub name: &'a str,
     pub description: &'a str,
     pub price: &'a str,
+    pub stock: &'a str,
 }
 
 #[derive(Template)]

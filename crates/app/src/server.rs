@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::accounts::{self, User, CSRF_COOKIE, SESSION_COOKIE};
 use crate::config::AppConfig;
-use crate::data::{DataError, Database, Page, Read};
+use crate::data::{DataError, Database, Page, Product, Read};
 use crate::pages;
 
 const GTID_COOKIE: &str = "foobar_gtid";
@@ -33,14 +33,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(home))
         .route("/products/new", get(new_product_form))
         .route("/products", axum::routing::post(create_product_form))
-        .route("/products/{id}", get(product_page))
+        .route("/products/{id}", get(product_page).post(update_product_form))
+        .route("/products/{id}/edit", get(edit_product_form))
         .route("/cart", get(cart_page).post(set_cart_line))
         .route("/orders", get(orders_page).post(place_order))
         .route("/signup", get(signup_form).post(signup))
         .route("/login", get(login_form).post(login))
         .route("/logout", axum::routing::post(logout))
         .route("/api/v1/products", get(api_products).post(api_create_product))
-        .route("/api/v1/products/{id}", get(api_product))
+        .route("/api/v1/products/{id}", get(api_product).put(api_update_product))
         .route("/api/v1/users", axum::routing::post(api_signup))
         .route("/api/v1/session", axum::routing::post(api_login).delete(api_logout))
         .route("/api/v1/me", get(api_me))
@@ -59,7 +60,13 @@ pub async fn run(config: AppConfig, shutdown: impl Future<Output = ()> + Send + 
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))?;
     let state = Arc::new(AppState { name: config.name.clone(), db: Database::new(&config) });
     let migrating = state.clone();
-    let migrations = tokio::spawn(async move { migrating.db.migrate_when_ready().await });
+    let admin = config.admin.clone();
+    let migrations = tokio::spawn(async move {
+        migrating.db.migrate_when_ready().await;
+        if let Some(admin) = admin {
+            ensure_admin(&migrating.db, &admin).await;
+        }
+    });
     let watching = state.clone();
     let lag = tokio::spawn(async move { watching.db.watch_lag().await });
     tracing::info!(listen = %config.listen, "foobar.com app is serving");
@@ -67,6 +74,27 @@ pub async fn run(config: AppConfig, shutdown: impl Future<Output = ()> + Send + 
     migrations.abort();
     lag.abort();
     served
+}
+
+/// Makes sure the configured admin account exists, retrying while the database is away.
+async fn ensure_admin(db: &Database, admin: &crate::config::AdminConfig) {
+    let Ok(email) = accounts::valid_email(&admin.email) else { return };
+    let password = admin.password.clone();
+    let hash = match tokio::task::spawn_blocking(move || accounts::hash_password(&password)).await {
+        Ok(Ok(hash)) => hash,
+        Ok(Err(e)) => return tracing::error!(error = %e, "cannot hash the admin password"),
+        Err(e) => return tracing::error!(error = %e, "cannot hash the admin password"),
+    };
+    let mut delay = std::time::Duration::from_millis(200);
+    for _ in 0..30 {
+        match db.ensure_admin(&email, &hash).await {
+            Ok(()) => return tracing::info!(email, "the shop's admin account is ready"),
+            Err(e) => tracing::info!(error = %e, "admin account waiting for the database"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+    }
+    tracing::error!(email, "the admin account could not be made; products cannot be added until a restart");
 }
 
 /// The session's last write, if the cookie holds a well-formed GTID list.
@@ -289,16 +317,120 @@ async fn product_page(State(state): Shared, Path(id): Path<String>, viewer: View
 }
 
 async fn new_product_form(State(state): Shared, viewer: Viewer) -> Response {
+    if let Some(refused) = admin_only(&state, &viewer) {
+        return refused;
+    }
     let page = pages::NewProduct {
         server: &state.name,
         db_node: "",
         viewer: &viewer,
+        heading: "Add a product",
+        action: "/products".into(),
         errors: &[],
         name: "",
         description: "",
         price: "",
+        stock: "10",
     };
     render(&viewer, page)
+}
+
+async fn edit_product_form(State(state): Shared, Path(id): Path<String>, viewer: Viewer) -> Response {
+    if let Some(refused) = admin_only(&state, &viewer) {
+        return refused;
+    }
+    let Ok(id) = id.parse::<i64>() else {
+        return error_page(&state, &viewer, StatusCode::NOT_FOUND, "Not found", "There is no such product.");
+    };
+    match state.db.product(id, viewer.gtid.as_deref()).await {
+        Ok(Read { value: Some(product), .. }) => {
+            let (price, stock) =
+                (format!("{}.{:02}", product.price_cents / 100, product.price_cents % 100), product.stock.to_string());
+            let page = pages::NewProduct {
+                server: &state.name,
+                db_node: "",
+                viewer: &viewer,
+                heading: "Change a product",
+                action: format!("/products/{id}"),
+                errors: &[],
+                name: &product.name,
+                description: &product.description,
+                price: &price,
+                stock: &stock,
+            };
+            render(&viewer, page)
+        }
+        Ok(Read { value: None, .. }) => {
+            error_page(&state, &viewer, StatusCode::NOT_FOUND, "Not found", "There is no such product.")
+        }
+        Err(e) => data_error_page(&state, &viewer, &e),
+    }
+}
+
+/// A product form's fields, checked; or the form again with what is wrong.
+fn checked_product_form(
+    state: &AppState,
+    viewer: &Viewer,
+    form: &ProductForm,
+    heading: &str,
+    action: String,
+) -> Result<(String, String, i64, i64), Box<Response>> {
+    let stock = parse_stock(&form.stock);
+    let valid = validate_product(&form.name, &form.description, parse_price(&form.price));
+    match (valid, stock) {
+        (Ok((name, description, price)), Ok(stock)) => Ok((name, description, price, stock)),
+        (valid, stock) => {
+            let mut errors = valid.err().unwrap_or_default();
+            errors.extend(stock.err());
+            let page = pages::NewProduct {
+                server: &state.name,
+                db_node: "",
+                viewer,
+                heading,
+                action,
+                errors: &errors,
+                name: &form.name,
+                description: &form.description,
+                price: &form.price,
+                stock: &form.stock,
+            };
+            let mut response = render(viewer, page);
+            *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            Err(Box::new(response))
+        }
+    }
+}
+
+async fn update_product_form(
+    State(state): Shared,
+    Path(id): Path<String>,
+    viewer: Viewer,
+    Form(form): Form<ProductForm>,
+) -> Response {
+    if !viewer.form_is_genuine(&form.csrf) {
+        return forged_form(&state, &viewer);
+    }
+    if let Some(refused) = admin_only(&state, &viewer) {
+        return refused;
+    }
+    let Ok(id) = id.parse::<i64>() else {
+        return error_page(&state, &viewer, StatusCode::NOT_FOUND, "Not found", "There is no such product.");
+    };
+    let (name, description, price_cents, stock) =
+        match checked_product_form(&state, &viewer, &form, "Change a product", format!("/products/{id}")) {
+            Ok(valid) => valid,
+            Err(response) => return *response,
+        };
+    let product = Product { id, name, description, price_cents, stock };
+    match state.db.update_product(&product).await {
+        Ok(Some((writer, gtid))) => {
+            let mut response = Redirect::to(&format!("/products/{id}")).into_response();
+            append_cookie(&mut response, &gtid_cookie(&gtid));
+            with_header(response, &X_DB_WRITE, &writer)
+        }
+        Ok(None) => error_page(&state, &viewer, StatusCode::NOT_FOUND, "Not found", "There is no such product."),
+        Err(e) => data_error_page(&state, &viewer, &e),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -369,27 +501,14 @@ async fn create_product_form(State(state): Shared, viewer: Viewer, Form(form): F
     if !viewer.form_is_genuine(&form.csrf) {
         return forged_form(&state, &viewer);
     }
-    let (name, description, price) = match validate_product(&form.name, &form.description, parse_price(&form.price)) {
-        Ok(valid) => valid,
-        Err(errors) => {
-            let page = pages::NewProduct {
-                server: &state.name,
-                db_node: "",
-                viewer: &viewer,
-                errors: &errors,
-                name: &form.name,
-                description: &form.description,
-                price: &form.price,
-            };
-            let mut response = render(&viewer, page);
-            *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-            return response;
-        }
-    };
-    let stock = match parse_stock(&form.stock) {
-        Ok(stock) => stock,
-        Err(e) => return error_page(&state, &viewer, StatusCode::UNPROCESSABLE_ENTITY, "Bad request", &e),
-    };
+    if let Some(refused) = admin_only(&state, &viewer) {
+        return refused;
+    }
+    let (name, description, price, stock) =
+        match checked_product_form(&state, &viewer, &form, "Add a product", "/products".into()) {
+            Ok(valid) => valid,
+            Err(response) => return *response,
+        };
     match state.db.create_product(&name, &description, price, stock).await {
         Ok((product, writer, gtid)) => {
             let mut response = Redirect::to(&format!("/products/{}", product.id)).into_response();
@@ -648,8 +767,12 @@ pub struct NewProductJson {
 
 async fn api_create_product(
     State(state): Shared,
+    viewer: Viewer,
     body: Result<Json<NewProductJson>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
+    if let Some(refused) = api_admin_only(&viewer) {
+        return refused;
+    }
     let Json(input) = match body {
         Ok(json) => json,
         Err(rejection) => return api_error(rejection.status(), &rejection.body_text()),
@@ -674,6 +797,41 @@ async fn api_create_product(
     }
 }
 
+async fn api_update_product(
+    State(state): Shared,
+    Path(id): Path<String>,
+    viewer: Viewer,
+    body: Result<Json<NewProductJson>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Some(refused) = api_admin_only(&viewer) {
+        return refused;
+    }
+    let Ok(id) = id.parse::<i64>() else {
+        return api_error(StatusCode::NOT_FOUND, "no such product");
+    };
+    let Json(input) = match body {
+        Ok(json) => json,
+        Err(rejection) => return api_error(rejection.status(), &rejection.body_text()),
+    };
+    let (name, description, price_cents) =
+        match validate_product(&input.name, &input.description, Ok(input.price_cents)) {
+            Ok(valid) => valid,
+            Err(errors) => return api_error(StatusCode::UNPROCESSABLE_ENTITY, &errors.join(" ")),
+        };
+    if !(0..=MAX_STOCK).contains(&input.stock) {
+        return api_error(StatusCode::UNPROCESSABLE_ENTITY, &format!("stock must be from 0 to {MAX_STOCK}"));
+    }
+    let product = Product { id, name, description, price_cents, stock: input.stock };
+    match state.db.update_product(&product).await {
+        Ok(Some((writer, gtid))) => {
+            let response = with_header(Json(&product).into_response(), &HeaderName::from_static("x-gtid"), &gtid);
+            with_header(response, &X_DB_WRITE, &writer)
+        }
+        Ok(None) => api_error(StatusCode::NOT_FOUND, "no such product"),
+        Err(e) => api_data_error(&e),
+    }
+}
+
 async fn healthz(State(state): Shared) -> Response {
     match state.db.check_local().await {
         Ok(node) => Json(serde_json::json!({ "status": "ok", "server": state.name, "database": node })).into_response(),
@@ -687,6 +845,29 @@ async fn healthz(State(state): Shared) -> Response {
 
 async fn not_found(State(state): Shared, viewer: Viewer) -> Response {
     error_page(&state, &viewer, StatusCode::NOT_FOUND, "Not found", "There is nothing at this address.")
+}
+
+/// Pages that change the catalog: the log-in page for visitors, 403 for shoppers.
+fn admin_only(state: &AppState, viewer: &Viewer) -> Option<Response> {
+    match &viewer.user {
+        None => Some(to_login()),
+        Some(user) if !user.is_admin => Some(error_page(
+            state,
+            viewer,
+            StatusCode::FORBIDDEN,
+            "Admins only",
+            "Only the shop's admins add and change products.",
+        )),
+        Some(_) => None,
+    }
+}
+
+fn api_admin_only(viewer: &Viewer) -> Option<Response> {
+    match &viewer.user {
+        None => Some(not_signed_in()),
+        Some(user) if !user.is_admin => Some(api_error(StatusCode::FORBIDDEN, "only admins change products")),
+        Some(_) => None,
+    }
 }
 
 /// The answer for a visitor who is not signed in: the log-in page, or a 401 in the API.

@@ -58,11 +58,17 @@ impl StateDir {
         let path = self.root.join("secrets.json");
         if let Ok(text) = std::fs::read_to_string(&path) {
             if let Ok(mut secrets) = serde_json::from_str::<Secrets>(&text) {
-                if !secrets.ha_key.is_empty() {
+                if !secrets.ha_key.is_empty() && !secrets.shop_admin_password.is_empty() {
                     return Ok(secrets);
                 }
-                // Made before the load-balancer pair existed: add its key, keep the rest.
-                secrets.ha_key = random_token()?;
+                // Made before the load-balancer pair or the shop's admin existed: add what is
+                // missing, keep the rest.
+                if secrets.ha_key.is_empty() {
+                    secrets.ha_key = random_token()?;
+                }
+                if secrets.shop_admin_password.is_empty() {
+                    secrets.shop_admin_password = random_token()?;
+                }
                 write_private(&path, serde_json::to_string_pretty(&secrets).map_err(io::Error::other)?.as_bytes())?;
                 return Ok(secrets);
             }
@@ -72,6 +78,7 @@ impl StateDir {
             db_app_password: random_token()?,
             db_repl_password: random_token()?,
             ha_key: random_token()?,
+            shop_admin_password: random_token()?,
         };
         write_private(&path, serde_json::to_string_pretty(&secrets).map_err(io::Error::other)?.as_bytes())?;
         Ok(secrets)

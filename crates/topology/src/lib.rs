@@ -12,4 +12,5 @@ mod subnet;
 pub use model::TlsSettings;
 pub use model::{Component, Topology};
 pub use plan::{Plan, PlannedComponent, PlannedHost, Probe, Secrets, SiteCertificate};
+pub use render::shop_admin_email;
 pub use subnet::Subnet;

@@ -18,6 +18,9 @@ pub struct Secrets {
     /// The load-balancer pair's advert key.
     #[serde(default)]
     pub ha_key: String,
+    /// The shop's admin account's password (the account is `admin@DOMAIN`).
+    #[serde(default)]
+    pub shop_admin_password: String,
 }
 
 /// The site's certificate chain and key, as PEM files.

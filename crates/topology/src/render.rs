@@ -261,6 +261,7 @@ impl Context<'_> {
                 local: host.name.clone(),
                 nodes: self.db_nodes(),
             },
+            admin: AppAdmin { email: shop_admin_email(&t.domain), password: self.secrets.shop_admin_password.clone() },
         };
         to_toml(&config, &format!("application server of {}", host.name))
     }
@@ -413,6 +414,18 @@ struct AppConfig {
     name: String,
     listen: SocketAddr,
     database: AppDatabase,
+    admin: AppAdmin,
+}
+
+#[derive(Serialize)]
+struct AppAdmin {
+    email: String,
+    password: String,
+}
+
+/// The shop's admin account: `admin@` the site's domain.
+pub fn shop_admin_email(domain: &str) -> String {
+    format!("admin@{domain}")
 }
 
 #[derive(Serialize)]

@@ -333,6 +333,7 @@ pub fn check(file: &Path) -> Result<()> {
         db_app_password: "check-only-password".into(),
         db_repl_password: "check-only-password".into(),
         ha_key: "check-only-advert-key".into(),
+        shop_admin_password: "check-only-password".into(),
     };
     let state = std::path::absolute(".webstack")?;
     // A throwaway certificate stands in for the one `up` makes (or the topology's own).

@@ -106,12 +106,22 @@ fn distributed_stack_serves_balances_survives_a_dead_web_server_and_replicates()
     assert_eq!(web02["state"], "stopped", "a killed component is not restarted: {web02}");
 
     // A product created through the load balancer (a write, on the primary) is read back
-    // from a replica.
-    let created = http(
+    // from a replica. Only the shop's admin adds products.
+    let anonymous = http(
         "POST",
         lb(),
         "/api/v1/products",
         &[("Content-Type", "application/json")],
+        r#"{"name": "Cold brew bottle", "price_cents": 2400}"#,
+    )
+    .expect("create");
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    let admin = support::admin_session(&stack, lb());
+    let created = http(
+        "POST",
+        lb(),
+        "/api/v1/products",
+        &[("Content-Type", "application/json"), ("Cookie", &admin)],
         r#"{"name": "Cold brew bottle", "description": "1 litre, glass.", "price_cents": 2400}"#,
     )
     .expect("create");
@@ -138,15 +148,17 @@ fn distributed_stack_serves_balances_survives_a_dead_web_server_and_replicates()
 
     // The form: a write, then a redirect to the product page that shows it at once. The
     // form's page hands out the CSRF token the post must carry.
-    let form_page = get(lb(), "/products/new").expect("form page");
+    let form_page = http("GET", lb(), "/products/new", &[("Cookie", &admin)], "").expect("form page");
+    assert_eq!(form_page.status, 200, "{}", form_page.body);
     let csrf = form_page.header("set-cookie").and_then(|c| c.split(';').next()).expect("csrf cookie").to_string();
     let token = csrf.split_once('=').map(|(_, t)| t.to_string()).unwrap_or_default();
     assert!(form_page.body.contains(&token), "the form carries the token");
+    let cookies = format!("{admin}; {csrf}");
     let form = http(
         "POST",
         lb(),
         "/products",
-        &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &csrf)],
+        &[("Content-Type", "application/x-www-form-urlencoded"), ("Cookie", &cookies)],
         &format!("name=Latte+glass&description=Double+wall&price=7.50&csrf={token}"),
     )
     .expect("form post");
@@ -162,7 +174,7 @@ fn distributed_stack_serves_balances_survives_a_dead_web_server_and_replicates()
         "POST",
         lb(),
         "/api/v1/products",
-        &[("Content-Type", "application/json")],
+        &[("Content-Type", "application/json"), ("Cookie", &admin)],
         r#"{"name": "", "price_cents": -5}"#,
     )
     .unwrap();

@@ -37,9 +37,12 @@ fn fifty_concurrent_orders_for_the_last_ten_items_sell_exactly_ten() {
     let stack = Stack::new();
     stack.run_ok(&["up", "-d", "--profile", "single", "--subnet", "127.225.0.0/16", "--timeout", "120"]);
     let buyers: Vec<String> = (0..5).map(|i| sign_up(&format!("buyer{i}@example.com"))).collect();
+    let admin = support::admin_session(&stack, site());
     let created =
-        json("POST", "/api/v1/products", "", r#"{"name": "Last batch grinder", "price_cents": 9900, "stock": 10}"#);
+        json("POST", "/api/v1/products", &admin, r#"{"name": "Last batch grinder", "price_cents": 9900, "stock": 10}"#);
     assert_eq!(created.status, 201, "{}", created.body);
+    let shopper = json("POST", "/api/v1/products", &buyers[0], r#"{"name": "Mine", "price_cents": 1}"#);
+    assert_eq!(shopper.status, 403, "only admins add products: {}", shopper.body);
     let product: serde_json::Value = serde_json::from_str(&created.body).unwrap();
     let id = product["id"].as_i64().unwrap();
 
@@ -95,6 +98,22 @@ fn fifty_concurrent_orders_for_the_last_ten_items_sell_exactly_ten() {
         assert_eq!(r.status, status, "{body}: {}", r.body);
     }
     assert_eq!(json("POST", "/api/v1/orders", "", &order).status, 401, "orders need an account");
+
+    // The admin restocks (shoppers may not), and the product sells again.
+    let restock = r#"{"name": "Last batch grinder", "price_cents": 9900, "stock": 5}"#;
+    let path = format!("/api/v1/products/{id}");
+    assert_eq!(json("PUT", &path, &buyers[1], restock).status, 403);
+    let restocked = json("PUT", &path, &admin, restock);
+    assert_eq!(restocked.status, 200, "{}", restocked.body);
+    assert_eq!(json("PUT", "/api/v1/products/999999", &admin, restock).status, 404);
+    let gtid = restocked.header("x-gtid").expect("the write's GTID").to_string();
+    let buyer = format!("{}; foobar_gtid={gtid}", buyers[2]);
+    let again = json("POST", "/api/v1/orders", &buyer, &order);
+    assert_eq!(again.status, 201, "{}", again.body);
+    let edit_page = json("GET", &format!("/products/{id}/edit"), &admin, "");
+    assert!(edit_page.status == 200 && edit_page.body.contains("Change a product"), "{}", edit_page.body);
+    assert_eq!(json("GET", &format!("/products/{id}/edit"), &buyers[0], "").status, 403);
+    assert_eq!(json("GET", "/products/new", "", "").status, 303, "visitors are sent to log in");
 }
 
 #[test]

@@ -30,11 +30,12 @@ fn two_single_server_stacks_run_side_by_side() {
     assert_eq!(db["role"], "primary");
 
     // A product written to one stack is not in the other.
+    let admin = support::admin_session(&a, site_a);
     let created = http(
         "POST",
         site_a,
         "/api/v1/products",
-        &[("Content-Type", "application/json")],
+        &[("Content-Type", "application/json"), ("Cookie", &admin)],
         r#"{"name":"Only in A","price_cents":100}"#,
     )
     .unwrap();

@@ -177,3 +177,29 @@ fn dechunk(mut body: &str) -> String {
 pub fn get(address: SocketAddr, path: &str) -> Result<HttpResponse, String> {
     http("GET", address, path, &[], "")
 }
+
+/// The cookies of the shop's admin signed in through `site`: the account the stack made
+/// (`admin@foobar.com`, its password in the state dir's secrets). The apps make the account
+/// once their migrations have run, so this waits for it (bounded).
+pub fn admin_session(stack: &Stack, site: SocketAddr) -> String {
+    let secrets: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stack.state_dir().join("secrets.json")).expect("secrets.json"))
+            .expect("secrets are JSON");
+    let password = secrets["shop_admin_password"].as_str().expect("an admin password");
+    let body = serde_json::json!({ "email": "admin@foobar.com", "password": password }).to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http("POST", site, "/api/v1/session", &[("Content-Type", "application/json")], &body);
+        if let Some(r) = r.as_ref().ok().filter(|r| r.status == 200) {
+            let cookies: Vec<String> = r
+                .headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+                .filter_map(|(_, v)| v.split(';').next().map(str::to_string))
+                .collect();
+            return cookies.join("; ");
+        }
+        assert!(std::time::Instant::now() < deadline, "the admin never could log in: {:?}", r.map(|r| r.body));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
