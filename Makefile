@@ -57,3 +57,4 @@ bench:
 	$(CARGO) build --release --bin webstack
 	python3 bench/proxy_bench.py $(BENCH_ARGS)
 	python3 bench/failover_bench.py
+	python3 bench/app_bench.py
