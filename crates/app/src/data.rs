@@ -603,9 +603,15 @@ impl Database {
                 )
                 .execute(&mut *conn)
                 .await?;
-                let seeded = seed_catalog();
-                let generated: [(i32, Vec<&str>); 1] = [(3, seeded.iter().map(String::as_str).collect())];
-                let all = MIGRATIONS.iter().map(|(v, s)| (*v, s.to_vec())).chain(generated);
+                let (catalog, customers) = (seed_catalog(), seed_customers());
+                let generated: [(i32, Vec<&str>); 2] = [
+                    (3, catalog.iter().map(String::as_str).collect()),
+                    (7, customers.iter().map(String::as_str).collect()),
+                ];
+                let mut all: Vec<(i32, Vec<&str>)> =
+                    MIGRATIONS.iter().map(|(v, s)| (*v, s.to_vec())).chain(generated).collect();
+                // In version order: the stock of migration 6 is given to the seeded catalog of 3.
+                all.sort_by_key(|(version, _)| *version);
                 for (version, statements) in all {
                     let done: Option<i32> =
                         sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
@@ -817,6 +823,70 @@ fn is_deadlock(e: &sqlx::Error) -> bool {
         if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|m| matches!(m.number(), 1213 | 1205)))
 }
 
+/// Seeded customers and their order history (migration 7): 200 accounts (at the reserved
+/// `example.invalid`, so no real address collides) that cannot log in
+/// (their password hash matches no password), and 1,000 past orders of one to three catalog
+/// products each, the same on every run. Past orders do not change today's stock.
+pub fn seed_customers() -> Vec<String> {
+    const CUSTOMERS: usize = 200;
+    const ORDERS: usize = 1000;
+    let mut statements = vec![format!(
+        "INSERT IGNORE INTO users (email, password_hash) VALUES {}",
+        (1..=CUSTOMERS)
+            .map(|i| format!("('customer{i:03}@example.invalid', '!seeded: no password')"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )];
+    // A small linear congruential generator: the same history on every run.
+    let mut state: u64 = 0x5eed;
+    let mut next = |n: usize| {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 33) % n as u64) as usize
+    };
+    for batch in 0..ORDERS / 250 {
+        let mut orders = Vec::with_capacity(250);
+        let mut lines = Vec::new();
+        for k in 0..250 {
+            let n = batch * 250 + k;
+            let customer = next(CUSTOMERS) + 1;
+            let day = 1 + n * 300 / ORDERS;
+            orders.push(format!(
+                "((SELECT id FROM users WHERE email = 'customer{customer:03}@example.invalid'), 0, \
+                 '2026-01-01 09:00:00' + INTERVAL {day} DAY + INTERVAL {} MINUTE)",
+                next(600)
+            ));
+            let mut products: Vec<usize> = (0..1 + next(3)).map(|_| 9 + next(1000)).collect();
+            products.sort_unstable();
+            products.dedup();
+            for product in products {
+                // Ids 9 to 1008: the seeded catalog, after the 8 starters of migration 2.
+                let quantity = 1 + next(3);
+                lines.push(format!(
+                    "(@first + {k}, {product}, {quantity}, (SELECT price_cents FROM products WHERE id = {product}))"
+                ));
+            }
+        }
+        statements.push(format!("INSERT INTO orders (user_id, total_cents, created_at) VALUES {}", orders.join(", ")));
+        // One multi-row insert takes consecutive ids (innodb_autoinc_lock_mode 1, the default):
+        // the first one and an offset name each order.
+        statements.push("SET @first = LAST_INSERT_ID()".into());
+        if batch == 0 {
+            statements.push("SET @seed_start = @first".into());
+        }
+        statements.push(format!(
+            "INSERT INTO order_items (order_id, product_id, quantity, price_cents) VALUES {}",
+            lines.join(", ")
+        ));
+    }
+    statements.push(
+        "UPDATE orders o SET total_cents = \
+         (SELECT SUM(i.quantity * i.price_cents) FROM order_items i WHERE i.order_id = o.id) \
+         WHERE o.id >= @seed_start AND o.total_cents = 0"
+            .into(),
+    );
+    statements
+}
+
 /// MariaDB's "duplicate entry" (1062): a unique key says no.
 fn is_duplicate(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db)
@@ -933,6 +1003,14 @@ mod tests {
         assert_eq!(like_pattern(""), "%%");
         assert_eq!(like_pattern("kettle"), "%kettle%");
         assert_eq!(like_pattern("50%_off!"), "%50!%!_off!!%");
+    }
+
+    #[test]
+    fn the_seeded_history_is_the_same_on_every_run() {
+        let (a, b) = (seed_customers(), seed_customers());
+        assert_eq!(a, b);
+        assert_eq!(a.iter().filter(|s| s.starts_with("INSERT INTO orders")).count(), 4, "1,000 orders in 4 inserts");
+        assert!(a[0].contains("customer200@example.invalid") && !a[0].contains("customer201"));
     }
 
     #[test]

@@ -28,6 +28,26 @@ fn the_catalog_pages_and_searches_a_thousand_products() {
     let (status, first) = api("/api/v1/products");
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["total"], 1008, "8 starter products and the 1000 of the seed");
+    assert!(
+        first["products"].as_array().unwrap().iter().all(|p| p["stock"].as_i64().is_some_and(|s| s >= 5)),
+        "seeded products have stock: {first}"
+    );
+    // The seeded customers and their history, asked of the database itself.
+    let secrets: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stack.state_dir().join("secrets.json")).unwrap()).unwrap();
+    let sql = "SELECT (SELECT COUNT(*) FROM users WHERE email LIKE 'customer%@example.invalid'), \
+               (SELECT COUNT(*) FROM orders), (SELECT COUNT(*) FROM orders WHERE total_cents <= 0), \
+               (SELECT COUNT(*) FROM order_items)";
+    let out = std::process::Command::new("mariadb")
+        .args(["-h", "127.222.2.1", "-P", "3306", "-u", "webstack_admin", "-N", "-B", "foobar", "-e", sql])
+        .env("MYSQL_PWD", secrets["db_admin_password"].as_str().unwrap())
+        .output()
+        .expect("the mariadb client");
+    let counts: Vec<u64> =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    assert_eq!(counts.len(), 4, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(&counts[..3], &[200, 1000, 0], "200 customers, 1,000 orders, each with its total");
+    assert!((1000..=3000).contains(&counts[3]), "one to three lines per order: {}", counts[3]);
     assert_eq!((first["page"].as_u64(), first["per_page"].as_u64()), (Some(1), Some(20)));
     assert_eq!(ids(&first).len(), 20);
     let (_, second) = api("/api/v1/products?page=2&per_page=20");
