@@ -69,8 +69,11 @@ pub async fn run(config: DbConfig, shutdown: impl Future<Output = ()>) -> Result
     drop(conn);
 
     let config = Arc::new(config);
+    let watch = Arc::new(crate::semi_sync::Watch::default());
+    let watching = (config.clone(), watch.clone());
+    let watch_task = tokio::spawn(async move { crate::semi_sync::watch(&watching.0, &watching.1).await });
     let admin_task =
-        admin::serve(config.clone()).await.map_err(io_err(format!("admin listener {}", config.admin_listen)))?;
+        admin::serve(config.clone(), watch).await.map_err(io_err(format!("admin listener {}", config.admin_listen)))?;
     tracing::info!(node = config.name, listen = %config.listen, "database is up");
 
     let outcome = tokio::select! {
@@ -85,6 +88,7 @@ pub async fn run(config: DbConfig, shutdown: impl Future<Output = ()>) -> Result
         }
     };
     admin_task.abort();
+    watch_task.abort();
     outcome
 }
 
@@ -109,6 +113,9 @@ fn my_cnf(c: &DbConfig) -> String {
          gtid-strict-mode = ON\n\
          gtid-domain-id = 0\n\
          slave-parallel-threads = 4\n\
+         rpl-semi-sync-slave-enabled = ON\n\
+         rpl-semi-sync-master-wait-point = AFTER_SYNC\n\
+         rpl-semi-sync-master-timeout = {ack_timeout}\n\
          read-only = ON\n\
          skip-name-resolve = ON\n\
          innodb-buffer-pool-size = 32M\n\
@@ -125,6 +132,7 @@ fn my_cnf(c: &DbConfig) -> String {
         port = c.listen.port(),
         id = c.server_id,
         name = c.name,
+        ack_timeout = crate::semi_sync::ACK_TIMEOUT_MS,
     )
 }
 

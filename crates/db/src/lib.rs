@@ -5,12 +5,14 @@
 //! `/status` (role, lag, GTID positions) and `/metrics` on an admin listener.
 //!
 //! Every instance starts with `read_only=ON`; the node configured as primary is made writable
-//! once it is up.
+//! once it is up. Replication is semi-synchronous (AFTER_SYNC) and watched: a fallback to
+//! asynchronous replication is reported loudly ([`semi_sync`]).
 
 pub mod admin;
 pub mod config;
 pub mod instance;
 pub mod locate;
+pub mod semi_sync;
 pub mod sql;
 
 pub use config::DbConfig;

@@ -80,6 +80,12 @@ pub struct NodeStatus {
     pub gtid_current_pos: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica: Option<ReplicaStatus>,
+    /// Semi-sync replication as last watched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub semi_sync: Option<crate::semi_sync::SemiSync>,
+    /// A word on the role for `webstack status`: a primary's semi-sync state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -132,5 +138,7 @@ pub async fn status(config: &DbConfig, conn: &mut MySqlConnection) -> Result<Nod
         read_only: read_only != 0,
         gtid_current_pos,
         replica,
+        semi_sync: None,
+        role_note: None,
     })
 }

@@ -52,6 +52,8 @@ struct Slot {
     wanted: bool,
     healthy: Option<bool>,
     role: Option<String>,
+    /// A word on the role (a primary's semi-sync state), when the component gives one.
+    role_note: Option<String>,
     lag_seconds: Option<u64>,
     restarts: u32,
     crashes_in_row: u32,
@@ -97,6 +99,7 @@ impl Supervisor {
                 wanted: true,
                 healthy: None,
                 role: None,
+                role_note: None,
                 lag_seconds: None,
                 restarts: 0,
                 crashes_in_row: 0,
@@ -235,6 +238,7 @@ impl Supervisor {
                     slot.child = None;
                     slot.healthy = None;
                     slot.role = None;
+                    slot.role_note = None;
                     let _ = std::fs::remove_file(self.state_dir.pid_path(&id));
                     if slot.wanted {
                         slot.state = State::Failed;
@@ -268,10 +272,11 @@ impl Supervisor {
             return;
         }
         match result {
-            Ok((role, lag)) => {
+            Ok((role, lag, note)) => {
                 slot.healthy = Some(true);
                 slot.crashes_in_row = 0;
                 slot.role = role;
+                slot.role_note = note;
                 slot.lag_seconds = lag;
                 slot.detail = None;
             }
@@ -324,6 +329,7 @@ impl Supervisor {
                         slot.state = State::Stopped;
                         slot.healthy = None;
                         slot.role = None;
+                        slot.role_note = None;
                         slot.detail = Some("killed by `webstack kill`; `webstack start` brings it back".into());
                         let _ = std::fs::remove_file(self.state_dir.pid_path(&slot.id()));
                     }
@@ -403,6 +409,7 @@ impl Supervisor {
                 }
                 .into();
                 c.role = s.role.clone();
+                c.role_note = s.role_note.clone();
                 c.lag_seconds = s.lag_seconds;
                 c.restarts = s.restarts;
                 c.detail = s.detail.clone();
@@ -412,15 +419,15 @@ impl Supervisor {
     }
 }
 
-/// Role and replication lag, where the component reports them.
-type ProbeResult = Result<(Option<String>, Option<u64>), String>;
+/// Role, replication lag and a note on the role, where the component reports them.
+type ProbeResult = Result<(Option<String>, Option<u64>, Option<String>), String>;
 
 async fn probe_component(planned: &PlannedComponent) -> ProbeResult {
     let (address, path) = match &planned.probe {
         Probe::Http { address, path } => (address, path),
         Probe::Tcp { address } => {
             return match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
-                Ok(Ok(_)) => Ok((None, None)),
+                Ok(Ok(_)) => Ok((None, None, None)),
                 Ok(Err(e)) => Err(format!("connect {address}: {e}")),
                 Err(_) => Err(format!("{address} did not accept in {} ms", PROBE_TIMEOUT.as_millis())),
             };
@@ -430,12 +437,13 @@ async fn probe_component(planned: &PlannedComponent) -> ProbeResult {
         (200, _) => {}
         (status, body) => return Err(format!("health check answered {status}: {}", body.trim())),
     }
-    let Some(role_path) = &planned.role_path else { return Ok((None, None)) };
+    let Some(role_path) = &planned.role_path else { return Ok((None, None, None)) };
     let (_, body) = probe::http_get(*address, role_path, PROBE_TIMEOUT).await?;
     let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("bad role answer: {e}"))?;
     let role = json.get("role").and_then(|r| r.as_str()).map(str::to_string);
     let lag = json.pointer("/replica/lag_seconds").and_then(|l| l.as_u64());
-    Ok((role, lag))
+    let note = json.get("role_note").and_then(|r| r.as_str()).map(str::to_string);
+    Ok((role, lag, note))
 }
 
 async fn accept_control(listener: UnixListener, tx: mpsc::Sender<ControlMessage>) {

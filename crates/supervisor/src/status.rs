@@ -35,6 +35,9 @@ pub struct ComponentStatus {
     pub health: String,
     /// `primary` or `replica` for databases; `null` where no role applies.
     pub role: Option<String>,
+    /// A word on the role: a primary database's semi-sync state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_note: Option<String>,
     pub lag_seconds: Option<u64>,
     pub restarts: u32,
     /// Why the last probe failed or the process exited, when it did.
@@ -67,6 +70,7 @@ impl StackStatus {
                             listen: c.listen.iter().map(|a| a.to_string()).collect(),
                             health: "unknown".into(),
                             role: None,
+                            role_note: None,
                             lag_seconds: None,
                             restarts: 0,
                             detail: None,
@@ -96,18 +100,19 @@ impl StackStatus {
             self.supervisor_pid.map(|p| format!("pid {p}")).unwrap_or_else(|| "not running".into())
         );
         out.push_str(&format!(
-            "{:<11} {:<12} {:<5} {:<8} {:>8} {:<10} {:<16} {}\n",
+            "{:<11} {:<12} {:<5} {:<8} {:>8} {:<10} {:<19} {}\n",
             "HOST", "ADDRESS", "COMP", "STATE", "PID", "HEALTH", "ROLE", "LISTEN"
         ));
         for (h, c) in self.components() {
             let role = match (&c.role, c.lag_seconds) {
+                (Some(r), _) if c.role_note.is_some() => format!("{r} ({})", c.role_note.as_deref().unwrap_or("")),
                 (Some(r), Some(lag)) if r == "replica" => format!("{r} (lag {lag}s)"),
                 (Some(r), None) if r == "replica" => format!("{r} (stopped)"),
                 (Some(r), _) => r.clone(),
                 (None, _) => "-".into(),
             };
             out.push_str(&format!(
-                "{:<11} {:<12} {:<5} {:<8} {:>8} {:<10} {:<16} {}\n",
+                "{:<11} {:<12} {:<5} {:<8} {:>8} {:<10} {:<19} {}\n",
                 h.name,
                 h.address,
                 c.name,
