@@ -17,6 +17,12 @@ pub struct ComponentArgs {
     check: bool,
 }
 
+impl ComponentArgs {
+    pub fn new(config: PathBuf, check: bool) -> Self {
+        ComponentArgs { config, check }
+    }
+}
+
 /// Exit status for a config error, as with `nginx -t`: distinct from a run-time failure.
 const CONFIG_ERROR: u8 = 2;
 

@@ -4,6 +4,7 @@
 
 mod cert;
 mod components;
+mod database;
 mod stack;
 
 use std::path::PathBuf;
@@ -23,6 +24,29 @@ struct Cli {
     state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct DbArgs {
+    #[command(subcommand)]
+    action: Option<DbAction>,
+    /// The node's config file (runs the node).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Validate the config and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Subcommand)]
+enum DbAction {
+    /// Every database node of the stack: role, GTID positions applied and received, lag,
+    /// semi-sync state and replication errors.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -81,8 +105,8 @@ enum Command {
     Proxy(components::ComponentArgs),
     /// Run the foobar.com application server alone.
     App(components::ComponentArgs),
-    /// Run one MariaDB node alone.
-    Db(components::ComponentArgs),
+    /// Run one MariaDB node alone (`--config FILE`), or look at the stack's cluster (`status`).
+    Db(DbArgs),
     /// Run the authoritative DNS server for the site's zone alone.
     Dns(components::ComponentArgs),
     /// Run the supervisor of a rendered stack (used by `up -d`).
@@ -107,7 +131,14 @@ fn main() -> ExitCode {
         Command::Supervise => stack::supervise(state_dir),
         Command::Proxy(args) => return components::proxy(&args),
         Command::App(args) => return components::app(&args),
-        Command::Db(args) => return components::db(&args),
+        Command::Db(DbArgs { action: Some(DbAction::Status { json }), .. }) => database::status(state_dir, json),
+        Command::Db(DbArgs { action: None, config: Some(config), check }) => {
+            return components::db(&components::ComponentArgs::new(config, check))
+        }
+        Command::Db(DbArgs { action: None, config: None, .. }) => {
+            eprintln!("webstack db: give --config FILE to run a node, or `status` to see the stack's cluster");
+            return ExitCode::from(2);
+        }
         Command::Dns(args) => return components::dns(&args),
     };
     match result {

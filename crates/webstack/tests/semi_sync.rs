@@ -62,6 +62,16 @@ fn semi_sync_waits_for_a_replica_and_a_fallback_is_reported_loudly() {
     status_shows(&stack, "primary (semi-sync)");
     let metrics = get(primary_admin(), "/metrics").unwrap().body;
     assert!(metrics.contains("webstack_db_semi_sync_active 1"), "{metrics}");
+    let cluster = stack.run_ok(&["db", "status"]);
+    let line = |table: &str, node: &str| table.lines().find(|l| l.starts_with(node)).unwrap_or("").to_string();
+    assert!(
+        line(&cluster, "server-01").contains("primary") && line(&cluster, "server-01").contains("on: 2 replica(s)"),
+        "{cluster}"
+    );
+    assert!(
+        line(&cluster, "server-02").contains("replica") && line(&cluster, "server-02").contains("acknowledging"),
+        "{cluster}"
+    );
     let replica = get("127.228.2.2:9104".parse().unwrap(), "/status").unwrap().body;
     assert!(replica.contains("\"replica_acknowledging\":true"), "{replica}");
 
@@ -74,6 +84,11 @@ fn semi_sync_waits_for_a_replica_and_a_fallback_is_reported_loudly() {
     assert!(get(primary_admin(), "/metrics").unwrap().body.contains("webstack_db_semi_sync_active 0"));
     let logs = stack.run_ok(&["logs", "server-01/db"]);
     assert!(logs.contains("SEMI-SYNC FELL BACK TO ASYNCHRONOUS REPLICATION"), "{logs}");
+    let cluster = stack.run_ok(&["db", "status"]);
+    assert!(line(&cluster, "server-01").contains("FELL BACK TO ASYNC"), "{cluster}");
+    assert!(line(&cluster, "server-03").contains("DOWN"), "{cluster}");
+    let json: serde_json::Value = serde_json::from_str(&stack.run_ok(&["db", "status", "--json"])).unwrap();
+    assert_eq!(json.as_array().map(Vec::len), Some(3), "{json}");
 
     // One replica back: it catches up, acknowledges, and semi-sync is on again.
     stack.run_ok(&["start", "server-02/db"]);
