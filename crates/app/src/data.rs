@@ -13,6 +13,8 @@ use crate::config::AppConfig;
 
 /// How long a found writer is trusted before the nodes are asked again.
 const WRITER_TTL: Duration = Duration::from_secs(1);
+/// How long a write waits for a new writer while the writer changes.
+const WRITER_CHANGE_WAIT: Duration = Duration::from_secs(3);
 /// How long a read waits for the local replica to apply the session's last write.
 const GTID_WAIT_SECONDS: f64 = 0.5;
 
@@ -256,6 +258,8 @@ impl Database {
         let (name_owned, description_owned) = (name.to_string(), description.to_string());
         let (id, writer, gtid) = self
             .on_writer(move |conn| {
+                let name_owned = name_owned.clone();
+                let description_owned = description_owned.clone();
                 Box::pin(async move {
                     let done =
                         sqlx::query("INSERT INTO products (name, description, price_cents, stock) VALUES (?, ?, ?, ?)")
@@ -335,7 +339,7 @@ impl Database {
         let mut attempt = 0;
         loop {
             let items = items.to_vec();
-            let placed = self.on_writer(move |conn| Box::pin(order_transaction(conn, user_id, items))).await;
+            let placed = self.on_writer(move |conn| Box::pin(order_transaction(conn, user_id, items.clone()))).await;
             match placed {
                 Ok((Ok(order), _, gtid)) => return Ok(Ok((order, gtid))),
                 Ok((Err(refused), _, _)) => return Ok(Err(refused)),
@@ -384,30 +388,47 @@ impl Database {
     }
 
     /// Runs `write` on the writer's connection and returns its result with the writer's name
-    /// and the GTID of the write, for read-your-writes.
+    /// and the GTID of the write, for read-your-writes. While the writer changes (a switchover
+    /// or a failover: the old one refuses with read-only, or no node is writable yet) the write
+    /// waits for the new writer and runs there, for up to [`WRITER_CHANGE_WAIT`]; a refused
+    /// statement wrote nothing, so running it again is safe.
     async fn on_writer<T, F>(&self, write: F) -> Result<(T, String, String), DataError>
     where
-        F: for<'c> FnOnce(
+        F: for<'c> Fn(
             &'c mut sqlx::MySqlConnection,
         )
             -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'c>>,
     {
-        let writer = self.writer().await?;
-        let result = async {
-            let mut conn = self.nodes[writer].pool.acquire().await?;
-            let value = write(&mut conn).await?;
-            let gtid: String = sqlx::query_scalar("SELECT @@last_gtid").fetch_one(&mut *conn).await?;
-            Ok::<_, sqlx::Error>((value, gtid))
-        }
-        .await;
-        match result {
-            Ok((value, gtid)) => Ok((value, self.nodes[writer].name.clone(), gtid)),
-            Err(e) => {
-                if !is_duplicate(&e) {
-                    // A failed write may mean the writer changed: ask the nodes again next time.
-                    self.forget_writer();
+        let deadline = Instant::now() + WRITER_CHANGE_WAIT;
+        loop {
+            let writer = match self.writer().await {
+                Ok(writer) => writer,
+                Err(DataError::NoWriter) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-                Err(self.classify(writer, e))
+                Err(e) => return Err(e),
+            };
+            let result = async {
+                let mut conn = self.nodes[writer].pool.acquire().await?;
+                let value = write(&mut conn).await?;
+                let gtid: String = sqlx::query_scalar("SELECT @@last_gtid").fetch_one(&mut *conn).await?;
+                Ok::<_, sqlx::Error>((value, gtid))
+            }
+            .await;
+            match result {
+                Ok((value, gtid)) => return Ok((value, self.nodes[writer].name.clone(), gtid)),
+                Err(e) if is_read_only(&e) && Instant::now() < deadline => {
+                    self.forget_writer();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    if !is_duplicate(&e) {
+                        // A failed write may mean the writer changed: ask the nodes again next time.
+                        self.forget_writer();
+                    }
+                    return Err(self.classify(writer, e));
+                }
             }
         }
     }
@@ -417,6 +438,8 @@ impl Database {
         let (email_owned, hash) = (email.to_string(), password_hash.to_string());
         let created = self
             .on_writer(move |conn| {
+                let email_owned = email_owned.clone();
+                let hash = hash.clone();
                 Box::pin(async move {
                     let inserted = sqlx::query("INSERT INTO users (email, password_hash) VALUES (?, ?)")
                         .bind(&email_owned)
@@ -458,6 +481,8 @@ impl Database {
     pub async fn ensure_admin(&self, email: &str, password_hash: &str) -> Result<(), DataError> {
         let (email, hash) = (email.to_string(), password_hash.to_string());
         self.on_writer(move |conn| {
+            let hash = hash.clone();
+            let email = email.clone();
             Box::pin(async move {
                 sqlx::query(
                     "INSERT INTO users (email, password_hash, is_admin) VALUES (?, ?, TRUE) \
@@ -479,6 +504,7 @@ impl Database {
         let p = product.clone();
         let (changed, writer, gtid) = self
             .on_writer(move |conn| {
+                let p = p.clone();
                 Box::pin(async move {
                     let done = sqlx::query(
                         "UPDATE products SET name = ?, description = ?, price_cents = ?, stock = ? WHERE id = ?",
@@ -507,6 +533,7 @@ impl Database {
         let token = token_sha256.to_string();
         let (_, _, gtid) = self
             .on_writer(move |conn| {
+                let token = token.clone();
                 Box::pin(async move {
                     sqlx::query(
                         "INSERT INTO sessions (token_sha256, user_id, expires_at)                          VALUES (?, ?, NOW() + INTERVAL ? DAY)",
@@ -541,6 +568,7 @@ impl Database {
         let token = token_sha256.to_string();
         let (_, _, gtid) = self
             .on_writer(move |conn| {
+                let token = token.clone();
                 Box::pin(async move {
                     sqlx::query("DELETE FROM sessions WHERE token_sha256 = ? OR expires_at < NOW()")
                         .bind(&token)
@@ -885,6 +913,12 @@ pub fn seed_customers() -> Vec<String> {
             .into(),
     );
     statements
+}
+
+/// The node is read-only (1290, "--read-only option"): it refused the statement, wrote nothing.
+fn is_read_only(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|m| m.number() == 1290))
 }
 
 /// MariaDB's "duplicate entry" (1062): a unique key says no.

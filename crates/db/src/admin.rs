@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::DbConfig;
 use crate::semi_sync::Watch;
-use crate::sql;
+use crate::{roles, sql};
 
 pub async fn serve(config: Arc<DbConfig>, watch: Arc<Watch>) -> std::io::Result<JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(config.admin_listen).await?;
@@ -42,6 +42,9 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 }
 
 async fn handle(config: &DbConfig, watch: &Watch, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() == hyper::Method::POST {
+        return change_role(config, &req).await;
+    }
     let path = req.uri().path();
     if !matches!(path, "/healthz" | "/status" | "/metrics") {
         return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
@@ -74,6 +77,52 @@ async fn handle(config: &DbConfig, watch: &Watch, req: Request<Incoming>) -> Res
         }
         (_, Err(e)) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("database unavailable: {e}\n")),
     }
+}
+
+/// `POST /demote`, `/promote?after=GTID` and `/replicate?from=ADDRESS`: what a switchover (or
+/// the failover manager) asks of a node. They change who takes writes, so they need the admin
+/// password as a bearer token.
+async fn change_role(config: &DbConfig, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let token = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let expected = format!("Bearer {}", config.accounts.admin_password);
+    if !token.is_some_and(|t| same_secret(t, &expected)) {
+        return reply(StatusCode::UNAUTHORIZED, "text/plain", "the admin password is needed\n".into());
+    }
+    let query = req.uri().query().unwrap_or("");
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.replace("%2C", ","))
+    };
+    let mut conn = match sql::admin(config).await {
+        Ok(conn) => conn,
+        Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("database unavailable: {e}\n")),
+    };
+    let done = match req.uri().path() {
+        "/demote" => roles::demote(config, &mut conn).await,
+        "/promote" => roles::promote(config, &mut conn, param("after").as_deref()).await.map(|()| String::new()),
+        "/replicate" => match param("from").and_then(|f| f.parse().ok()) {
+            Some(primary) => roles::replicate_from(config, &mut conn, primary).await.map(|()| String::new()),
+            None => return reply(StatusCode::BAD_REQUEST, "text/plain", "from=IP:PORT is needed\n".into()),
+        },
+        _ => return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    };
+    match done {
+        Ok(answer) => {
+            tracing::warn!(node = config.name, action = req.uri().path(), "role changed on request");
+            reply(StatusCode::OK, "text/plain", format!("{answer}\n"))
+        }
+        Err(e) => {
+            tracing::error!(node = config.name, action = req.uri().path(), error = %e, "role change failed");
+            reply(StatusCode::CONFLICT, "text/plain", format!("{e}\n"))
+        }
+    }
+}
+
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn metrics(s: &sql::NodeStatus, up: bool) -> String {

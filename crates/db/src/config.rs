@@ -39,6 +39,10 @@ pub struct DbConfig {
     pub admin_listen: SocketAddr,
     pub role: Role,
     pub primary: Option<SocketAddr>,
+    /// Every node's SQL address (this one's too): at start, a node looks for a writable peer
+    /// before it may become writable itself.
+    #[serde(default)]
+    pub peers: Vec<SocketAddr>,
     pub accounts: Accounts,
 }
 

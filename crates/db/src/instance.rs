@@ -63,9 +63,7 @@ pub async fn run(config: DbConfig, shutdown: impl Future<Output = ()>) -> Result
         std::fs::write(config.provisioned_marker(), "").map_err(io_err("writing the provisioned marker"))?;
         tracing::info!(node = config.name, role = ?config.role, "node provisioned");
     }
-    if config.role == Role::Primary {
-        sqlx::query("SET GLOBAL read_only = OFF").execute(&mut conn).await.map_err(DbError::Provision)?;
-    }
+    take_role_at_start(&config, &mut conn).await?;
     drop(conn);
 
     let config = Arc::new(config);
@@ -90,6 +88,30 @@ pub async fn run(config: DbConfig, shutdown: impl Future<Output = ()>) -> Result
     admin_task.abort();
     watch_task.abort();
     outcome
+}
+
+/// Fencing at start: a node never becomes a second writable node. If a peer is writable, this
+/// node replicates from it (an old primary coming back after a switchover or failover);
+/// otherwise the node takes the role it last had (a promotion or a switchover changes it; the
+/// config's role is only the first one), so a primary comes back writable and a replica stays
+/// one.
+async fn take_role_at_start(config: &DbConfig, conn: &mut sqlx::mysql::MySqlConnection) -> Result<(), DbError> {
+    if let Some(writer) = crate::roles::writable_peer(config, &config.peers).await {
+        let status = sqlx::query("SHOW SLAVE STATUS").fetch_optional(&mut *conn).await.map_err(DbError::Provision)?;
+        let replicating_from =
+            status.and_then(|row| sqlx::Row::try_get_unchecked::<String, _>(&row, "Master_Host").ok());
+        if replicating_from.as_deref() != Some(writer.ip().to_string().as_str()) {
+            tracing::warn!(node = config.name, %writer, "another node is writable: staying read-only and replicating from it");
+            crate::roles::replicate_from(config, conn, writer)
+                .await
+                .map_err(|e| DbError::Provision(sqlx::Error::Protocol(e)))?;
+        }
+        return Ok(());
+    }
+    if crate::roles::last_role(config) == Role::Primary {
+        sqlx::query("SET GLOBAL read_only = OFF").execute(&mut *conn).await.map_err(DbError::Provision)?;
+    }
+    Ok(())
 }
 
 fn my_cnf(c: &DbConfig) -> String {

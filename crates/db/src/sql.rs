@@ -18,6 +18,17 @@ pub async fn connect(config: &DbConfig, user: &str, password: Option<&str>) -> R
     tokio::time::timeout(Duration::from_secs(5), options.connect()).await.map_err(|_| sqlx::Error::PoolTimedOut)?
 }
 
+/// Connects to another node (or this one) over TCP as the admin account.
+pub async fn connect_tcp(config: &DbConfig, address: std::net::SocketAddr) -> Result<MySqlConnection, sqlx::Error> {
+    let options = MySqlConnectOptions::new()
+        .host(&address.ip().to_string())
+        .port(address.port())
+        .username(ADMIN_USER)
+        .password(&config.accounts.admin_password)
+        .ssl_mode(MySqlSslMode::Disabled);
+    tokio::time::timeout(Duration::from_secs(2), options.connect()).await.map_err(|_| sqlx::Error::PoolTimedOut)?
+}
+
 pub async fn admin(config: &DbConfig) -> Result<MySqlConnection, sqlx::Error> {
     connect(config, ADMIN_USER, Some(&config.accounts.admin_password)).await
 }

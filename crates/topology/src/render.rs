@@ -282,6 +282,7 @@ impl Context<'_> {
                 true => None,
                 false => primary.map(|a: Ipv4Addr| SocketAddr::new(a.into(), t.ports.db)),
             },
+            peers: self.db_nodes().into_iter().map(|n| n.address).collect(),
             accounts: DbAccounts {
                 admin_password: self.secrets.db_admin_password.clone(),
                 repl_password: self.secrets.db_repl_password.clone(),
@@ -453,6 +454,8 @@ struct DbConfig {
     role: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     primary: Option<SocketAddr>,
+    /// Every database node's SQL address, this one's included.
+    peers: Vec<SocketAddr>,
     accounts: DbAccounts,
 }
 

@@ -1,5 +1,6 @@
 //! `webstack db status`: the database cluster as its nodes report it — role, GTID positions
 //! (applied and received), lag, semi-sync state and replication errors — one line per node.
+//! `webstack db switchover [--to NODE]`: a planned change of primary that loses no write.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,16 +12,108 @@ use topology::{Component, Probe};
 
 /// Each db node's name and admin address, from the running stack's plan.
 fn db_nodes(state_dir: &Path) -> Result<Vec<(String, SocketAddr)>> {
+    Ok(db_nodes_with_sql(state_dir)?.into_iter().map(|(name, _, admin)| (name, admin)).collect())
+}
+
+/// Each db node's name, SQL address and admin address.
+fn db_nodes_with_sql(state_dir: &Path) -> Result<Vec<(String, SocketAddr, SocketAddr)>> {
     let state = StateDir::new(state_dir)?;
     let plan = state.read_plan().with_context(|| format!("no stack in {} (run `webstack up`)", state_dir.display()))?;
     Ok(plan
         .components()
         .filter(|(_, c)| c.component == Component::Db)
-        .filter_map(|(h, c)| match &c.probe {
-            Probe::Http { address, .. } => Some((h.name.clone(), *address)),
-            Probe::Tcp { .. } => None,
+        .filter_map(|(h, c)| match (&c.probe, c.listen.first()) {
+            (Probe::Http { address, .. }, Some(sql)) => Some((h.name.clone(), *sql, *address)),
+            _ => None,
         })
         .collect())
+}
+
+/// The sequence number of a GTID position's domain-0 entry: how far a node has got.
+fn gtid_seq(position: &str) -> u64 {
+    position
+        .split(',')
+        .filter_map(|g| g.trim().strip_prefix("0-"))
+        .filter_map(|rest| rest.rsplit('-').next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A planned switchover: the primary turns read-only (writes pause), the target applies all it
+/// had and becomes writable, and every other node, the old primary included, replicates from
+/// it. No acknowledged write is lost: the target waits for the old primary's last position.
+pub fn switchover(state_dir: &Path, to: Option<&str>) -> Result<()> {
+    let nodes = db_nodes_with_sql(state_dir)?;
+    let token = StateDir::new(state_dir)?.secrets()?.db_admin_password;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut statuses = Vec::new();
+        for (name, sql, admin) in &nodes {
+            let status = match supervisor::probe::http_get(*admin, "/status", Duration::from_secs(2)).await {
+                Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body).ok(),
+                _ => None,
+            };
+            statuses.push((name.clone(), *sql, *admin, status));
+        }
+        let primaries: Vec<_> =
+            statuses.iter().filter(|(_, _, _, s)| s.as_ref().is_some_and(|s| s["role"] == "primary")).collect();
+        let [primary] = primaries.as_slice() else {
+            anyhow::bail!("a switchover needs exactly one primary; found {}", primaries.len());
+        };
+        let replicas: Vec<_> =
+            statuses.iter().filter(|(_, _, _, s)| s.as_ref().is_some_and(|s| s["role"] == "replica")).collect();
+        let target = match to {
+            Some(name) => replicas
+                .iter()
+                .find(|(n, _, _, _)| n == name)
+                .with_context(|| format!("{name} is not a replica that answers; see `webstack db status`"))?,
+            None => replicas
+                .iter()
+                .max_by_key(|(_, _, _, s)| {
+                    s.as_ref().map(|s| gtid_seq(s["replica"]["gtid_io_pos"].as_str().unwrap_or("")))
+                })
+                .context("no replica answers to take over")?,
+        };
+        let started = std::time::Instant::now();
+        let position = post(primary.2, "/demote", &token).await.with_context(|| format!("demoting {}", primary.0))?;
+        let position = position.trim().replace(',', "%2C");
+        post(target.2, &format!("/promote?after={position}"), &token)
+            .await
+            .with_context(|| format!("promoting {} (the old primary is read-only now)", target.0))?;
+        let paused = started.elapsed();
+        println!("{} is the primary; writes were paused for {} ms", target.0, paused.as_millis());
+        for (name, _, admin, status) in &statuses {
+            if name == &target.0 || status.is_none() {
+                continue;
+            }
+            match post(*admin, &format!("/replicate?from={}", target.1), &token).await {
+                Ok(_) => println!("{name} replicates from {}", target.0),
+                Err(e) => println!("{name} could not be repointed: {e:#}"),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A POST with the admin token to a db node's admin listener; the body of a 200 answer.
+async fn post(admin: SocketAddr, path: &str, token: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(admin).await?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(20), exchange).await.context("no answer in 20 s")??;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    match head.split_whitespace().nth(1) {
+        Some("200") => Ok(body.to_string()),
+        other => anyhow::bail!("{} answered {}: {}", admin, other.unwrap_or("nothing"), body.trim()),
+    }
 }
 
 pub fn status(state_dir: &Path, json: bool) -> Result<()> {

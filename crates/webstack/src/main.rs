@@ -47,6 +47,12 @@ enum DbAction {
         #[arg(long)]
         json: bool,
     },
+    /// A planned change of primary: no acknowledged write lost, writes paused briefly.
+    Switchover {
+        /// The replica to promote (default: the one that has received the most).
+        #[arg(long)]
+        to: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -132,6 +138,9 @@ fn main() -> ExitCode {
         Command::Proxy(args) => return components::proxy(&args),
         Command::App(args) => return components::app(&args),
         Command::Db(DbArgs { action: Some(DbAction::Status { json }), .. }) => database::status(state_dir, json),
+        Command::Db(DbArgs { action: Some(DbAction::Switchover { to }), .. }) => {
+            database::switchover(state_dir, to.as_deref())
+        }
         Command::Db(DbArgs { action: None, config: Some(config), check }) => {
             return components::db(&components::ComponentArgs::new(config, check))
         }

@@ -1,0 +1,115 @@
+//! A planned switchover on the distributed stack: while a client keeps writing through the
+//! load balancer, `webstack db switchover --to server-02` moves the primary. No write fails,
+//! none is lost, the pause is short; the old primary replicates from the new one, and stays a
+//! replica when it restarts (it never becomes a second writable node).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{http, Stack};
+
+const SUBNET: &str = "127.229.0.0/16";
+
+fn lb() -> SocketAddr {
+    "127.229.1.10:8080".parse().unwrap()
+}
+
+/// `webstack db status --json`, by node name: its role.
+fn roles(stack: &Stack) -> Vec<(String, String)> {
+    let json: serde_json::Value = serde_json::from_str(&stack.run_ok(&["db", "status", "--json"])).unwrap();
+    json.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["name"].as_str().unwrap_or("").to_string(), n["role"].as_str().unwrap_or("down").to_string()))
+        .collect()
+}
+
+fn wait_for_roles(stack: &Stack, want: &[(&str, &str)]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = roles(stack);
+        if want.iter().all(|(n, r)| now.iter().any(|(name, role)| name == n && role == r)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "roles never became {want:?}: {now:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// How many of `ids` the node at `sql` holds, asked of MariaDB itself.
+fn present(stack: &Stack, sql: &str, ids: &[i64]) -> usize {
+    let secrets: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stack.state_dir().join("secrets.json")).unwrap()).unwrap();
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let query = format!("SELECT COUNT(*) FROM products WHERE id IN ({})", list.join(","));
+    let (host, port) = sql.split_once(':').unwrap();
+    let out = std::process::Command::new("mariadb")
+        .args(["-h", host, "-P", port, "-u", "webstack_admin", "-N", "-B", "foobar", "-e", &query])
+        .env("MYSQL_PWD", secrets["db_admin_password"].as_str().unwrap())
+        .output()
+        .expect("the mariadb client");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn a_switchover_under_writes_loses_nothing_and_fences_the_old_primary() {
+    let stack = Stack::new();
+    stack.run_ok(&["up", "-d", "--profile", "distributed", "--subnet", SUBNET, "--timeout", "150"]);
+    let admin = support::admin_session(&stack, lb());
+
+    let stop = AtomicBool::new(false);
+    let (acknowledged, failed) = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let (mut ids, mut failed) = (Vec::new(), Vec::new());
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) && i < 3000 {
+                i += 1;
+                let body = format!(r#"{{"name": "Switchover item {i}", "price_cents": 100}}"#);
+                let headers = [("Content-Type", "application/json"), ("Cookie", admin.as_str())];
+                match http("POST", lb(), "/api/v1/products", &headers, &body) {
+                    Ok(r) if r.status == 201 => {
+                        let p: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                        ids.push(p["id"].as_i64().unwrap());
+                    }
+                    Ok(r) => failed.push(format!("{}: {}", r.status, r.body)),
+                    Err(e) => failed.push(e),
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (ids, failed)
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        let said = stack.run_ok(&["db", "switchover", "--to", "server-02"]);
+        let paused: u64 = said
+            .split("paused for ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no pause in: {said}"));
+        eprintln!("switchover: {said}");
+        assert!(paused < 1000, "writes paused for {paused} ms: {said}");
+        assert!(said.contains("server-01 replicates from server-02"), "{said}");
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::SeqCst);
+        writer.join().unwrap()
+    });
+    assert!(failed.is_empty(), "no write fails during a switchover: {failed:?}");
+    assert!(acknowledged.len() > 50, "the client kept writing: {}", acknowledged.len());
+    wait_for_roles(&stack, &[("server-01", "replica"), ("server-02", "primary"), ("server-03", "replica")]);
+    assert_eq!(present(&stack, "127.229.2.2:3306", &acknowledged), acknowledged.len(), "every acknowledged write");
+
+    // The old primary restarts: it finds server-02 writable and stays its replica.
+    stack.run_ok(&["kill", "server-01/db"]);
+    stack.run_ok(&["start", "server-01/db"]);
+    wait_for_roles(&stack, &[("server-01", "replica"), ("server-02", "primary")]);
+    let primaries = roles(&stack).iter().filter(|(_, r)| r == "primary").count();
+    assert_eq!(primaries, 1, "never two writable nodes");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while present(&stack, "127.229.2.1:3306", &acknowledged) != acknowledged.len() {
+        assert!(Instant::now() < deadline, "the old primary never caught up as a replica");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
