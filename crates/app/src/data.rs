@@ -13,6 +13,13 @@ use crate::config::AppConfig;
 
 /// How long a found writer is trusted before the nodes are asked again.
 const WRITER_TTL: Duration = Duration::from_secs(1);
+/// How long a query waits for a connection to its node.
+const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the writer search waits for each node's answer.
+const WRITER_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long a write waits for a connection to the writer before it looks for another writer
+/// (a dead writer's pool would otherwise hold it for the pool's whole acquire timeout).
+const WRITE_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a write waits for a new writer while the writer changes.
 const WRITER_CHANGE_WAIT: Duration = Duration::from_secs(3);
 /// How long a read waits for the local replica to apply the session's last write.
@@ -85,7 +92,9 @@ impl Database {
                 let pool = MySqlPoolOptions::new()
                     .max_connections(16)
                     .min_connections(0)
-                    .acquire_timeout(Duration::from_secs(2))
+                    // Short: a dead node must fail a query fast (and the request with a clear
+                    // 503, or the write over to the new primary), not hold it for seconds.
+                    .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
                     .idle_timeout(Duration::from_secs(60))
                     .connect_lazy_with(options);
                 Node { name: n.name.clone(), pool }
@@ -113,10 +122,12 @@ impl Database {
                 return Ok(index);
             }
         }
+        // A dead node must not hold the search up (a pool waits for a connection for up to its
+        // acquire timeout): each node gets a short while to answer.
         let mut writable = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
-            let read_only = sqlx::query_scalar::<_, i64>("SELECT @@global.read_only").fetch_one(&node.pool).await;
-            if let Ok(0) = read_only {
+            let ask = sqlx::query_scalar::<_, i64>("SELECT @@global.read_only").fetch_one(&node.pool);
+            if let Ok(Ok(0)) = tokio::time::timeout(WRITER_PROBE_TIMEOUT, ask).await {
                 writable.push(i);
             }
         }
@@ -152,6 +163,12 @@ impl Database {
         }
     }
 
+    /// Whether the local node answered its last lag check (or none was made yet).
+    fn local_answers(&self) -> bool {
+        let lags = self.lags.lock().unwrap_or_else(|p| p.into_inner());
+        lags.get(self.local).copied().flatten().is_some() || lags.iter().all(Option::is_none)
+    }
+
     /// Every half second: write this server's heartbeat on the writer, and measure each
     /// node's lag as the age of the newest heartbeat it holds.
     pub async fn watch_lag(&self) {
@@ -167,10 +184,11 @@ impl Database {
                 let age = sqlx::query_scalar::<_, Option<i64>>(
                     "SELECT TIMESTAMPDIFF(MICROSECOND, MAX(ts), NOW(6)) FROM heartbeat",
                 )
-                .fetch_one(&node.pool)
-                .await;
-                measured.push(match age {
-                    Ok(Some(us)) => Some(Duration::from_micros(us.max(0) as u64)),
+                .fetch_one(&node.pool);
+                // A dead node is unmeasured (None) within a short while, not after the pool's
+                // whole acquire timeout.
+                measured.push(match tokio::time::timeout(WRITER_PROBE_TIMEOUT, age).await {
+                    Ok(Ok(Some(us))) => Some(Duration::from_micros(us.max(0) as u64)),
                     _ => None,
                 });
             }
@@ -184,6 +202,9 @@ impl Database {
         let Some(gtid) = after_gtid else { return self.fresh_node() };
         match self.writer().await {
             Ok(w) if w == self.local => self.local,
+            // The local node did not answer its last lag check: the writer has the session's
+            // write for sure, and waiting on a dead node would hold the page up.
+            Ok(w) if !self.local_answers() => w,
             Ok(w) => {
                 let waited = sqlx::query_scalar::<_, i64>("SELECT MASTER_GTID_WAIT(?, ?)")
                     .bind(gtid)
@@ -196,7 +217,8 @@ impl Database {
                     w
                 }
             }
-            Err(_) => self.local,
+            // No writer right now (a failover): the freshest node that answers.
+            Err(_) => self.fresh_node(),
         }
     }
 
@@ -409,8 +431,18 @@ impl Database {
                 }
                 Err(e) => return Err(e),
             };
+            // Not even connected: nothing was written, so the write may look for a new writer.
+            let mut conn = match tokio::time::timeout(WRITE_ACQUIRE_TIMEOUT, self.nodes[writer].pool.acquire()).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(_)) | Err(_) if Instant::now() < deadline => {
+                    self.forget_writer();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Ok(Err(e)) => return Err(self.classify(writer, e)),
+                Err(_) => return Err(self.classify(writer, sqlx::Error::PoolTimedOut)),
+            };
             let result = async {
-                let mut conn = self.nodes[writer].pool.acquire().await?;
                 let value = write(&mut conn).await?;
                 let gtid: String = sqlx::query_scalar("SELECT @@last_gtid").fetch_one(&mut *conn).await?;
                 Ok::<_, sqlx::Error>((value, gtid))

@@ -160,6 +160,8 @@ pub struct Viewer {
     /// The visitor had no CSRF cookie: the page sets one, and no form can pass yet.
     new_csrf: bool,
     session_token: Option<String>,
+    /// The session cookie could not be checked (the database did not answer).
+    session_unknown: bool,
     /// The page came over HTTPS (the web role says so): cookies get `Secure`.
     secure: bool,
     gtid: Option<String>,
@@ -192,18 +194,18 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for Viewer {
         };
         let session_token =
             accounts::cookie(headers, SESSION_COOKIE).filter(|t| accounts::well_formed_token(t)).map(str::to_string);
-        let user = match &session_token {
+        let (user, session_unknown) = match &session_token {
             Some(token) => match state.db.session_user(&accounts::token_digest(token), gtid.as_deref()).await {
-                Ok(user) => user,
+                Ok(user) => (user, false),
                 Err(e) => {
-                    // The page still renders (signed out); its own query reports the outage.
+                    // Pages still render (signed out); what needs the account answers 503.
                     tracing::warn!(error = %e, "session lookup failed");
-                    None
+                    (None, true)
                 }
             },
-            None => None,
+            None => (None, false),
         };
-        Ok(Viewer { user, csrf, new_csrf, session_token, secure, gtid })
+        Ok(Viewer { user, csrf, new_csrf, session_token, session_unknown, secure, gtid })
     }
 }
 
@@ -850,7 +852,7 @@ async fn not_found(State(state): Shared, viewer: Viewer) -> Response {
 /// Pages that change the catalog: the log-in page for visitors, 403 for shoppers.
 fn admin_only(state: &AppState, viewer: &Viewer) -> Option<Response> {
     match &viewer.user {
-        None => Some(to_login()),
+        None => Some(to_login(viewer)),
         Some(user) if !user.is_admin => Some(error_page(
             state,
             viewer,
@@ -864,18 +866,31 @@ fn admin_only(state: &AppState, viewer: &Viewer) -> Option<Response> {
 
 fn api_admin_only(viewer: &Viewer) -> Option<Response> {
     match &viewer.user {
-        None => Some(not_signed_in()),
+        None => Some(not_signed_in(viewer)),
         Some(user) if !user.is_admin => Some(api_error(StatusCode::FORBIDDEN, "only admins change products")),
         Some(_) => None,
     }
 }
 
 /// The answer for a visitor who is not signed in: the log-in page, or a 401 in the API.
-fn to_login() -> Response {
+/// A visitor without an account goes to the log-in page; one whose session could not be
+/// checked gets a 503 (sending a signed-in user to log in would be wrong).
+fn to_login(viewer: &Viewer) -> Response {
+    if viewer.session_unknown {
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, "The database is unavailable; try again.").into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
     Redirect::to("/login").into_response()
 }
 
-fn not_signed_in() -> Response {
+fn not_signed_in(viewer: &Viewer) -> Response {
+    if viewer.session_unknown {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is unavailable; the session could not be checked",
+        );
+    }
     api_error(StatusCode::UNAUTHORIZED, "not signed in")
 }
 
@@ -903,7 +918,7 @@ fn valid_cart_line(product_id: &str, quantity: &str) -> Result<(i64, i64), Strin
 }
 
 async fn cart_page(State(state): Shared, viewer: Viewer) -> Response {
-    let Some(user) = viewer.user.as_ref() else { return to_login() };
+    let Some(user) = viewer.user.as_ref() else { return to_login(&viewer) };
     show_cart(&state, &viewer, user, StatusCode::OK, &[]).await
 }
 
@@ -931,7 +946,7 @@ async fn set_cart_line(State(state): Shared, viewer: Viewer, Form(form): Form<Ca
     if !viewer.form_is_genuine(&form.csrf) {
         return forged_form(&state, &viewer);
     }
-    let Some(user) = viewer.user.as_ref() else { return to_login() };
+    let Some(user) = viewer.user.as_ref() else { return to_login(&viewer) };
     let (product_id, quantity) = match valid_cart_line(&form.product_id, &form.quantity) {
         Ok(line) => line,
         Err(e) => return show_cart(&state, &viewer, user, StatusCode::UNPROCESSABLE_ENTITY, &[e]).await,
@@ -950,7 +965,7 @@ async fn place_order(State(state): Shared, viewer: Viewer, Form(form): Form<Logo
     if !viewer.form_is_genuine(&form.csrf) {
         return forged_form(&state, &viewer);
     }
-    let Some(user) = viewer.user.as_ref() else { return to_login() };
+    let Some(user) = viewer.user.as_ref() else { return to_login(&viewer) };
     match state.db.place_order(user.id, &[]).await {
         Ok(Ok((order, gtid))) => {
             let mut response = Redirect::to(&format!("/orders#order-{}", order.id)).into_response();
@@ -963,7 +978,7 @@ async fn place_order(State(state): Shared, viewer: Viewer, Form(form): Form<Logo
 }
 
 async fn orders_page(State(state): Shared, viewer: Viewer) -> Response {
-    let Some(user) = viewer.user.as_ref() else { return to_login() };
+    let Some(user) = viewer.user.as_ref() else { return to_login(&viewer) };
     match state.db.orders(user.id, viewer.gtid.as_deref()).await {
         Ok(read) => {
             let page =
@@ -975,7 +990,7 @@ async fn orders_page(State(state): Shared, viewer: Viewer) -> Response {
 }
 
 async fn api_cart(State(state): Shared, viewer: Viewer) -> Response {
-    let Some(user) = viewer.user.as_ref() else { return not_signed_in() };
+    let Some(user) = viewer.user.as_ref() else { return not_signed_in(&viewer) };
     match state.db.cart(user.id, viewer.gtid.as_deref()).await {
         Ok(read) => Json(serde_json::json!({ "lines": read.value })).into_response(),
         Err(e) => api_data_error(&e),
@@ -994,7 +1009,7 @@ async fn api_set_cart_line(
     viewer: Viewer,
     body: Result<Json<CartLineJson>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Some(user) = viewer.user.as_ref() else { return not_signed_in() };
+    let Some(user) = viewer.user.as_ref() else { return not_signed_in(&viewer) };
     let line = match body {
         Ok(Json(line)) => line,
         Err(rejection) => return api_error(rejection.status(), &rejection.body_text()),
@@ -1009,7 +1024,7 @@ async fn api_set_cart_line(
 }
 
 async fn api_orders(State(state): Shared, viewer: Viewer) -> Response {
-    let Some(user) = viewer.user.as_ref() else { return not_signed_in() };
+    let Some(user) = viewer.user.as_ref() else { return not_signed_in(&viewer) };
     match state.db.orders(user.id, viewer.gtid.as_deref()).await {
         Ok(read) => Json(serde_json::json!({ "orders": read.value })).into_response(),
         Err(e) => api_data_error(&e),
@@ -1029,7 +1044,7 @@ async fn api_place_order(
     viewer: Viewer,
     body: Result<Json<OrderJson>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Some(user) = viewer.user.as_ref() else { return not_signed_in() };
+    let Some(user) = viewer.user.as_ref() else { return not_signed_in(&viewer) };
     let order = match body {
         Ok(Json(order)) => order,
         Err(rejection) => return api_error(rejection.status(), &rejection.body_text()),
@@ -1117,7 +1132,7 @@ async fn api_logout(State(state): Shared, viewer: Viewer) -> Response {
 async fn api_me(viewer: Viewer) -> Response {
     match &viewer.user {
         Some(user) => Json(user).into_response(),
-        None => not_signed_in(),
+        None => not_signed_in(&viewer),
     }
 }
 

@@ -13,19 +13,20 @@ use hyper_util::rt::TokioIo;
 use tokio::task::JoinHandle;
 
 use crate::config::DbConfig;
+use crate::manager::Manager;
 use crate::semi_sync::Watch;
 use crate::{roles, sql};
 
-pub async fn serve(config: Arc<DbConfig>, watch: Arc<Watch>) -> std::io::Result<JoinHandle<()>> {
+pub async fn serve(config: Arc<DbConfig>, watch: Arc<Watch>, manager: Arc<Manager>) -> std::io::Result<JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(config.admin_listen).await?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let (config, watch) = (config.clone(), watch.clone());
+            let (config, watch, manager) = (config.clone(), watch.clone(), manager.clone());
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
-                    let (config, watch) = (config.clone(), watch.clone());
-                    async move { Ok::<_, Infallible>(handle(&config, &watch, req).await) }
+                    let (config, watch, manager) = (config.clone(), watch.clone(), manager.clone());
+                    async move { Ok::<_, Infallible>(handle(&config, &watch, &manager, req).await) }
                 });
                 let _ =
                     hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
@@ -41,11 +42,14 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     r
 }
 
-async fn handle(config: &DbConfig, watch: &Watch, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(config: &DbConfig, watch: &Watch, manager: &Manager, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() == hyper::Method::POST {
         return change_role(config, &req).await;
     }
     let path = req.uri().path();
+    if path == "/manager" {
+        return reply(StatusCode::OK, "application/json", serde_json::to_string(&manager.view()).unwrap_or_default());
+    }
     if !matches!(path, "/healthz" | "/status" | "/metrics") {
         return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
     }
@@ -56,6 +60,7 @@ async fn handle(config: &DbConfig, watch: &Watch, req: Request<Incoming>) -> Res
     // The watch's reading, at most 200 ms old, rather than one more query per probe.
     let status = status.map(|mut s| {
         s.semi_sync = watch.last();
+        s.manager = (config.managers.len() >= 2).then(|| manager.view());
         if s.role == "primary" {
             s.role_note = s.semi_sync.as_ref().map(|m| match (m.enabled, m.active) {
                 (true, true) => "semi-sync".to_string(),

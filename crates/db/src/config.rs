@@ -43,6 +43,10 @@ pub struct DbConfig {
     /// before it may become writable itself.
     #[serde(default)]
     pub peers: Vec<SocketAddr>,
+    /// Every node's admin listener, in the order of `peers`: the failover managers'
+    /// addresses. With fewer than two, no manager runs.
+    #[serde(default)]
+    pub managers: Vec<SocketAddr>,
     pub accounts: Accounts,
 }
 

@@ -70,8 +70,14 @@ pub async fn run(config: DbConfig, shutdown: impl Future<Output = ()>) -> Result
     let watch = Arc::new(crate::semi_sync::Watch::default());
     let watching = (config.clone(), watch.clone());
     let watch_task = tokio::spawn(async move { crate::semi_sync::watch(&watching.0, &watching.1).await });
-    let admin_task =
-        admin::serve(config.clone(), watch).await.map_err(io_err(format!("admin listener {}", config.admin_listen)))?;
+    let manager = Arc::new(crate::manager::Manager::default());
+    let manager_task = (config.managers.len() >= 2).then(|| {
+        let (config, manager) = (config.clone(), manager.clone());
+        tokio::spawn(async move { crate::manager::run(&config, &config.managers, &manager).await })
+    });
+    let admin_task = admin::serve(config.clone(), watch, manager)
+        .await
+        .map_err(io_err(format!("admin listener {}", config.admin_listen)))?;
     tracing::info!(node = config.name, listen = %config.listen, "database is up");
 
     let outcome = tokio::select! {
@@ -87,6 +93,9 @@ pub async fn run(config: DbConfig, shutdown: impl Future<Output = ()>) -> Result
     };
     admin_task.abort();
     watch_task.abort();
+    if let Some(task) = manager_task {
+        task.abort();
+    }
     outcome
 }
 
@@ -136,6 +145,7 @@ fn my_cnf(c: &DbConfig) -> String {
          gtid-domain-id = 0\n\
          slave-parallel-threads = 4\n\
          rpl-semi-sync-slave-enabled = ON\n\
+         init-rpl-role = SLAVE\n\
          rpl-semi-sync-master-wait-point = AFTER_SYNC\n\
          rpl-semi-sync-master-timeout = {ack_timeout}\n\
          read-only = ON\n\

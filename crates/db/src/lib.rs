@@ -12,6 +12,7 @@ pub mod admin;
 pub mod config;
 pub mod instance;
 pub mod locate;
+pub mod manager;
 pub mod roles;
 pub mod semi_sync;
 pub mod sql;

@@ -94,6 +94,9 @@ pub struct NodeStatus {
     /// Semi-sync replication as last watched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub semi_sync: Option<crate::semi_sync::SemiSync>,
+    /// What this node's failover manager sees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manager: Option<crate::manager::View>,
     /// A word on the role for `webstack status`: a primary's semi-sync state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role_note: Option<String>,
@@ -150,6 +153,7 @@ pub async fn status(config: &DbConfig, conn: &mut MySqlConnection) -> Result<Nod
         gtid_current_pos,
         replica,
         semi_sync: None,
+        manager: None,
         role_note: None,
     })
 }

@@ -283,6 +283,10 @@ impl Context<'_> {
                 false => primary.map(|a: Ipv4Addr| SocketAddr::new(a.into(), t.ports.db)),
             },
             peers: self.db_nodes().into_iter().map(|n| n.address).collect(),
+            managers: self
+                .hosts_with(Component::Db)
+                .map(|h| SocketAddr::new(h.address.into(), t.ports.db_admin))
+                .collect(),
             accounts: DbAccounts {
                 admin_password: self.secrets.db_admin_password.clone(),
                 repl_password: self.secrets.db_repl_password.clone(),
@@ -456,6 +460,8 @@ struct DbConfig {
     primary: Option<SocketAddr>,
     /// Every database node's SQL address, this one's included.
     peers: Vec<SocketAddr>,
+    /// Every node's admin listener, in the same order: where the failover managers talk.
+    managers: Vec<SocketAddr>,
     accounts: DbAccounts,
 }
 
