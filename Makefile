@@ -58,3 +58,4 @@ bench:
 	python3 bench/proxy_bench.py $(BENCH_ARGS)
 	python3 bench/failover_bench.py
 	python3 bench/app_bench.py
+	python3 bench/db_failover_bench.py
