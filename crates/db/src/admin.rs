@@ -84,8 +84,8 @@ async fn handle(config: &DbConfig, watch: &Watch, manager: &Manager, req: Reques
     }
 }
 
-/// `POST /demote`, `/promote?after=GTID` and `/replicate?from=ADDRESS`: what a switchover (or
-/// the failover manager) asks of a node. They change who takes writes, so they need the admin
+/// `POST /demote`, `/promote?after=GTID`, `/replicate?from=ADDRESS` and
+/// `/rebuild?from=ADDRESS`: what a switchover, a rejoin (or the failover manager) asks of a node. They change who takes writes, so they need the admin
 /// password as a bearer token.
 async fn change_role(config: &DbConfig, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let token = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
@@ -110,6 +110,10 @@ async fn change_role(config: &DbConfig, req: &Request<Incoming>) -> Response<Ful
         "/promote" => roles::promote(config, &mut conn, param("after").as_deref()).await.map(|()| String::new()),
         "/replicate" => match param("from").and_then(|f| f.parse().ok()) {
             Some(primary) => roles::replicate_from(config, &mut conn, primary).await.map(|()| String::new()),
+            None => return reply(StatusCode::BAD_REQUEST, "text/plain", "from=IP:PORT is needed\n".into()),
+        },
+        "/rebuild" => match param("from").and_then(|f| f.parse().ok()) {
+            Some(primary) => roles::rebuild_from(config, &mut conn, primary).await,
             None => return reply(StatusCode::BAD_REQUEST, "text/plain", "from=IP:PORT is needed\n".into()),
         },
         _ => return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),

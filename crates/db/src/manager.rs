@@ -76,7 +76,14 @@ pub async fn run(config: &DbConfig, admins: &[SocketAddr], manager: &Manager) {
     loop {
         tokio::time::sleep(CHECK_INTERVAL).await;
         let seen = look(config).await;
-        let writer = seen.iter().find(|s| s.writable).map(|s| s.address);
+        let writers: Vec<SocketAddr> = seen.iter().filter(|s| s.writable).map(|s| s.address).collect();
+        if writers.len() > 1 {
+            // Never follow either of two writable nodes: the apps refuse writes meanwhile, and
+            // an operator decides (`webstack db status`, then switchover or rejoin).
+            tracing::error!(node = config.name, ?writers, "MORE THAN ONE WRITABLE DATABASE NODE: not following either");
+            continue;
+        }
+        let writer = writers.first().copied();
         misses = if writer.is_some() { 0 } else { misses.saturating_add(1) };
         manager.set(View { node: config.name.clone(), writer, misses, last_failover: last_failover_text.clone() });
         if let Some(writer) = writer {

@@ -90,6 +90,71 @@ fn role_file(config: &DbConfig) -> std::path::PathBuf {
     config.datadir.join("role")
 }
 
+/// Rebuilds the node from `primary`: for a node holding transactions the cluster never
+/// received (replication stops with error 1236), which cannot simply replicate again. Its
+/// binlog and the app's database are replaced by a consistent dump of the primary's
+/// (`mariadb-dump --single-transaction --gtid`), and it replicates from the dump's position.
+/// What it alone held is gone; the caller asked for that with `--force`.
+pub async fn rebuild_from(
+    config: &DbConfig,
+    conn: &mut MySqlConnection,
+    primary: SocketAddr,
+) -> Result<String, String> {
+    let dump_bin = crate::locate::find(&["mariadb-dump", "mysqldump"]).map_err(|e| e.to_string())?;
+    let client_bin = crate::locate::find(&["mariadb", "mysql"]).map_err(|e| e.to_string())?;
+    let database = &config.accounts.app_database;
+    let dump = tokio::process::Command::new(&dump_bin)
+        .args(["-h", &primary.ip().to_string(), "-P", &primary.port().to_string(), "-u", crate::config::ADMIN_USER])
+        .args(["--single-transaction", "--gtid", "--master-data=2", "--databases", database])
+        .env("MYSQL_PWD", &config.accounts.admin_password)
+        .output()
+        .await
+        .map_err(|e| format!("running {}: {e}", dump_bin.display()))?;
+    if !dump.status.success() {
+        return Err(format!("the dump of the primary failed: {}", String::from_utf8_lossy(&dump.stderr).trim()));
+    }
+    let text = String::from_utf8_lossy(&dump.stdout);
+    let position = text
+        .lines()
+        .find_map(|l| l.split("gtid_slave_pos='").nth(1)?.split('\'').next().map(str::to_string))
+        .filter(|p| well_formed_gtids(p))
+        .ok_or("the dump carries no GTID position")?;
+    run(conn, "STOP SLAVE").await?;
+    run(conn, "SET GLOBAL read_only = ON").await?;
+    remember_role(config, Role::Replica)?;
+    // Forget what only this node held: its binlog and GTID state, and the app's data.
+    run(conn, "RESET MASTER").await?;
+    run(conn, "SET SESSION sql_log_bin = 0").await?;
+    run(conn, &format!("DROP DATABASE IF EXISTS `{database}`")).await?;
+    let mut load = tokio::process::Command::new(&client_bin)
+        .arg(format!("--socket={}", config.socket_path().display()))
+        .args(["-u", crate::config::ADMIN_USER, "--init-command=SET SESSION sql_log_bin = 0"])
+        .env("MYSQL_PWD", &config.accounts.admin_password)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", client_bin.display()))?;
+    if let Some(mut stdin) = load.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(&dump.stdout).await.map_err(|e| format!("loading the dump: {e}"))?;
+    }
+    let loaded = load.wait_with_output().await.map_err(|e| format!("loading the dump: {e}"))?;
+    if !loaded.status.success() {
+        return Err(format!("loading the dump failed: {}", String::from_utf8_lossy(&loaded.stderr).trim()));
+    }
+    run(conn, &format!("SET GLOBAL gtid_slave_pos = '{position}'")).await?;
+    let change = format!(
+        "CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {}, MASTER_USER = '{REPL_USER}', \
+         MASTER_PASSWORD = '{}', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
+        primary.ip(),
+        primary.port(),
+        config.accounts.repl_password
+    );
+    run(conn, &change).await?;
+    run(conn, "START SLAVE").await?;
+    Ok(position)
+}
+
 /// Whether another node than this one answers as writable: a node that restarts must not
 /// become a second primary.
 pub async fn writable_peer(config: &DbConfig, peers: &[SocketAddr]) -> Option<SocketAddr> {

@@ -94,6 +94,10 @@ pub struct NodeStatus {
     /// Semi-sync replication as last watched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub semi_sync: Option<crate::semi_sync::SemiSync>,
+    /// Set when the node holds transactions the primary never received, so it cannot
+    /// replicate: which, and what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diverged: Option<String>,
     /// What this node's failover manager sees.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manager: Option<crate::manager::View>,
@@ -111,6 +115,18 @@ pub struct ReplicaStatus {
     pub lag_seconds: Option<u64>,
     pub gtid_io_pos: String,
     pub last_error: String,
+    /// `Last_IO_Errno`: 1236 means the primary lacks transactions this node holds.
+    pub last_io_errno: u32,
+}
+
+/// A replica stopped by error 1236 holds transactions its primary does not have.
+fn replica_diverged(replica: &Option<ReplicaStatus>, position: &str, node: &str) -> Option<String> {
+    let r = replica.as_ref().filter(|r| r.last_io_errno == 1236)?;
+    Some(format!(
+        "holds transactions the cluster never received (its position {position}; the primary answered: {}); \
+         kept out of the cluster. `webstack db rejoin {node} --force` rebuilds it from the primary",
+        r.last_error
+    ))
 }
 
 pub async fn status(config: &DbConfig, conn: &mut MySqlConnection) -> Result<NodeStatus, sqlx::Error> {
@@ -132,6 +148,7 @@ pub async fn status(config: &DbConfig, conn: &mut MySqlConnection) -> Result<Nod
                 sql_running: text("Slave_SQL_Running") == "Yes",
                 lag_seconds: lag,
                 gtid_io_pos: text("Gtid_IO_Pos"),
+                last_io_errno: r.try_get_unchecked::<u32, _>("Last_IO_Errno").unwrap_or(0),
                 last_error: [text("Last_IO_Error"), text("Last_SQL_Error")]
                     .into_iter()
                     .filter(|e| !e.is_empty())
@@ -146,12 +163,14 @@ pub async fn status(config: &DbConfig, conn: &mut MySqlConnection) -> Result<Nod
         (false, Some(_)) => "replica",
         (false, None) => "read-only",
     };
+    let diverged = replica_diverged(&replica, &gtid_current_pos, &config.name);
     Ok(NodeStatus {
         name: config.name.clone(),
         role: role.into(),
         read_only: read_only != 0,
         gtid_current_pos,
         replica,
+        diverged,
         semi_sync: None,
         manager: None,
         role_note: None,

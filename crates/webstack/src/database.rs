@@ -95,6 +95,49 @@ pub fn switchover(state_dir: &Path, to: Option<&str>) -> Result<()> {
     })
 }
 
+/// Brings a node back into the cluster as a replica of the primary. A node that holds
+/// transactions the cluster never received cannot replicate: it is reported, and rebuilt from
+/// the primary only with `force` (what it alone held is lost).
+pub fn rejoin(state_dir: &Path, node: &str, force: bool) -> Result<()> {
+    let nodes = db_nodes_with_sql(state_dir)?;
+    let token = StateDir::new(state_dir)?.secrets()?.db_admin_password;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let (_, _, admin) =
+            nodes.iter().find(|(n, _, _)| n == node).with_context(|| format!("no database node {node}"))?;
+        let mut primary = None;
+        for (name, sql, admin) in &nodes {
+            if let Ok((200, body)) = supervisor::probe::http_get(*admin, "/status", Duration::from_secs(2)).await {
+                let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if s["role"] == "primary" && name != node {
+                    primary = Some((name.clone(), *sql));
+                }
+            }
+        }
+        let (primary_name, primary_sql) = primary.context("no other node is the primary; see `webstack db status`")?;
+        if force {
+            let position = post(*admin, &format!("/rebuild?from={primary_sql}"), &token)
+                .await
+                .with_context(|| format!("rebuilding {node}"))?;
+            println!("{node} was rebuilt from {primary_name} (at {}) and replicates from it", position.trim());
+            return Ok(());
+        }
+        post(*admin, &format!("/replicate?from={primary_sql}"), &token)
+            .await
+            .with_context(|| format!("rejoining {node}"))?;
+        // Replication reports a diverged node within a moment of starting.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (_, body) =
+            supervisor::probe::http_get(*admin, "/status", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
+        let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if let Some(diverged) = s["diverged"].as_str() {
+            anyhow::bail!("{node} {diverged}");
+        }
+        println!("{node} replicates from {primary_name}");
+        Ok(())
+    })
+}
+
 /// A POST with the admin token to a db node's admin listener; the body of a 200 answer.
 async fn post(admin: SocketAddr, path: &str, token: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -183,7 +226,9 @@ fn render(answers: &[(String, Result<serde_json::Value, String>)]) -> String {
         } else if semi["replica_acknowledging"] == true {
             notes.push("acknowledging".into());
         }
-        if let Some(e) = replica["last_error"].as_str().filter(|e| !e.is_empty()) {
+        if let Some(d) = s["diverged"].as_str() {
+            notes.push(format!("DIVERGED: {d}"));
+        } else if let Some(e) = replica["last_error"].as_str().filter(|e| !e.is_empty()) {
             notes.push(format!("error: {e}"));
         }
         out.push_str(&format!(

@@ -47,6 +47,13 @@ enum DbAction {
         #[arg(long)]
         json: bool,
     },
+    /// Bring a node back as a replica of the primary; `--force` rebuilds one that holds
+    /// transactions the cluster never received (those are lost).
+    Rejoin {
+        node: String,
+        #[arg(long)]
+        force: bool,
+    },
     /// A planned change of primary: no acknowledged write lost, writes paused briefly.
     Switchover {
         /// The replica to promote (default: the one that has received the most).
@@ -138,6 +145,9 @@ fn main() -> ExitCode {
         Command::Proxy(args) => return components::proxy(&args),
         Command::App(args) => return components::app(&args),
         Command::Db(DbArgs { action: Some(DbAction::Status { json }), .. }) => database::status(state_dir, json),
+        Command::Db(DbArgs { action: Some(DbAction::Rejoin { node, force }), .. }) => {
+            database::rejoin(state_dir, &node, force)
+        }
         Command::Db(DbArgs { action: Some(DbAction::Switchover { to }), .. }) => {
             database::switchover(state_dir, to.as_deref())
         }

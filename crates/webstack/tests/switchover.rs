@@ -112,4 +112,55 @@ fn a_switchover_under_writes_loses_nothing_and_fences_the_old_primary() {
         assert!(Instant::now() < deadline, "the old primary never caught up as a replica");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // Diverged: server-01 acts as an old primary holding a transaction nobody else got. It
+    // is kept out and reported; `rejoin` refuses; `rejoin --force` rebuilds it.
+    sql(
+        &stack,
+        "127.229.2.1:3306",
+        "STOP SLAVE; RESET SLAVE ALL; INSERT INTO foobar.products (name, description, price_cents, stock) \
+         VALUES ('Only on the old primary', '', 100, 1)",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reported = loop {
+        let table = stack.run_ok(&["db", "status"]);
+        if table.lines().any(|l| l.starts_with("server-01") && l.contains("DIVERGED")) {
+            break table;
+        }
+        assert!(Instant::now() < deadline, "the diverged node was never reported:\n{table}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(reported.contains("rejoin server-01 --force"), "{reported}");
+    let refused = stack.run(&["db", "rejoin", "server-01"]);
+    assert!(!refused.status.success(), "a plain rejoin of a diverged node must refuse");
+    let rebuilt = stack.run_ok(&["db", "rejoin", "server-01", "--force"]);
+    assert!(rebuilt.contains("was rebuilt from server-02"), "{rebuilt}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let nodes: serde_json::Value = serde_json::from_str(&stack.run_ok(&["db", "status", "--json"])).unwrap();
+        let old = nodes.as_array().unwrap().iter().find(|n| n["name"] == "server-01").cloned().unwrap_or_default();
+        let clean = old["role"] == "replica" && old["diverged"].is_null() && old["replica"]["io_running"] == true;
+        if clean && present(&stack, "127.229.2.1:3306", &acknowledged) == acknowledged.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rebuilt node never replicated cleanly: {old}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let only_here =
+        sql(&stack, "127.229.2.1:3306", "SELECT COUNT(*) FROM foobar.products WHERE name = 'Only on the old primary'");
+    assert_eq!(only_here.trim(), "0", "what only the old primary held is gone");
+}
+
+/// Runs SQL on a node as the admin account; its output.
+fn sql(stack: &Stack, address: &str, statements: &str) -> String {
+    let secrets: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stack.state_dir().join("secrets.json")).unwrap()).unwrap();
+    let (host, port) = address.split_once(':').unwrap();
+    let out = std::process::Command::new("mariadb")
+        .args(["-h", host, "-P", port, "-u", "webstack_admin", "-N", "-B", "-e", statements])
+        .env("MYSQL_PWD", secrets["db_admin_password"].as_str().unwrap())
+        .output()
+        .expect("the mariadb client");
+    assert!(out.status.success(), "{statements}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
