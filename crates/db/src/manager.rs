@@ -6,7 +6,8 @@
 //! position) is promoted by its own manager, after applying its relay log; every manager whose
 //! node replicates from elsewhere points it at the new primary; an old primary coming back does
 //! the same at start ([`crate::instance`]). Anti-flap: no second automatic failover within
-//! [`FAILOVER_WINDOW`].
+//! [`FAILOVER_WINDOW`]. A cluster coming up for the first time (no writer seen yet, no data on
+//! any node) is not failed over: the configured primary becomes writable by itself.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -71,6 +72,9 @@ struct Seen {
 /// listeners, in the same order as `config.peers`.
 pub async fn run(config: &DbConfig, admins: &[SocketAddr], manager: &Manager) {
     let mut misses = 0u32;
+    // A cluster still coming up has no writer yet: that is no primary's loss. Its absence
+    // counts once a writer was seen, or once any node holds data (a cluster that ran before).
+    let mut ever_saw_writer = false;
     let mut last_failover: Option<Instant> = None;
     let mut last_failover_text = None;
     loop {
@@ -87,10 +91,12 @@ pub async fn run(config: &DbConfig, admins: &[SocketAddr], manager: &Manager) {
         misses = if writer.is_some() { 0 } else { misses.saturating_add(1) };
         manager.set(View { node: config.name.clone(), writer, misses, last_failover: last_failover_text.clone() });
         if let Some(writer) = writer {
+            ever_saw_writer = true;
             follow(config, &seen, writer).await;
             continue;
         }
-        if misses < FAIL_AFTER {
+        let cluster_ran = ever_saw_writer || seen.iter().any(|s| s.progress > 0);
+        if misses < FAIL_AFTER || !cluster_ran {
             continue;
         }
         if last_failover.is_some_and(|t| t.elapsed() < FAILOVER_WINDOW) {

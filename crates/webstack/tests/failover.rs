@@ -139,3 +139,37 @@ fn the_primary_s_loss_under_writes_promotes_a_replica_and_loses_no_acknowledged_
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+#[test]
+fn a_manager_that_alone_loses_sight_of_the_primary_causes_no_failover() {
+    let stack = Stack::new();
+    stack.run_ok(&["up", "-d", "--profile", "distributed", "--subnet", "127.234.0.0/16", "--timeout", "150"]);
+    // server-03's node comes back with a config in which the primary's address leads
+    // nowhere: its manager cannot see the primary, as if cut off from it alone.
+    stack.run_ok(&["kill", "server-03/db"]);
+    let config = stack.state_dir().join("config").join("server-03-db.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\"127.234.2.1:3306\""), "{text}");
+    std::fs::write(&config, text.replace("\"127.234.2.1:3306\"", "\"127.234.2.1:3399\"")).unwrap();
+    stack.run_ok(&["start", "server-03/db"]);
+
+    let admin: SocketAddr = "127.234.2.3:9104".parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = support::get(admin, "/manager").map(|r| r.body).unwrap_or_default();
+        let view: serde_json::Value = serde_json::from_str(&view).unwrap_or_default();
+        if view["writer"].is_null() && view["misses"].as_u64().unwrap_or(0) >= 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server-03's manager never lost sight of the primary: {view}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs = stack.run_ok(&["logs", "server-03/db"]);
+    assert!(logs.contains("no majority of managers agrees: no failover"), "{logs}");
+    let nodes = db_status(&stack);
+    let primaries: Vec<&str> =
+        nodes.iter().filter(|n| n["role"] == "primary").filter_map(|n| n["name"].as_str()).collect();
+    assert_eq!(primaries, ["server-01"], "the primary stayed where it was: {nodes:?}");
+    let everyone = stack.run_ok(&["logs"]);
+    assert!(!everyone.contains("PRIMARY LOST"), "no manager promoted anything");
+}
