@@ -905,7 +905,7 @@ pub struct CartForm {
 }
 
 /// A cart line as asked for: a product id and a quantity from 0 (remove) to [`MAX_QUANTITY`].
-fn valid_cart_line(product_id: &str, quantity: &str) -> Result<(i64, i64), String> {
+pub fn valid_cart_line(product_id: &str, quantity: &str) -> Result<(i64, i64), String> {
     let product_id =
         product_id.trim().parse::<i64>().ok().filter(|id| *id > 0).ok_or("The product is not a product id.")?;
     let quantity = quantity

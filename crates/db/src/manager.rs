@@ -190,7 +190,7 @@ async fn describe(conn: &mut MySqlConnection, address: SocketAddr) -> Result<See
 }
 
 /// The highest sequence number in a GTID position (domain 0 is the only one written here).
-fn sequence(position: &str) -> u64 {
+pub fn sequence(position: &str) -> u64 {
     position.split(',').filter_map(|g| g.trim().rsplit('-').next()?.parse().ok()).max().unwrap_or(0)
 }
 
