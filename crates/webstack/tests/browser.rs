@@ -51,6 +51,8 @@ impl Browser {
                 "--headless=new",
                 "--no-sandbox",
                 "--disable-gpu",
+                // Containers often have a small /dev/shm; Chromium then crashes on larger pages.
+                "--disable-dev-shm-usage",
                 "--no-first-run",
                 "--remote-debugging-pipe",
                 "--window-size=1100,900",
