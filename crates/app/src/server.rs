@@ -775,9 +775,9 @@ async fn api_create_product(
     if let Some(refused) = api_admin_only(&viewer) {
         return refused;
     }
-    let Json(input) = match body {
-        Ok(json) => json,
-        Err(rejection) => return api_error(rejection.status(), &rejection.body_text()),
+    let input = match json_input(body) {
+        Ok(input) => input,
+        Err((status, message)) => return api_error(status, &message),
     };
     let (name, description, price) = match validate_product(&input.name, &input.description, Ok(input.price_cents)) {
         Ok(valid) => valid,
@@ -811,9 +811,9 @@ async fn api_update_product(
     let Ok(id) = id.parse::<i64>() else {
         return api_error(StatusCode::NOT_FOUND, "no such product");
     };
-    let Json(input) = match body {
-        Ok(json) => json,
-        Err(rejection) => return api_error(rejection.status(), &rejection.body_text()),
+    let input = match json_input(body) {
+        Ok(input) => input,
+        Err((status, message)) => return api_error(status, &message),
     };
     let (name, description, price_cents) =
         match validate_product(&input.name, &input.description, Ok(input.price_cents)) {
@@ -1010,9 +1010,9 @@ async fn api_set_cart_line(
     body: Result<Json<CartLineJson>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Some(user) = viewer.user.as_ref() else { return not_signed_in(&viewer) };
-    let line = match body {
-        Ok(Json(line)) => line,
-        Err(rejection) => return api_error(rejection.status(), &rejection.body_text()),
+    let line = match json_input(body) {
+        Ok(input) => input,
+        Err((status, message)) => return api_error(status, &message),
     };
     if let Err(e) = valid_cart_line(&line.product_id.to_string(), &line.quantity.to_string()) {
         return api_error(StatusCode::UNPROCESSABLE_ENTITY, &e);
@@ -1045,9 +1045,9 @@ async fn api_place_order(
     body: Result<Json<OrderJson>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Some(user) = viewer.user.as_ref() else { return not_signed_in(&viewer) };
-    let order = match body {
-        Ok(Json(order)) => order,
-        Err(rejection) => return api_error(rejection.status(), &rejection.body_text()),
+    let order = match json_input(body) {
+        Ok(input) => input,
+        Err((status, message)) => return api_error(status, &message),
     };
     if order.items.len() > MAX_LINES {
         return api_error(StatusCode::UNPROCESSABLE_ENTITY, &format!("at most {MAX_LINES} lines per order"));
@@ -1082,11 +1082,10 @@ pub struct AccountJson {
     password: String,
 }
 
-/// JSON bodies only: a browser cannot send one to another site without that site's CORS
-/// consent, so the API needs no CSRF token.
-fn account_json(
-    body: Result<Json<AccountJson>, axum::extract::rejection::JsonRejection>,
-) -> Result<AccountJson, (StatusCode, String)> {
+/// A JSON body, or the status and message its rejection deserves. JSON bodies only: a browser
+/// cannot send one to another site without that site's CORS consent, so the API needs no CSRF
+/// token.
+fn json_input<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, (StatusCode, String)> {
     body.map(|Json(input)| input).map_err(|rejection| (rejection.status(), rejection.body_text()))
 }
 
@@ -1100,7 +1099,7 @@ async fn api_signup(
     viewer: Viewer,
     body: Result<Json<AccountJson>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let input = match account_json(body) {
+    let input = match json_input(body) {
         Ok(input) => input,
         Err((status, message)) => return api_error(status, &message),
     };
@@ -1115,7 +1114,7 @@ async fn api_login(
     viewer: Viewer,
     body: Result<Json<AccountJson>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let input = match account_json(body) {
+    let input = match json_input(body) {
         Ok(input) => input,
         Err((status, message)) => return api_error(status, &message),
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sqlx::mysql::MySqlConnection;
 use sqlx::Row;
 
-use crate::config::{DbConfig, Role, REPL_USER};
+use crate::config::{DbConfig, Role};
 
 /// How long a promotion waits for the replica to apply what it was sent.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,14 +57,7 @@ pub async fn replicate_from(config: &DbConfig, conn: &mut MySqlConnection, prima
     if replicating.is_none() {
         run(conn, "SET GLOBAL gtid_slave_pos = @@global.gtid_binlog_pos").await?;
     }
-    let change = format!(
-        "CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {}, MASTER_USER = '{REPL_USER}', \
-         MASTER_PASSWORD = '{}', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
-        primary.ip(),
-        primary.port(),
-        config.accounts.repl_password
-    );
-    run(conn, &change).await?;
+    run(conn, &crate::sql::change_master(config, primary)).await?;
     run(conn, "START SLAVE").await
 }
 
@@ -143,14 +136,7 @@ pub async fn rebuild_from(
         return Err(format!("loading the dump failed: {}", String::from_utf8_lossy(&loaded.stderr).trim()));
     }
     run(conn, &format!("SET GLOBAL gtid_slave_pos = '{position}'")).await?;
-    let change = format!(
-        "CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {}, MASTER_USER = '{REPL_USER}', \
-         MASTER_PASSWORD = '{}', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
-        primary.ip(),
-        primary.port(),
-        config.accounts.repl_password
-    );
-    run(conn, &change).await?;
+    run(conn, &crate::sql::change_master(config, primary)).await?;
     run(conn, "START SLAVE").await?;
     Ok(position)
 }

@@ -66,19 +66,24 @@ pub async fn provision(config: &DbConfig, conn: &mut MySqlConnection) -> Result<
         }
         (Role::Replica, Some(primary)) => {
             sqlx::query("STOP SLAVE").execute(&mut *conn).await?;
-            let change = format!(
-                "CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {}, MASTER_USER = '{REPL_USER}', \
-                 MASTER_PASSWORD = '{}', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
-                primary.ip(),
-                primary.port(),
-                a.repl_password
-            );
-            sqlx::query(&change).execute(&mut *conn).await?;
+            sqlx::query(&change_master(config, primary)).execute(&mut *conn).await?;
             sqlx::query("START SLAVE").execute(&mut *conn).await?;
         }
         (Role::Replica, None) => {}
     }
     Ok(())
+}
+
+/// The statement that points a node at `primary`: GTID replication from where the node's
+/// `gtid_slave_pos` stands, retrying a lost primary every second.
+pub fn change_master(config: &DbConfig, primary: std::net::SocketAddr) -> String {
+    format!(
+        "CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {}, MASTER_USER = '{REPL_USER}', \
+         MASTER_PASSWORD = '{}', MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
+        primary.ip(),
+        primary.port(),
+        config.accounts.repl_password
+    )
 }
 
 /// What `/status` reports about a node.

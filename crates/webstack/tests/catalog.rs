@@ -33,19 +33,12 @@ fn the_catalog_pages_and_searches_a_thousand_products() {
         "seeded products have stock: {first}"
     );
     // The seeded customers and their history, asked of the database itself.
-    let secrets: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(stack.state_dir().join("secrets.json")).unwrap()).unwrap();
-    let sql = "SELECT (SELECT COUNT(*) FROM users WHERE email LIKE 'customer%@example.invalid'), \
-               (SELECT COUNT(*) FROM orders), (SELECT COUNT(*) FROM orders WHERE total_cents <= 0), \
-               (SELECT COUNT(*) FROM order_items)";
-    let out = std::process::Command::new("mariadb")
-        .args(["-h", "127.222.2.1", "-P", "3306", "-u", "webstack_admin", "-N", "-B", "foobar", "-e", sql])
-        .env("MYSQL_PWD", secrets["db_admin_password"].as_str().unwrap())
-        .output()
-        .expect("the mariadb client");
-    let counts: Vec<u64> =
-        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|n| n.parse().ok()).collect();
-    assert_eq!(counts.len(), 4, "{}", String::from_utf8_lossy(&out.stderr));
+    let sql = "SELECT (SELECT COUNT(*) FROM foobar.users WHERE email LIKE 'customer%@example.invalid'), \
+               (SELECT COUNT(*) FROM foobar.orders), (SELECT COUNT(*) FROM foobar.orders WHERE total_cents <= 0), \
+               (SELECT COUNT(*) FROM foobar.order_items)";
+    let out = support::mariadb(&stack, "127.222.2.1:3306", sql);
+    let counts: Vec<u64> = out.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    assert_eq!(counts.len(), 4, "{out}");
     assert_eq!(&counts[..3], &[200, 1000, 0], "200 customers, 1,000 orders, each with its total");
     assert!((1000..=3000).contains(&counts[3]), "one to three lines per order: {}", counts[3]);
     assert_eq!((first["page"].as_u64(), first["per_page"].as_u64()), (Some(1), Some(20)));

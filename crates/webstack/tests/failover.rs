@@ -23,20 +23,6 @@ fn db_status(stack: &Stack) -> Vec<serde_json::Value> {
     json.as_array().cloned().unwrap_or_default()
 }
 
-fn present(stack: &Stack, sql: &str, ids: &[i64]) -> usize {
-    let secrets: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(stack.state_dir().join("secrets.json")).unwrap()).unwrap();
-    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
-    let query = format!("SELECT COUNT(*) FROM products WHERE id IN ({})", list.join(","));
-    let (host, port) = sql.split_once(':').unwrap();
-    let out = std::process::Command::new("mariadb")
-        .args(["-h", host, "-P", port, "-u", "webstack_admin", "-N", "-B", "foobar", "-e", &query])
-        .env("MYSQL_PWD", secrets["db_admin_password"].as_str().unwrap())
-        .output()
-        .expect("the mariadb client");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
-}
-
 /// One write the client made: when it was answered, and the product id if acknowledged.
 struct Write {
     answered: Instant,
@@ -117,7 +103,11 @@ fn the_primary_s_loss_under_writes_promotes_a_replica_and_loses_no_acknowledged_
     };
     assert_ne!(new_primary, "server-01");
     let new_sql = if new_primary == "server-02" { "127.230.2.2:3306" } else { "127.230.2.3:3306" };
-    assert_eq!(present(&stack, new_sql, &acknowledged), acknowledged.len(), "an acknowledged write went missing");
+    assert_eq!(
+        support::products_present(&stack, new_sql, &acknowledged),
+        acknowledged.len(),
+        "an acknowledged write went missing"
+    );
     let logs = stack.run_ok(&["logs", &format!("{new_primary}/db")]);
     assert!(logs.contains("PRIMARY LOST") && logs.contains("promoted"), "{logs}");
     for line in logs.lines().filter(|l| l.contains("PRIMARY LOST") || l.contains("promoted")) {
@@ -132,7 +122,10 @@ fn the_primary_s_loss_under_writes_promotes_a_replica_and_loses_no_acknowledged_
         let old = nodes.iter().find(|n| n["name"] == "server-01");
         let is_replica = old.is_some_and(|n| n["role"] == "replica");
         let primaries = nodes.iter().filter(|n| n["role"] == "primary").count();
-        if is_replica && primaries == 1 && present(&stack, "127.230.2.1:3306", &acknowledged) == acknowledged.len() {
+        if is_replica
+            && primaries == 1
+            && support::products_present(&stack, "127.230.2.1:3306", &acknowledged) == acknowledged.len()
+        {
             break;
         }
         assert!(Instant::now() < deadline, "the old primary never rejoined: {nodes:?}");

@@ -39,21 +39,6 @@ fn wait_for_roles(stack: &Stack, want: &[(&str, &str)]) {
     }
 }
 
-/// How many of `ids` the node at `sql` holds, asked of MariaDB itself.
-fn present(stack: &Stack, sql: &str, ids: &[i64]) -> usize {
-    let secrets: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(stack.state_dir().join("secrets.json")).unwrap()).unwrap();
-    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
-    let query = format!("SELECT COUNT(*) FROM products WHERE id IN ({})", list.join(","));
-    let (host, port) = sql.split_once(':').unwrap();
-    let out = std::process::Command::new("mariadb")
-        .args(["-h", host, "-P", port, "-u", "webstack_admin", "-N", "-B", "foobar", "-e", &query])
-        .env("MYSQL_PWD", secrets["db_admin_password"].as_str().unwrap())
-        .output()
-        .expect("the mariadb client");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
-}
-
 #[test]
 fn a_switchover_under_writes_loses_nothing_and_fences_the_old_primary() {
     let stack = Stack::new();
@@ -99,7 +84,11 @@ fn a_switchover_under_writes_loses_nothing_and_fences_the_old_primary() {
     assert!(failed.is_empty(), "no write fails during a switchover: {failed:?}");
     assert!(acknowledged.len() > 50, "the client kept writing: {}", acknowledged.len());
     wait_for_roles(&stack, &[("server-01", "replica"), ("server-02", "primary"), ("server-03", "replica")]);
-    assert_eq!(present(&stack, "127.229.2.2:3306", &acknowledged), acknowledged.len(), "every acknowledged write");
+    assert_eq!(
+        support::products_present(&stack, "127.229.2.2:3306", &acknowledged),
+        acknowledged.len(),
+        "every acknowledged write"
+    );
 
     // The old primary restarts: it finds server-02 writable and stays its replica.
     stack.run_ok(&["kill", "server-01/db"]);
@@ -108,14 +97,14 @@ fn a_switchover_under_writes_loses_nothing_and_fences_the_old_primary() {
     let primaries = roles(&stack).iter().filter(|(_, r)| r == "primary").count();
     assert_eq!(primaries, 1, "never two writable nodes");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while present(&stack, "127.229.2.1:3306", &acknowledged) != acknowledged.len() {
+    while support::products_present(&stack, "127.229.2.1:3306", &acknowledged) != acknowledged.len() {
         assert!(Instant::now() < deadline, "the old primary never caught up as a replica");
         std::thread::sleep(Duration::from_millis(200));
     }
 
     // Diverged: server-01 acts as an old primary holding a transaction nobody else got. It
     // is kept out and reported; `rejoin` refuses; `rejoin --force` rebuilds it.
-    sql(
+    support::mariadb(
         &stack,
         "127.229.2.1:3306",
         "STOP SLAVE; RESET SLAVE ALL; INSERT INTO foobar.products (name, description, price_cents, stock) \
@@ -140,27 +129,16 @@ fn a_switchover_under_writes_loses_nothing_and_fences_the_old_primary() {
         let nodes: serde_json::Value = serde_json::from_str(&stack.run_ok(&["db", "status", "--json"])).unwrap();
         let old = nodes.as_array().unwrap().iter().find(|n| n["name"] == "server-01").cloned().unwrap_or_default();
         let clean = old["role"] == "replica" && old["diverged"].is_null() && old["replica"]["io_running"] == true;
-        if clean && present(&stack, "127.229.2.1:3306", &acknowledged) == acknowledged.len() {
+        if clean && support::products_present(&stack, "127.229.2.1:3306", &acknowledged) == acknowledged.len() {
             break;
         }
         assert!(Instant::now() < deadline, "the rebuilt node never replicated cleanly: {old}");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let only_here =
-        sql(&stack, "127.229.2.1:3306", "SELECT COUNT(*) FROM foobar.products WHERE name = 'Only on the old primary'");
+    let only_here = support::mariadb(
+        &stack,
+        "127.229.2.1:3306",
+        "SELECT COUNT(*) FROM foobar.products WHERE name = 'Only on the old primary'",
+    );
     assert_eq!(only_here.trim(), "0", "what only the old primary held is gone");
-}
-
-/// Runs SQL on a node as the admin account; its output.
-fn sql(stack: &Stack, address: &str, statements: &str) -> String {
-    let secrets: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(stack.state_dir().join("secrets.json")).unwrap()).unwrap();
-    let (host, port) = address.split_once(':').unwrap();
-    let out = std::process::Command::new("mariadb")
-        .args(["-h", host, "-P", port, "-u", "webstack_admin", "-N", "-B", "-e", statements])
-        .env("MYSQL_PWD", secrets["db_admin_password"].as_str().unwrap())
-        .output()
-        .expect("the mariadb client");
-    assert!(out.status.success(), "{statements}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

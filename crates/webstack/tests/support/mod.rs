@@ -203,3 +203,26 @@ pub fn admin_session(stack: &Stack, site: SocketAddr) -> String {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Runs SQL on the database node at `address` (`IP:PORT`) as the stack's admin account, with
+/// Debian's `mariadb` client; its output (tab-separated, no column names).
+pub fn mariadb(stack: &Stack, address: &str, statements: &str) -> String {
+    let secrets: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stack.state_dir().join("secrets.json")).expect("secrets.json"))
+            .expect("secrets are JSON");
+    let (host, port) = address.split_once(':').expect("IP:PORT");
+    let out = Command::new("mariadb")
+        .args(["-h", host, "-P", port, "-u", "webstack_admin", "-N", "-B", "-e", statements])
+        .env("MYSQL_PWD", secrets["db_admin_password"].as_str().unwrap_or(""))
+        .output()
+        .expect("the mariadb client (mariadb-server brings it)");
+    assert!(out.status.success(), "{statements}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How many of the products `ids` the node at `address` holds.
+pub fn products_present(stack: &Stack, address: &str, ids: &[i64]) -> usize {
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let query = format!("SELECT COUNT(*) FROM foobar.products WHERE id IN ({})", list.join(","));
+    mariadb(stack, address, &query).trim().parse().unwrap_or(0)
+}
