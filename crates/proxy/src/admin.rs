@@ -180,6 +180,11 @@ fn unavailable(body: String) -> Response<ProxyBody> {
 
 pub fn metrics(pools: &[Arc<PoolState>]) -> String {
     let mut out = String::new();
+    let workers = tokio::runtime::Handle::try_current().map(|h| h.metrics().num_workers()).unwrap_or(1);
+    let _ = writeln!(
+        out,
+        "# HELP webstack_proxy_workers Threads serving connections.\n# TYPE webstack_proxy_workers gauge\nwebstack_proxy_workers {workers}"
+    );
     let families: [(&str, &str, &str); 7] = [
         ("webstack_proxy_server_up", "gauge", "1 when the server takes traffic, 0 when health checks took it out."),
         ("webstack_proxy_requests_total", "counter", "Requests sent to the server, retries included."),

@@ -3,6 +3,8 @@
 //!
 //! ```toml
 //! name = "lb-01"
+//! workers = 1                      # threads serving connections (HAProxy's nbthread); 0: one
+//!                                  # per CPU. Read at start; a reload keeps the running count.
 //! [admin]
 //! bind = "127.0.1.1:8404"          # /healthz, /ready, /metrics, /stats, /ha
 //! [ha]                             # optional: a load-balancer pair sharing a VIP
@@ -93,6 +95,8 @@ use std::sync::Arc;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     name: String,
+    #[serde(default = "one_worker")]
+    workers: usize,
     admin: Option<RawAdmin>,
     access_log: Option<RawAccessLog>,
     ha: Option<RawHa>,
@@ -100,6 +104,13 @@ struct RawConfig {
     #[serde(default)]
     pools: BTreeMap<String, RawPool>,
 }
+
+fn one_worker() -> usize {
+    1
+}
+
+/// More worker threads than this is a typo, not a machine.
+const MAX_WORKERS: usize = 256;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -357,6 +368,8 @@ pub struct ProxyConfig {
     /// The file it was loaded from, read again on reload.
     pub source: Option<PathBuf>,
     pub name: String,
+    /// Threads serving connections, resolved (`0` in the file: one per CPU).
+    pub workers: usize,
     pub admin: Option<SocketAddr>,
     pub access_log: Option<AccessLogConfig>,
     /// Load-balancer redundancy: listeners on the VIP are bound only while MASTER.
@@ -518,6 +531,9 @@ impl ProxyConfig {
         let mut errors = Vec::new();
         let mut err = |field: String, msg: String| errors.push(src.error_at(&field, msg));
 
+        if raw.workers > MAX_WORKERS {
+            err("workers".into(), format!("{} is more than {MAX_WORKERS}; 0 means one per CPU", raw.workers));
+        }
         if raw.name.trim().is_empty() {
             err("name".into(), "must not be empty".into());
         }
@@ -701,6 +717,10 @@ impl ProxyConfig {
             source: Some(src.path().to_path_buf()),
             ha,
             name: raw.name,
+            workers: match raw.workers {
+                0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                n => n,
+            },
             admin: raw.admin.map(|a| a.bind),
             access_log: raw.access_log.map(|a| AccessLogConfig { path: a.path, format: a.format }),
             listeners,

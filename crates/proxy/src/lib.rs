@@ -24,3 +24,14 @@ pub mod upstream;
 
 pub use config::ProxyConfig;
 pub use server::run;
+
+/// The runtime a proxy with this config runs on: one thread (tokio's current-thread
+/// scheduler, the cheapest per request: no work stealing, no cross-thread wake-ups) or
+/// `workers` threads sharing the connections (the multi-thread scheduler). The shared state
+/// (config, pools, counters) is already behind `Arc`s and atomics.
+pub fn runtime(config: &ProxyConfig) -> std::io::Result<tokio::runtime::Runtime> {
+    match config.workers {
+        0 | 1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    }
+}

@@ -1026,3 +1026,33 @@ fn cached_static_files_follow_every_change_on_disk() {
     assert_eq!(a.status, 403, "{}", a.body);
     assert!(!a.body.contains("secret"));
 }
+
+#[test]
+fn several_workers_share_the_connections() {
+    let servers = [("s1", addr("127.210.25.11:9000")), ("s2", addr("127.210.25.12:9000"))];
+    let _upstreams: Vec<Upstream> = servers.iter().map(|(n, a)| Upstream::start(n, *a)).collect();
+    let text = config(25, &servers, "").replacen("name = \"lb\"\n", "name = \"lb\"\nworkers = 2\n", 1);
+    let _proxy = Proxy::start(&text);
+    let lb = addr("127.210.25.1:8080");
+    let answers: Vec<Answer> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8)
+            .map(|i| s.spawn(move || (0..25).map(|j| get(lb, &format!("/c{i}-{j}"))).collect::<Vec<_>>()))
+            .collect();
+        clients.into_iter().flat_map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(answers.len(), 200);
+    assert!(answers.iter().all(|a| a.status == 200), "every request is served");
+    let by_s1 = answers.iter().filter(|a| a.header("x-served-by").as_deref() == Some("s1")).count();
+    assert!((80..=120).contains(&by_s1), "round robin across threads: {by_s1} of 200 on s1");
+    let metrics = get(addr("127.210.25.1:8404"), "/metrics").body;
+    assert!(metrics.contains("webstack_proxy_workers 2"), "{metrics}");
+
+    let too_many = text.replace("workers = 2", "workers = 1000");
+    let errors = proxy::ProxyConfig::from_source(&webstack_config::Source::from_text(
+        std::path::Path::new("lb.toml"),
+        &too_many,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(errors.contains("lb.toml:2: workers"), "{errors}");
+}

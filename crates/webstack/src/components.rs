@@ -61,6 +61,16 @@ fn run_component<C, E: std::fmt::Display, F: Future<Output = Result<(), E>>>(
     load: impl FnOnce(&PathBuf) -> Result<C, ConfigErrors>,
     run: impl FnOnce(C) -> F,
 ) -> ExitCode {
+    run_component_on(args, load, |_| runtime(), run)
+}
+
+/// As [`run_component`], on the runtime `runtime` makes for the loaded config.
+fn run_component_on<C, E: std::fmt::Display, F: Future<Output = Result<(), E>>>(
+    args: &ComponentArgs,
+    load: impl FnOnce(&PathBuf) -> Result<C, ConfigErrors>,
+    runtime: impl FnOnce(&C) -> std::io::Result<tokio::runtime::Runtime>,
+    run: impl FnOnce(C) -> F,
+) -> ExitCode {
     init_logging();
     let config = match load(&args.config) {
         Ok(c) => c,
@@ -74,7 +84,7 @@ fn run_component<C, E: std::fmt::Display, F: Future<Output = Result<(), E>>>(
         return ExitCode::SUCCESS;
     }
     let outcome =
-        runtime().map_err(|e| e.to_string()).and_then(|rt| rt.block_on(run(config)).map_err(|e| e.to_string()));
+        runtime(&config).map_err(|e| e.to_string()).and_then(|rt| rt.block_on(run(config)).map_err(|e| e.to_string()));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -85,7 +95,7 @@ fn run_component<C, E: std::fmt::Display, F: Future<Output = Result<(), E>>>(
 }
 
 pub fn proxy(args: &ComponentArgs) -> ExitCode {
-    run_component(args, |p| proxy::ProxyConfig::load(p), |c| proxy::run(c, stop_signal()))
+    run_component_on(args, |p| proxy::ProxyConfig::load(p), proxy::runtime, |c| proxy::run(c, stop_signal()))
 }
 
 pub fn app(args: &ComponentArgs) -> ExitCode {

@@ -32,7 +32,7 @@ impl Proxy {
         let listen = config.listeners[0].bind;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = proxy::runtime(&config).unwrap();
             rt.block_on(proxy::run(config, async {
                 let _ = stop_rx.await;
             }))
