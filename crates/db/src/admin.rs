@@ -68,6 +68,8 @@ async fn handle(config: &DbConfig, watch: &Watch, manager: &Manager, req: Reques
                 (true, false) => "ASYNC!".to_string(),
                 (false, _) => "async".to_string(),
             });
+        } else if s.diverged.is_some() {
+            s.role_note = Some("DIVERGED".to_string());
         }
         s
     });

@@ -120,6 +120,11 @@ fn a_switchover_under_writes_loses_nothing_and_fences_the_old_primary() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert!(reported.contains("rejoin server-01 --force"), "{reported}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stack.run_ok(&["status"]).contains("replica (DIVERGED)") {
+        assert!(Instant::now() < deadline, "webstack status never showed the diverged replica");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let refused = stack.run(&["db", "rejoin", "server-01"]);
     assert!(!refused.status.success(), "a plain rejoin of a diverged node must refuse");
     let rebuilt = stack.run_ok(&["db", "rejoin", "server-01", "--force"]);
