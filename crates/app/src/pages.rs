@@ -72,34 +72,54 @@ pub struct AccountPage<'a> {
     pub email: &'a str,
 }
 
+/// What tells the two account forms apart.
+struct AccountForm {
+    title: &'static str,
+    action: &'static str,
+    button: &'static str,
+    other_link: &'static str,
+    other_text: &'static str,
+    new_password: bool,
+}
+
+const SIGN_UP: AccountForm = AccountForm {
+    title: "Create an account",
+    action: "/signup",
+    button: "Sign up",
+    other_link: "/login",
+    other_text: "Have an account? Log in.",
+    new_password: true,
+};
+
+const LOG_IN: AccountForm = AccountForm {
+    title: "Log in",
+    action: "/login",
+    button: "Log in",
+    other_link: "/signup",
+    other_text: "New here? Create an account.",
+    new_password: false,
+};
+
 impl<'a> AccountPage<'a> {
     pub fn signup(server: &'a str, viewer: &'a Viewer, errors: &'a [String], email: &'a str) -> Self {
-        AccountPage {
-            server,
-            db_node: "",
-            viewer,
-            title: "Create an account",
-            action: "/signup",
-            button: "Sign up",
-            other_link: "/login",
-            other_text: "Have an account? Log in.",
-            new_password: true,
-            errors,
-            email,
-        }
+        Self::with(&SIGN_UP, server, viewer, errors, email)
     }
 
     pub fn login(server: &'a str, viewer: &'a Viewer, errors: &'a [String], email: &'a str) -> Self {
+        Self::with(&LOG_IN, server, viewer, errors, email)
+    }
+
+    fn with(form: &AccountForm, server: &'a str, viewer: &'a Viewer, errors: &'a [String], email: &'a str) -> Self {
         AccountPage {
             server,
             db_node: "",
             viewer,
-            title: "Log in",
-            action: "/login",
-            button: "Log in",
-            other_link: "/signup",
-            other_text: "New here? Create an account.",
-            new_password: false,
+            title: form.title,
+            action: form.action,
+            button: form.button,
+            other_link: form.other_link,
+            other_text: form.other_text,
+            new_password: form.new_password,
             errors,
             email,
         }

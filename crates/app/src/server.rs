@@ -99,8 +99,7 @@ async fn ensure_admin(db: &Database, admin: &crate::config::AdminConfig) {
 
 /// The session's last write, if the cookie holds a well-formed GTID list.
 fn session_gtid(headers: &HeaderMap) -> Option<String> {
-    let cookies = headers.get(header::COOKIE)?.to_str().ok()?;
-    let value = cookies.split(';').filter_map(|c| c.trim().split_once('=')).find(|(k, _)| *k == GTID_COOKIE)?.1;
+    let value = accounts::cookie(headers, GTID_COOKIE)?;
     let well_formed = !value.is_empty()
         && value.len() <= 200
         && value.split(',').all(|g| {

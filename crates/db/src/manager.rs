@@ -72,6 +72,7 @@ struct Seen {
 /// listeners, in the same order as `config.peers`.
 pub async fn run(config: &DbConfig, admins: &[SocketAddr], manager: &Manager) {
     let mut misses = 0u32;
+    let mut links: Vec<Option<MySqlConnection>> = config.peers.iter().map(|_| None).collect();
     // A cluster still coming up has no writer yet: that is no primary's loss. Its absence
     // counts once a writer was seen, or once any node holds data (a cluster that ran before).
     let mut ever_saw_writer = false;
@@ -79,7 +80,7 @@ pub async fn run(config: &DbConfig, admins: &[SocketAddr], manager: &Manager) {
     let mut last_failover_text = None;
     loop {
         tokio::time::sleep(CHECK_INTERVAL).await;
-        let seen = look(config).await;
+        let seen = look(config, &mut links).await;
         let writers: Vec<SocketAddr> = seen.iter().filter(|s| s.writable).map(|s| s.address).collect();
         if writers.len() > 1 {
             // Never follow either of two writable nodes: the apps refuse writes meanwhile, and
@@ -156,15 +157,20 @@ fn unix_seconds() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Every node that answers, with what the manager needs to know of it.
-async fn look(config: &DbConfig) -> Vec<Seen> {
+/// Every node that answers, with what the manager needs to know of it. The connections stay
+/// open between checks (one per peer in `links`): a check is then a query, not a new login; a
+/// connection that fails or times out is dropped and made again at the next check.
+async fn look(config: &DbConfig, links: &mut [Option<MySqlConnection>]) -> Vec<Seen> {
     let mut seen = Vec::new();
-    for address in &config.peers {
-        let Ok(Ok(mut conn)) = tokio::time::timeout(PEER_TIMEOUT, sql::connect_tcp(config, *address)).await else {
-            continue;
-        };
-        if let Ok(Ok(node)) = tokio::time::timeout(PEER_TIMEOUT, describe(&mut conn, *address)).await {
-            seen.push(node);
+    for (address, link) in config.peers.iter().zip(links.iter_mut()) {
+        if link.is_none() {
+            *link =
+                tokio::time::timeout(PEER_TIMEOUT, sql::connect_tcp(config, *address)).await.ok().and_then(Result::ok);
+        }
+        let Some(conn) = link.as_mut() else { continue };
+        match tokio::time::timeout(PEER_TIMEOUT, describe(conn, *address)).await {
+            Ok(Ok(node)) => seen.push(node),
+            _ => *link = None,
         }
     }
     seen

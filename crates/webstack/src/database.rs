@@ -1,6 +1,7 @@
 //! `webstack db status`: the database cluster as its nodes report it — role, GTID positions
 //! (applied and received), lag, semi-sync state and replication errors — one line per node.
 //! `webstack db switchover [--to NODE]`: a planned change of primary that loses no write.
+//! `webstack db rejoin NODE [--force]`: a node back into the cluster as a replica.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,50 +11,47 @@ use anyhow::{Context, Result};
 use supervisor::state_dir::StateDir;
 use topology::{Component, Probe};
 
-/// Each db node's name and admin address, from the running stack's plan.
-fn db_nodes(state_dir: &Path) -> Result<Vec<(String, SocketAddr)>> {
-    Ok(db_nodes_with_sql(state_dir)?.into_iter().map(|(name, _, admin)| (name, admin)).collect())
+/// A database node of the running stack, from its plan.
+struct Node {
+    name: String,
+    sql: SocketAddr,
+    admin: SocketAddr,
 }
 
-/// Each db node's name, SQL address and admin address.
-fn db_nodes_with_sql(state_dir: &Path) -> Result<Vec<(String, SocketAddr, SocketAddr)>> {
+fn db_nodes(state_dir: &Path) -> Result<Vec<Node>> {
     let state = StateDir::new(state_dir)?;
     let plan = state.read_plan().with_context(|| format!("no stack in {} (run `webstack up`)", state_dir.display()))?;
     Ok(plan
         .components()
         .filter(|(_, c)| c.component == Component::Db)
         .filter_map(|(h, c)| match (&c.probe, c.listen.first()) {
-            (Probe::Http { address, .. }, Some(sql)) => Some((h.name.clone(), *sql, *address)),
+            (Probe::Http { address, .. }, Some(sql)) => Some(Node { name: h.name.clone(), sql: *sql, admin: *address }),
             _ => None,
         })
         .collect())
 }
 
-/// The sequence number of a GTID position's domain-0 entry: how far a node has got.
-fn gtid_seq(position: &str) -> u64 {
-    position
-        .split(',')
-        .filter_map(|g| g.trim().strip_prefix("0-"))
-        .filter_map(|rest| rest.rsplit('-').next()?.parse().ok())
-        .max()
-        .unwrap_or(0)
+/// A node's `/status`, or why there is none.
+async fn node_status(admin: SocketAddr) -> Result<serde_json::Value, String> {
+    match supervisor::probe::http_get(admin, "/status", Duration::from_secs(2)).await {
+        Ok((200, body)) => serde_json::from_str(&body).map_err(|e| format!("bad answer: {e}")),
+        Ok((status, body)) => Err(format!("{status}: {}", body.trim())),
+        Err(e) => Err(e),
+    }
 }
 
 /// A planned switchover: the primary turns read-only (writes pause), the target applies all it
 /// had and becomes writable, and every other node, the old primary included, replicates from
 /// it. No acknowledged write is lost: the target waits for the old primary's last position.
 pub fn switchover(state_dir: &Path, to: Option<&str>) -> Result<()> {
-    let nodes = db_nodes_with_sql(state_dir)?;
+    let nodes = db_nodes(state_dir)?;
     let token = StateDir::new(state_dir)?.secrets()?.db_admin_password;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut statuses = Vec::new();
-        for (name, sql, admin) in &nodes {
-            let status = match supervisor::probe::http_get(*admin, "/status", Duration::from_secs(2)).await {
-                Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body).ok(),
-                _ => None,
-            };
-            statuses.push((name.clone(), *sql, *admin, status));
+        for node in nodes {
+            let status = node_status(node.admin).await.ok();
+            statuses.push((node.name, node.sql, node.admin, status));
         }
         let primaries: Vec<_> =
             statuses.iter().filter(|(_, _, _, s)| s.as_ref().is_some_and(|s| s["role"] == "primary")).collect();
@@ -70,7 +68,7 @@ pub fn switchover(state_dir: &Path, to: Option<&str>) -> Result<()> {
             None => replicas
                 .iter()
                 .max_by_key(|(_, _, _, s)| {
-                    s.as_ref().map(|s| gtid_seq(s["replica"]["gtid_io_pos"].as_str().unwrap_or("")))
+                    s.as_ref().map(|s| db::manager::sequence(s["replica"]["gtid_io_pos"].as_str().unwrap_or("")))
                 })
                 .context("no replica answers to take over")?,
         };
@@ -99,19 +97,15 @@ pub fn switchover(state_dir: &Path, to: Option<&str>) -> Result<()> {
 /// transactions the cluster never received cannot replicate: it is reported, and rebuilt from
 /// the primary only with `force` (what it alone held is lost).
 pub fn rejoin(state_dir: &Path, node: &str, force: bool) -> Result<()> {
-    let nodes = db_nodes_with_sql(state_dir)?;
+    let nodes = db_nodes(state_dir)?;
     let token = StateDir::new(state_dir)?.secrets()?.db_admin_password;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let (_, _, admin) =
-            nodes.iter().find(|(n, _, _)| n == node).with_context(|| format!("no database node {node}"))?;
+        let admin = &nodes.iter().find(|n| n.name == node).with_context(|| format!("no database node {node}"))?.admin;
         let mut primary = None;
-        for (name, sql, admin) in &nodes {
-            if let Ok((200, body)) = supervisor::probe::http_get(*admin, "/status", Duration::from_secs(2)).await {
-                let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                if s["role"] == "primary" && name != node {
-                    primary = Some((name.clone(), *sql));
-                }
+        for n in nodes.iter().filter(|n| n.name != node) {
+            if node_status(n.admin).await.is_ok_and(|s| s["role"] == "primary") {
+                primary = Some((n.name.clone(), n.sql));
             }
         }
         let (primary_name, primary_sql) = primary.context("no other node is the primary; see `webstack db status`")?;
@@ -127,9 +121,7 @@ pub fn rejoin(state_dir: &Path, node: &str, force: bool) -> Result<()> {
             .with_context(|| format!("rejoining {node}"))?;
         // Replication reports a diverged node within a moment of starting.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let (_, body) =
-            supervisor::probe::http_get(*admin, "/status", Duration::from_secs(2)).await.map_err(anyhow::Error::msg)?;
-        let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let s = node_status(*admin).await.map_err(anyhow::Error::msg)?;
         if let Some(diverged) = s["diverged"].as_str() {
             anyhow::bail!("{node} {diverged}");
         }
@@ -164,13 +156,8 @@ pub fn status(state_dir: &Path, json: bool) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let answers: Vec<(String, Result<serde_json::Value, String>)> = runtime.block_on(async {
         let mut answers = Vec::new();
-        for (name, admin) in nodes {
-            let answer = match supervisor::probe::http_get(admin, "/status", Duration::from_secs(2)).await {
-                Ok((200, body)) => serde_json::from_str(&body).map_err(|e| format!("bad answer: {e}")),
-                Ok((status, body)) => Err(format!("{status}: {}", body.trim())),
-                Err(e) => Err(e),
-            };
-            answers.push((name, answer));
+        for node in nodes {
+            answers.push((node.name, node_status(node.admin).await));
         }
         answers
     });

@@ -118,7 +118,7 @@ enum Command {
     Proxy(components::ComponentArgs),
     /// Run the foobar.com application server alone.
     App(components::ComponentArgs),
-    /// Run one MariaDB node alone (`--config FILE`), or look at the stack's cluster (`status`).
+    /// Run one MariaDB node alone (`--config FILE`), or manage the stack's cluster (`status`, `switchover`, `rejoin`).
     Db(DbArgs),
     /// Run the authoritative DNS server for the site's zone alone.
     Dns(components::ComponentArgs),
