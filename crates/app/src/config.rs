@@ -16,12 +16,21 @@
 //! email = "admin@foobar.com"
 //! password = "…"                     # made sure of at every start
 //! ```
+//!
+//! Or, with no database server, an embedded SQLite file (relative to this file's directory
+//! unless absolute; created with the schema at the first start):
+//!
+//! ```toml
+//! database = "sqlite:///var/lib/foobar/shop.db"
+//! ```
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use webstack_config::{ConfigErrors, Source};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -29,7 +38,7 @@ use webstack_config::{ConfigErrors, Source};
 pub struct AppConfig {
     pub name: String,
     pub listen: SocketAddr,
-    pub database: DatabaseConfig,
+    pub database: DatabaseSetting,
     #[serde(default)]
     pub admin: Option<AdminConfig>,
 }
@@ -39,6 +48,37 @@ pub struct AppConfig {
 pub struct AdminConfig {
     pub email: String,
     pub password: String,
+}
+
+/// Where the shop's data lives.
+#[derive(Debug, Clone)]
+pub enum DatabaseSetting {
+    /// MariaDB nodes, one of them writable (a `[database]` table).
+    Cluster(DatabaseConfig),
+    /// An embedded SQLite file (`database = "sqlite://PATH"`), absolute once loaded.
+    Embedded(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for DatabaseSetting {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Setting;
+        impl<'de> Visitor<'de> for Setting {
+            type Value = DatabaseSetting;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a `sqlite://PATH` URL or a [database] table of MariaDB nodes")
+            }
+
+            fn visit_str<E: de::Error>(self, url: &str) -> Result<DatabaseSetting, E> {
+                webstack_config::sqlite_file(url).map(DatabaseSetting::Embedded).map_err(E::custom)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<DatabaseSetting, A::Error> {
+                DatabaseConfig::deserialize(de::value::MapAccessDeserializer::new(map)).map(DatabaseSetting::Cluster)
+            }
+        }
+        deserializer.deserialize_any(Setting)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,18 +112,13 @@ impl AppConfig {
     }
 
     pub fn from_source(src: &Source) -> Result<AppConfig, ConfigErrors> {
-        let config: AppConfig = src.parse()?;
+        let mut config: AppConfig = src.parse()?;
         let mut errors = Vec::new();
-        let db = &config.database;
-        if db.nodes.is_empty() {
-            errors.push(src.error_at("database.nodes", "at least one database node is needed"));
-        }
-        let mut names = BTreeSet::new();
-        for (i, node) in db.nodes.iter().enumerate() {
-            if !names.insert(node.name.as_str()) {
-                errors.push(
-                    src.error_at(&format!("database.nodes[{i}].name"), format!("node `{}` is listed twice", node.name)),
-                );
+        match &mut config.database {
+            DatabaseSetting::Cluster(db) => check_cluster(db, src, &mut errors),
+            DatabaseSetting::Embedded(file) => {
+                let base = src.path().parent().unwrap_or(Path::new("."));
+                *file = std::path::absolute(base.join(&*file)).unwrap_or_else(|_| base.join(&*file));
             }
         }
         if let Some(admin) = &config.admin {
@@ -94,25 +129,72 @@ impl AppConfig {
                 errors.push(src.error_at("admin.password", e));
             }
         }
-        if !db.nodes.iter().any(|n| n.name == db.local) {
-            errors.push(src.error_at("database.local", format!("`{}` is not one of database.nodes", db.local)));
-        }
-        if db.name.is_empty() || !db.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            errors.push(
-                src.error_at("database.name", format!("`{}` is not a database name (letters, digits, `_`)", db.name)),
-            );
-        }
-        if db.user.is_empty() {
-            errors.push(src.error_at("database.user", "must not be empty"));
-        }
         match errors.is_empty() {
             true => Ok(config),
             false => Err(ConfigErrors(errors)),
         }
     }
+}
 
-    /// The position of the local node in `database.nodes`.
+fn check_cluster(db: &DatabaseConfig, src: &Source, errors: &mut Vec<webstack_config::ConfigError>) {
+    if db.nodes.is_empty() {
+        errors.push(src.error_at("database.nodes", "at least one database node is needed"));
+    }
+    let mut names = BTreeSet::new();
+    for (i, node) in db.nodes.iter().enumerate() {
+        if !names.insert(node.name.as_str()) {
+            errors.push(
+                src.error_at(&format!("database.nodes[{i}].name"), format!("node `{}` is listed twice", node.name)),
+            );
+        }
+    }
+    if !db.nodes.iter().any(|n| n.name == db.local) {
+        errors.push(src.error_at("database.local", format!("`{}` is not one of database.nodes", db.local)));
+    }
+    if db.name.is_empty() || !db.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        errors.push(
+            src.error_at("database.name", format!("`{}` is not a database name (letters, digits, `_`)", db.name)),
+        );
+    }
+    if db.user.is_empty() {
+        errors.push(src.error_at("database.user", "must not be empty"));
+    }
+}
+
+impl DatabaseConfig {
+    /// The position of the local node in `nodes`.
     pub fn local_index(&self) -> usize {
-        self.database.nodes.iter().position(|n| n.name == self.database.local).unwrap_or(0)
+        self.nodes.iter().position(|n| n.name == self.local).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<AppConfig, ConfigErrors> {
+        AppConfig::from_source(&Source::from_text("/etc/foobar/app.toml", text))
+    }
+
+    #[test]
+    fn an_embedded_database_is_a_file_next_to_the_config_unless_absolute() {
+        let base = "name = \"server-01\"\nlisten = \"127.0.0.1:9000\"\n";
+        let relative = load(&format!("{base}database = \"sqlite://shop.db\"")).expect("valid");
+        assert!(matches!(&relative.database, DatabaseSetting::Embedded(p) if p == Path::new("/etc/foobar/shop.db")));
+        let absolute = load(&format!("{base}database = \"sqlite:///var/lib/shop.db\"")).expect("valid");
+        assert!(matches!(&absolute.database, DatabaseSetting::Embedded(p) if p == Path::new("/var/lib/shop.db")));
+    }
+
+    #[test]
+    fn a_bad_database_setting_names_line_and_field() {
+        let base = "name = \"server-01\"\nlisten = \"127.0.0.1:9000\"\n";
+        let err = load(&format!("{base}database = \"sqlite::memory:\"")).expect_err("in memory").to_string();
+        assert!(err.contains("app.toml:3") && err.contains("database") && err.contains("in memory"), "{err}");
+        let err = load(&format!(
+            "{base}[database]\nname = \"foobar\"\nuser = \"u\"\npassword = \"p\"\nlocal = \"x\"\nnodes = []\nport = 1"
+        ))
+        .expect_err("unknown field")
+        .to_string();
+        assert!(err.contains("port"), "{err}");
     }
 }

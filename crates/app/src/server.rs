@@ -426,7 +426,7 @@ async fn update_product_form(
     match state.db.update_product(&product).await {
         Ok(Some((writer, gtid))) => {
             let mut response = Redirect::to(&format!("/products/{id}")).into_response();
-            append_cookie(&mut response, &gtid_cookie(&gtid));
+            remember_write(&mut response, &gtid);
             with_header(response, &X_DB_WRITE, &writer)
         }
         Ok(None) => error_page(&state, &viewer, StatusCode::NOT_FOUND, "Not found", "There is no such product."),
@@ -513,7 +513,7 @@ async fn create_product_form(State(state): Shared, viewer: Viewer, Form(form): F
     match state.db.create_product(&name, &description, price, stock).await {
         Ok((product, writer, gtid)) => {
             let mut response = Redirect::to(&format!("/products/{}", product.id)).into_response();
-            append_cookie(&mut response, &gtid_cookie(&gtid));
+            remember_write(&mut response, &gtid);
             with_header(response, &X_DB_WRITE, &writer)
         }
         Err(e) => data_error_page(&state, &viewer, &e),
@@ -538,9 +538,12 @@ pub fn parse_stock(text: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("The stock `{text}` is not a number from 0 to {MAX_STOCK}."))
 }
 
-/// The session's last write, so its next read waits for it (read-your-writes).
-fn gtid_cookie(gtid: &str) -> String {
-    format!("{GTID_COOKIE}={gtid}; Path=/; HttpOnly; SameSite=Lax")
+/// Keeps the session's last write, so its next read waits for it (read-your-writes). The
+/// embedded database has no GTIDs: it is its own writer, nothing to wait for.
+fn remember_write(response: &mut Response, gtid: &str) {
+    if !gtid.is_empty() {
+        append_cookie(response, &format!("{GTID_COOKIE}={gtid}; Path=/; HttpOnly; SameSite=Lax"));
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -657,7 +660,7 @@ async fn start_session(state: &AppState, user: User) -> Result<Opened, AccountEr
 fn with_session(mut response: Response, viewer: &Viewer, opened: &Opened) -> Response {
     let max_age = accounts::SESSION_DAYS * 86_400;
     append_cookie(&mut response, &accounts::secret_cookie(SESSION_COOKIE, Some(&opened.token), max_age, viewer.secure));
-    append_cookie(&mut response, &gtid_cookie(&opened.gtid));
+    remember_write(&mut response, &opened.gtid);
     response
 }
 
@@ -704,7 +707,7 @@ async fn logout(State(state): Shared, viewer: Viewer, Form(form): Form<LogoutFor
 async fn end_session(state: &AppState, viewer: &Viewer, mut response: Response) -> Response {
     if let Some(token) = &viewer.session_token {
         match state.db.end_session(&accounts::token_digest(token)).await {
-            Ok(gtid) => append_cookie(&mut response, &gtid_cookie(&gtid)),
+            Ok(gtid) => remember_write(&mut response, &gtid),
             Err(e) => tracing::warn!(error = %e, "could not end a session; it expires by itself"),
         }
     }
@@ -953,7 +956,7 @@ async fn set_cart_line(State(state): Shared, viewer: Viewer, Form(form): Form<Ca
     match state.db.set_cart_line(user.id, product_id, quantity).await {
         Ok(gtid) => {
             let mut response = Redirect::to("/cart").into_response();
-            append_cookie(&mut response, &gtid_cookie(&gtid));
+            remember_write(&mut response, &gtid);
             response
         }
         Err(e) => data_error_page(&state, &viewer, &e),
@@ -968,7 +971,7 @@ async fn place_order(State(state): Shared, viewer: Viewer, Form(form): Form<Logo
     match state.db.place_order(user.id, &[]).await {
         Ok(Ok((order, gtid))) => {
             let mut response = Redirect::to(&format!("/orders#order-{}", order.id)).into_response();
-            append_cookie(&mut response, &gtid_cookie(&gtid));
+            remember_write(&mut response, &gtid);
             response
         }
         Ok(Err(refused)) => show_cart(&state, &viewer, user, StatusCode::CONFLICT, &[refused.to_string()]).await,

@@ -246,6 +246,25 @@ fn descend_value(value: &DeValue<'_>, span: &Range<usize>, path: &mut String) {
     }
 }
 
+/// The file of an embedded SQLite database's URL, written as sqlx writes them: `sqlite://PATH`,
+/// an absolute path as `sqlite:///var/lib/shop.db`, a relative one as `sqlite://shop.db`
+/// (relative to what the caller says: the config file's directory, the state dir).
+pub fn sqlite_file(url: &str) -> Result<PathBuf, String> {
+    if url.starts_with("sqlite::memory:") || url.contains(":memory:") || url.contains("mode=memory") {
+        return Err(format!("`{url}` is in memory: the shop would be forgotten at every restart; give a file"));
+    }
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        return Err(format!("`{url}` is not a database URL; expected sqlite://PATH (an embedded SQLite file)"));
+    };
+    if path.contains('?') || path.contains('#') {
+        return Err(format!("`{url}`: options in the URL are not supported; give only the file"));
+    }
+    if path.is_empty() || path.ends_with('/') {
+        return Err(format!("`{url}` names no file; expected sqlite://PATH"));
+    }
+    Ok(PathBuf::from(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +336,15 @@ mod tests {
         let src = Source::from_text("t.toml", "name = \"web\"\nservers = [\n");
         let e = src.parse::<Conf>().unwrap_err();
         assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn sqlite_urls_name_a_file() {
+        assert_eq!(sqlite_file("sqlite:///var/lib/shop.db"), Ok(PathBuf::from("/var/lib/shop.db")));
+        assert_eq!(sqlite_file("sqlite://shop.db"), Ok(PathBuf::from("shop.db")));
+        assert!(sqlite_file("sqlite::memory:").unwrap_err().contains("in memory"));
+        assert!(sqlite_file("mysql://db/shop").unwrap_err().contains("expected sqlite://PATH"));
+        assert!(sqlite_file("sqlite://").unwrap_err().contains("names no file"));
+        assert!(sqlite_file("sqlite://shop.db?mode=ro").unwrap_err().contains("options"));
     }
 }

@@ -168,6 +168,9 @@ struct RawProfile {
     /// Plain HTTP redirects to HTTPS and browsers are told to stay there (HSTS, one year).
     #[serde(default)]
     https_only: bool,
+    /// `sqlite://PATH`: the app keeps the shop in an embedded SQLite file (relative to the
+    /// state dir) and no MariaDB runs.
+    database: Option<String>,
 }
 
 /// A validated `webstack.toml`.
@@ -191,6 +194,9 @@ pub struct Topology {
     pub profiles: BTreeMap<String, Vec<String>>,
     /// Profiles that send HTTP to HTTPS and set HSTS.
     pub https_only: BTreeSet<String>,
+    /// Profiles whose app keeps the shop in an embedded SQLite file: the file, relative to
+    /// the state dir unless absolute.
+    pub embedded_databases: BTreeMap<String, PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,11 +374,29 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
         if !runs(Component::Web) {
             err(&field, "a profile needs at least one host with `web`".into());
         }
-        if runs(Component::Db) && !profile.hosts.contains(&raw.database.primary) {
+        if runs(Component::Db) && profile.database.is_none() && !profile.hosts.contains(&raw.database.primary) {
             err(&field, format!("database.primary `{}` is not in this profile", raw.database.primary));
         }
         if members.iter().filter(|h| h.components.contains(&Component::Edge)).count() > 2 {
             err(&field, "at most two `edge` hosts per profile: a MASTER and its BACKUP".into());
+        }
+        if let Some(url) = &profile.database {
+            let field = format!("profiles.{name}.database");
+            match webstack_config::sqlite_file(url) {
+                Err(e) => err(&field, e),
+                Ok(_) => {
+                    let apps = members.iter().filter(|h| h.components.contains(&Component::App)).count();
+                    if apps != 1 {
+                        err(
+                            &field,
+                            format!(
+                                "an embedded SQLite database serves one app server, and this profile has {apps}; \
+                                 leave `database` out to run MariaDB"
+                            ),
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -400,6 +424,11 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
             .map(|h| Host { name: h.name, address: h.address, components: h.components })
             .collect(),
         https_only: raw.profiles.iter().filter(|(_, p)| p.https_only).map(|(k, _)| k.clone()).collect(),
+        embedded_databases: raw
+            .profiles
+            .iter()
+            .filter_map(|(k, p)| Some((k.clone(), webstack_config::sqlite_file(p.database.as_deref()?).ok()?)))
+            .collect(),
         profiles: raw.profiles.into_iter().map(|(k, v)| (k, v.hosts)).collect(),
     })
 }
@@ -533,6 +562,40 @@ mod tests {
         assert!(errs.iter().any(|e| e.contains("profile: no profile `tertiary`")), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("profiles.distributed.hosts[1]: no host `server-09`")), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("database.primary `server-01` is not in this profile")), "{errs:?}");
+    }
+
+    #[test]
+    fn an_embedded_database_profile_runs_no_mariadb() {
+        let t = load(REPO_TOPOLOGY).unwrap();
+        assert_eq!(t.embedded_databases.get("single-sqlite"), Some(&PathBuf::from("foobar.db")));
+        let secrets = crate::Secrets {
+            db_admin_password: "a".into(),
+            db_app_password: "b".into(),
+            db_repl_password: "c".into(),
+            ha_key: String::new(),
+            shop_admin_password: "d".into(),
+        };
+        let plan = t.plan("single-sqlite", Path::new("/var/lib/webstack"), &secrets, None).unwrap();
+        let ran: Vec<Component> = plan.components().map(|(_, c)| c.component).collect();
+        assert_eq!(ran, [Component::Web, Component::App]);
+        let app = plan.components().find(|(_, c)| c.component == Component::App).unwrap().1;
+        assert!(app.config.contains("database = \"sqlite:///var/lib/webstack/foobar.db\""), "{}", app.config);
+        let single = t.plan("single", Path::new("/var/lib/webstack"), &secrets, None).unwrap();
+        assert!(single.components().any(|(_, c)| c.component == Component::Db));
+    }
+
+    #[test]
+    fn a_bad_embedded_database_is_reported() {
+        let text = REPO_TOPOLOGY.replace("database = \"sqlite://foobar.db\"", "database = \"sqlite::memory:\"");
+        let errs = errors(&text);
+        assert!(
+            errs.iter().any(|e| e.contains("profiles.single-sqlite.database") && e.contains("in memory")),
+            "{errs:?}"
+        );
+        let text = REPO_TOPOLOGY
+            .replace("hosts = [\"server-01\"]\ndatabase", "hosts = [\"server-01\", \"server-02\"]\ndatabase");
+        let errs = errors(&text);
+        assert!(errs.iter().any(|e| e.contains("serves one app server, and this profile has 2")), "{errs:?}");
     }
 
     #[test]

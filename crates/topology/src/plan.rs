@@ -123,13 +123,25 @@ impl Topology {
         })?;
         let hosts: Vec<&Host> = names.iter().filter_map(|n| self.host(n)).collect();
         let https_only = self.https_only.contains(profile);
-        let ctx = render::Context { topology: self, hosts: &hosts, state_dir, secrets, certificate, https_only };
+        // Relative to the state dir, where the stack keeps its data.
+        let embedded_database = self.embedded_databases.get(profile).map(|file| state_dir.join(file));
+        let ctx = render::Context {
+            topology: self,
+            hosts: &hosts,
+            state_dir,
+            secrets,
+            certificate,
+            https_only,
+            embedded_database: embedded_database.as_deref(),
+        };
+        // With an embedded database the app keeps the data itself: no MariaDB runs.
+        let runs = |c: &&Component| embedded_database.is_none() || **c != Component::Db;
         let planned = hosts
             .iter()
             .map(|host| PlannedHost {
                 name: host.name.clone(),
                 address: host.address,
-                components: host.components.iter().map(|c| ctx.component(host, *c)).collect(),
+                components: host.components.iter().filter(runs).map(|c| ctx.component(host, *c)).collect(),
             })
             .collect();
         let has_edge = hosts.iter().any(|h| h.components.contains(&Component::Edge));

@@ -17,6 +17,8 @@ pub(crate) struct Context<'a> {
     pub secrets: &'a Secrets,
     pub certificate: Option<&'a SiteCertificate>,
     pub https_only: bool,
+    /// The profile's embedded SQLite file (absolute), when it runs no MariaDB.
+    pub embedded_database: Option<&'a Path>,
 }
 
 const APP_DB_USER: &str = "foobar";
@@ -254,12 +256,15 @@ impl Context<'_> {
         let config = AppConfig {
             name: host.name.clone(),
             listen: SocketAddr::new(host.address.into(), t.ports.app),
-            database: AppDatabase {
-                name: t.db_name.clone(),
-                user: APP_DB_USER.into(),
-                password: self.secrets.db_app_password.clone(),
-                local: host.name.clone(),
-                nodes: self.db_nodes(),
+            database: match self.embedded_database {
+                Some(file) => AppDatabase::Embedded(format!("sqlite://{}", file.display())),
+                None => AppDatabase::Cluster(AppCluster {
+                    name: t.db_name.clone(),
+                    user: APP_DB_USER.into(),
+                    password: self.secrets.db_app_password.clone(),
+                    local: host.name.clone(),
+                    nodes: self.db_nodes(),
+                }),
             },
             admin: AppAdmin { email: shop_admin_email(&t.domain), password: self.secrets.shop_admin_password.clone() },
         };
@@ -422,6 +427,14 @@ struct AppConfig {
     admin: AppAdmin,
 }
 
+/// MariaDB nodes (a table), or an embedded SQLite file (`"sqlite://PATH"`).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum AppDatabase {
+    Embedded(String),
+    Cluster(AppCluster),
+}
+
 #[derive(Serialize)]
 struct AppAdmin {
     email: String,
@@ -434,7 +447,7 @@ pub fn shop_admin_email(domain: &str) -> String {
 }
 
 #[derive(Serialize)]
-struct AppDatabase {
+struct AppCluster {
     name: String,
     user: String,
     password: String,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use supervisor::state_dir::StateDir;
 use topology::{Component, Probe};
 
@@ -21,14 +21,22 @@ struct Node {
 fn db_nodes(state_dir: &Path) -> Result<Vec<Node>> {
     let state = StateDir::new(state_dir)?;
     let plan = state.read_plan().with_context(|| format!("no stack in {} (run `webstack up`)", state_dir.display()))?;
-    Ok(plan
+    let nodes: Vec<Node> = plan
         .components()
         .filter(|(_, c)| c.component == Component::Db)
         .filter_map(|(h, c)| match (&c.probe, c.listen.first()) {
             (Probe::Http { address, .. }, Some(sql)) => Some(Node { name: h.name.clone(), sql: *sql, admin: *address }),
             _ => None,
         })
-        .collect())
+        .collect();
+    if nodes.is_empty() {
+        bail!(
+            "profile `{}` runs no MariaDB node: its app keeps the shop in an embedded SQLite file \
+             (`database = \"sqlite://…\"` in the topology), with no replicas to manage",
+            plan.profile
+        );
+    }
+    Ok(nodes)
 }
 
 /// A node's `/status`, or why there is none.

@@ -1,5 +1,6 @@
-//! The shop's catalog on a real MariaDB (the `single` profile): a thousand seeded products,
-//! pages, search, and clear 400s for bad parameters.
+//! The shop's catalog on a real MariaDB (the `single` profile) and on the embedded SQLite file
+//! (`single-sqlite`), the same checks on both: a thousand seeded products and a seeded order
+//! history, pages, search, and clear 400s for bad parameters.
 
 mod support;
 
@@ -7,12 +8,8 @@ use std::net::SocketAddr;
 
 use support::{get, Stack};
 
-fn site() -> SocketAddr {
-    "127.222.2.1:8080".parse().unwrap()
-}
-
-fn api(path: &str) -> (u16, serde_json::Value) {
-    let r = get(site(), path).expect("answer");
+fn api(site: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let r = get(site, path).expect("answer");
     (r.status, serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null))
 }
 
@@ -20,11 +17,33 @@ fn ids(v: &serde_json::Value) -> Vec<i64> {
     v["products"].as_array().unwrap().iter().map(|p| p["id"].as_i64().unwrap()).collect()
 }
 
+/// The seeded customers and their history, asked of the database itself.
+const SEEDED: &str = "SELECT (SELECT COUNT(*) FROM users WHERE email LIKE 'customer%@example.invalid'), \
+                      (SELECT COUNT(*) FROM orders), (SELECT COUNT(*) FROM orders WHERE total_cents <= 0), \
+                      (SELECT COUNT(*) FROM order_items)";
+
 #[test]
 fn the_catalog_pages_and_searches_a_thousand_products() {
     let stack = Stack::new();
     stack.run_ok(&["up", "-d", "--profile", "single", "--subnet", "127.222.0.0/16", "--timeout", "120"]);
+    let out = support::mariadb(&stack, "127.222.2.1:3306", &format!("USE foobar; {SEEDED}"));
+    let seeded: Vec<i64> = out.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    catalog_pages_and_searches(SocketAddr::from(([127, 222, 2, 1], 8080)), &seeded);
+    stack.run_ok(&["down"]);
+}
 
+#[test]
+fn the_catalog_pages_and_searches_a_thousand_products_on_sqlite() {
+    let stack = Stack::new();
+    stack.run_ok(&["up", "-d", "--profile", "single-sqlite", "--subnet", "127.237.0.0/16", "--timeout", "60"]);
+    let seeded = support::sqlite(&stack.state_dir().join("foobar.db"), SEEDED);
+    catalog_pages_and_searches(SocketAddr::from(([127, 237, 2, 1], 8080)), &seeded);
+    stack.run_ok(&["down"]);
+}
+
+/// `seeded`: the counts of [`SEEDED`].
+fn catalog_pages_and_searches(site: SocketAddr, seeded: &[i64]) {
+    let api = |path: &str| api(site, path);
     let (status, first) = api("/api/v1/products");
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["total"], 1008, "8 starter products and the 1000 of the seed");
@@ -32,15 +51,9 @@ fn the_catalog_pages_and_searches_a_thousand_products() {
         first["products"].as_array().unwrap().iter().all(|p| p["stock"].as_i64().is_some_and(|s| s >= 5)),
         "seeded products have stock: {first}"
     );
-    // The seeded customers and their history, asked of the database itself.
-    let sql = "SELECT (SELECT COUNT(*) FROM foobar.users WHERE email LIKE 'customer%@example.invalid'), \
-               (SELECT COUNT(*) FROM foobar.orders), (SELECT COUNT(*) FROM foobar.orders WHERE total_cents <= 0), \
-               (SELECT COUNT(*) FROM foobar.order_items)";
-    let out = support::mariadb(&stack, "127.222.2.1:3306", sql);
-    let counts: Vec<u64> = out.split_whitespace().filter_map(|n| n.parse().ok()).collect();
-    assert_eq!(counts.len(), 4, "{out}");
-    assert_eq!(&counts[..3], &[200, 1000, 0], "200 customers, 1,000 orders, each with its total");
-    assert!((1000..=3000).contains(&counts[3]), "one to three lines per order: {}", counts[3]);
+    assert_eq!(seeded.len(), 4, "{seeded:?}");
+    assert_eq!(&seeded[..3], &[200, 1000, 0], "200 customers, 1,000 orders, each with its total");
+    assert!((1000..=3000).contains(&seeded[3]), "one to three lines per order: {}", seeded[3]);
     assert_eq!((first["page"].as_u64(), first["per_page"].as_u64()), (Some(1), Some(20)));
     assert_eq!(ids(&first).len(), 20);
     let (_, second) = api("/api/v1/products?page=2&per_page=20");
@@ -67,12 +80,11 @@ fn the_catalog_pages_and_searches_a_thousand_products() {
         assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{bad}: {body}");
     }
 
-    let page = get(site(), "/?q=oak&page=2").unwrap();
+    let page = get(site, "/?q=oak&page=2").unwrap();
     assert_eq!(page.status, 200);
     assert!(page.body.contains("100 products matching “oak”") && page.body.contains("page 2 of 5"), "{}", page.body);
     // The template escapes `&` in the link (as &#38;), as it escapes everything.
     assert!(page.body.contains("href=\"/?page=1&#38;q=oak\""), "{}", page.body);
     assert!(page.body.contains("href=\"/?page=3&#38;q=oak\""), "{}", page.body);
-    assert_eq!(get(site(), "/?page=0").unwrap().status, 400);
-    stack.run_ok(&["down"]);
+    assert_eq!(get(site, "/?page=0").unwrap().status, 400);
 }

@@ -226,3 +226,16 @@ pub fn products_present(stack: &Stack, address: &str, ids: &[i64]) -> usize {
     let query = format!("SELECT COUNT(*) FROM foobar.products WHERE id IN ({})", list.join(","));
     mariadb(stack, address, &query).trim().parse().unwrap_or(0)
 }
+
+/// The integers of the first row `sql` returns from the SQLite file at `file`.
+pub fn sqlite(file: &Path, sql: &str) -> Vec<i64> {
+    use sqlx::{ConnectOptions, Connection, Row};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(file).connect().await.expect("open");
+        let row = sqlx::query(sql).fetch_one(&mut conn).await.expect(sql);
+        let values = (0..row.len()).map(|i| row.try_get::<i64, _>(i).expect("an integer")).collect();
+        let _ = conn.close().await;
+        values
+    })
+}
