@@ -8,9 +8,12 @@
 //! preemption with an optional delay, and priority 0 as "I am leaving". Unlike keepalived it
 //! needs a quorum: a node becomes (or stays) MASTER only while it sees a majority of witnesses,
 //! so two nodes that lose sight of each other never both hold the VIP.
-//! The I/O layer (adverts over UDP, binding the VIP) comes with the edge proxy that embeds it.
+//! [`interface`] moves the VIP on hosts with their own network stack (netlink and gratuitous
+//! ARP); the rest of the I/O (adverts over UDP, binding the VIP's listeners) comes with the edge
+//! proxy that embeds it.
 
 pub mod advert;
+pub mod interface;
 pub mod vrrp;
 
 pub use vrrp::{Action, Config, Event, Node, State};

@@ -18,6 +18,9 @@
 //! preempt = true
 //! preempt_delay_ms = 1000
 //! witnesses = ["127.0.2.1:8080"]   # MASTER only while a majority of these answers a connect
+//! interface = "eth0"               # optional, on a host with its own network stack: the MASTER
+//!                                  # adds the VIP to this interface (netlink) and announces it
+//!                                  # with gratuitous ARP; a BACKUP removes it. Needs root.
 //! [access_log]
 //! path = "/var/log/webstack/access.log"   # "-" for stderr
 //! format = "combined"              # or "json"
@@ -136,6 +139,8 @@ struct RawHa {
     preempt_delay_ms: u64,
     #[serde(default)]
     witnesses: Vec<SocketAddr>,
+    #[serde(default)]
+    interface: Option<String>,
 }
 
 fn default_advert_interval() -> u64 {
@@ -388,6 +393,9 @@ pub struct HaConfig {
     pub key: String,
     /// Seen by a majority: the quorum. None configured: always in quorum (keepalived's way).
     pub witnesses: Vec<SocketAddr>,
+    /// The interface that carries the VIP on a host with its own network stack; `None` on
+    /// loopback hosts, where the VIP moves by binding its listeners.
+    pub interface: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -695,6 +703,16 @@ impl ProxyConfig {
             if !listeners.iter().any(|l| l.bind.ip() == std::net::IpAddr::V4(h.vip)) {
                 err("ha.vip".into(), format!("no listener binds {}; the VIP's listeners are what MASTER holds", h.vip));
             }
+            if let Some(name) = &h.interface {
+                // IFNAMSIZ is 16 with the NUL; `/`, whitespace and `:` never appear in one.
+                let bad = |b: u8| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0;
+                if name.is_empty() || name.len() > 15 || name.bytes().any(bad) {
+                    err(
+                        "ha.interface".into(),
+                        format!("`{name}` is not a network interface name (1 to 15 characters)"),
+                    );
+                }
+            }
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -712,6 +730,7 @@ impl ProxyConfig {
             vip: h.vip,
             key: h.key.clone(),
             witnesses: h.witnesses.clone(),
+            interface: h.interface.clone(),
         });
         Ok(ProxyConfig {
             source: Some(src.path().to_path_buf()),
@@ -890,6 +909,18 @@ pool = "web"
 name = "a"
 address = "127.0.0.1:9001"
 "#;
+
+    #[test]
+    fn the_vips_interface_is_checked_and_named_in_errors() {
+        let ha = "\n[ha]\nid = 1\npriority = 100\nbind = \"127.0.0.2:5405\"\nvip = \"127.0.0.1\"\n\
+                  key = \"sixteen chars at least\"\n";
+        let good = load(&format!("{GOOD}{ha}interface = \"eth0\"\n")).unwrap();
+        assert_eq!(good.ha.and_then(|h| h.interface).as_deref(), Some("eth0"));
+        let text = format!("{GOOD}{ha}interface = \"a-name-far-too-long\"\n");
+        let bad = load(&text).unwrap_err();
+        assert_eq!(bad.0[0].field, "ha.interface", "{bad}");
+        assert_eq!(bad.0[0].line, text.lines().position(|l| l.starts_with("interface")).map(|i| i + 1), "{bad}");
+    }
 
     #[test]
     fn routes_are_ordered_longest_prefix_first() {

@@ -1,8 +1,9 @@
 //! The edge proxy's side of load-balancer redundancy: it runs the `ha` state machine, sends
 //! and receives authenticated adverts over UDP, watches its quorum of witnesses and its own
 //! health, and binds the VIP's listeners only while MASTER (on loopback hosts the VIP moves
-//! by binding). A dead proxy is a silent advertiser: its peer takes over after the
-//! master-down interval; a proxy that stops cleanly hands over at once (priority 0).
+//! by binding; with `interface` set, the MASTER also adds the VIP to that interface and
+//! announces it with gratuitous ARP). A dead proxy is a silent advertiser: its peer takes over
+//! after the master-down interval; a proxy that stops cleanly hands over at once (priority 0).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ha::advert::{self, Advert, Key};
+use ha::interface::Interface;
 use ha::{Action, Event, Node, State};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -19,6 +21,9 @@ use crate::server::Proxy;
 
 /// How often witnesses and health are looked at.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// When gratuitous ARP is repeated after a takeover, in case a frame was lost (keepalived
+/// repeats its burst after 5 s; clients here should not wait that long for a lost frame).
+const ANNOUNCE_AGAIN: [Duration; 2] = [Duration::from_millis(300), Duration::from_secs(2)];
 
 /// What `/ha` reports.
 #[derive(Debug, Default)]
@@ -56,6 +61,22 @@ pub(crate) async fn run(proxy: Arc<Proxy>, config: HaConfig, status: Arc<HaStatu
             return;
         }
     };
+    let interface = match config.interface.as_deref().map(Interface::named).transpose() {
+        Ok(interface) => interface,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot find the VIP's interface; this node stays in FAULT");
+            return;
+        }
+    };
+    // A node starts as BACKUP: a VIP left on the interface by a crash would have this host's
+    // kernel answer ARP for it and pull clients away from the MASTER.
+    if let Some(interface) = &interface {
+        if let Err(e) = interface.remove_vip(config.vip) {
+            tracing::error!(error = %e, "cannot clear the VIP from the interface; this node stays in FAULT");
+            return;
+        }
+    }
+    let vip = Vip { proxy: proxy.clone(), interface, address: config.vip, status: status.clone() };
     let key = Key::new(config.key.as_bytes());
     let mut node = Node::new(config.node.clone());
     // Sequence numbers start from the clock, so they keep growing across restarts.
@@ -105,7 +126,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, config: HaConfig, status: Arc<HaStatu
             }
         };
         let before = status.state();
-        apply(&proxy, &socket, &config, &key, &mut sequence, actions).await;
+        apply(&vip, &socket, &config, &key, &mut sequence, actions).await;
         status.set(node.state());
         if before != status.state() {
             tracing::warn!(vip = %config.vip, state = status.state(), "load-balancer state changed");
@@ -114,27 +135,68 @@ pub(crate) async fn run(proxy: Arc<Proxy>, config: HaConfig, status: Arc<HaStatu
     prober.abort();
     if node.state() == State::Master {
         let actions = vec![Action::ReleaseVip, Action::SendAdvert { priority: 0 }];
-        apply(&proxy, &socket, &config, &key, &mut sequence, actions).await;
+        apply(&vip, &socket, &config, &key, &mut sequence, actions).await;
         status.set(State::Fault);
     }
 }
 
-async fn apply(
-    proxy: &Arc<Proxy>,
-    socket: &UdpSocket,
-    config: &HaConfig,
-    key: &Key,
-    sequence: &mut u64,
-    actions: Vec<Action>,
-) {
+/// What holding the VIP takes: its listeners, and on a host with its own network stack the
+/// address on the interface.
+struct Vip {
+    proxy: Arc<Proxy>,
+    interface: Option<Interface>,
+    address: std::net::Ipv4Addr,
+    status: Arc<HaStatus>,
+}
+
+impl Vip {
+    /// The address first (the listeners bind to it), then the listeners, then the news.
+    async fn take(&self) {
+        if let Some(interface) = &self.interface {
+            if let Err(e) = interface.add_vip(self.address) {
+                tracing::error!(error = %e, "could not take the VIP");
+            }
+        }
+        if let Err(e) = self.proxy.take_vip().await {
+            tracing::error!(vip = %self.address, error = %e, "could not take the VIP");
+        }
+        let Some(interface) = self.interface.clone() else { return };
+        announce(&interface, self.address);
+        let (address, status) = (self.address, self.status.clone());
+        tokio::spawn(async move {
+            for delay in ANNOUNCE_AGAIN {
+                tokio::time::sleep(delay).await;
+                if status.state() != "MASTER" {
+                    return;
+                }
+                announce(&interface, address);
+            }
+        });
+    }
+
+    /// The listeners first (connections already accepted finish), then the address.
+    async fn release(&self) {
+        self.proxy.release_vip().await;
+        if let Some(interface) = &self.interface {
+            if let Err(e) = interface.remove_vip(self.address) {
+                tracing::error!(error = %e, "could not remove the VIP");
+            }
+        }
+    }
+}
+
+fn announce(interface: &Interface, vip: std::net::Ipv4Addr) {
+    match interface.announce(vip) {
+        Ok(()) => tracing::info!(%vip, interface = interface.name(), "gratuitous ARP sent"),
+        Err(e) => tracing::error!(error = %e, "could not announce the VIP"),
+    }
+}
+
+async fn apply(vip: &Vip, socket: &UdpSocket, config: &HaConfig, key: &Key, sequence: &mut u64, actions: Vec<Action>) {
     for action in actions {
         match action {
-            Action::TakeVip => {
-                if let Err(e) = proxy.take_vip().await {
-                    tracing::error!(vip = %config.vip, error = %e, "could not take the VIP");
-                }
-            }
-            Action::ReleaseVip => proxy.release_vip().await,
+            Action::TakeVip => vip.take().await,
+            Action::ReleaseVip => vip.release().await,
             Action::SendAdvert { priority } => {
                 *sequence += 1;
                 let interval_ms = config.node.advert_interval.as_millis().min(u16::MAX as u128) as u16;
