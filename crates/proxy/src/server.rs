@@ -320,17 +320,29 @@ impl Proxy {
 /// A VIP listener, bound with SO_REUSEPORT: during a planned hand-over the new MASTER binds
 /// before the old one lets go, so no connection is refused in between.
 fn bind_shared(address: SocketAddr) -> io::Result<TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    listen(address, true)
 }
 
 async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(address).await.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))
+    listen(address, false)
+}
+
+/// A listening socket whose connections start with delayed ACKs (HAProxy's tcp-smart-accept):
+/// the ACK of a ClientHello or a request rides on the answer instead of leaving alone, which
+/// saves the client a segment and a softirq per exchange on new connections.
+fn listen(address: SocketAddr, shared: bool) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
+    socket.listen(1024)?;
+    // After listen(), which resets the ACK state; accepted sockets inherit it. A kernel that
+    // refuses it only costs the extra ACKs.
+    let _ = socket.set_tcp_quickack(false);
+    TcpListener::from_std(socket.into())
 }
 
 async fn accept_loop(
