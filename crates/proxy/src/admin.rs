@@ -68,6 +68,8 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
                     "quorum": ha.quorum.load(Ordering::Relaxed),
                     "healthy": ha.healthy.load(Ordering::Relaxed),
                     "vip": runtime.config.ha.as_ref().map(|h| h.vip.to_string()),
+                    // Set while the node is held out after failing to take the VIP.
+                    "vip_error": ha.take_failure(),
                 })
                 .to_string(),
                 "application/json",

@@ -21,6 +21,9 @@ use crate::server::Proxy;
 
 /// How often witnesses and health are looked at.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// How long a node that could not take the VIP (its listeners would not bind, its address
+/// would not go on) stays out before it offers to serve again: its peer takes over meanwhile.
+const HOLD_DOWN: Duration = Duration::from_secs(2);
 /// When gratuitous ARP is repeated after a takeover, in case a frame was lost (keepalived
 /// repeats its burst after 5 s; clients here should not wait that long for a lost frame).
 const ANNOUNCE_AGAIN: [Duration; 2] = [Duration::from_millis(300), Duration::from_secs(2)];
@@ -31,6 +34,8 @@ pub struct HaStatus {
     state: AtomicU8,
     pub quorum: AtomicBool,
     pub healthy: AtomicBool,
+    /// Why the last attempt to take the VIP failed, and until when the node stays out for it.
+    take_failed: std::sync::Mutex<Option<(String, Instant)>>,
 }
 
 impl HaStatus {
@@ -40,6 +45,16 @@ impl HaStatus {
             1 => "BACKUP",
             _ => "FAULT",
         }
+    }
+
+    /// The last failure to take the VIP, while the node is held out for it.
+    pub fn take_failure(&self) -> Option<String> {
+        let failed = self.take_failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.as_ref().filter(|(_, until)| Instant::now() < *until).map(|(why, _)| why.clone())
+    }
+
+    fn held_down(&self) -> bool {
+        self.take_failure().is_some()
     }
 
     fn set(&self, state: State) {
@@ -84,7 +99,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, config: HaConfig, status: Arc<HaStatu
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
     let mut last_seen: HashMap<u32, u64> = HashMap::new();
     let (probe_tx, mut probe_rx) = watch::channel((false, false));
-    let prober = tokio::spawn(probe(proxy.clone(), config.witnesses.clone(), probe_tx));
+    let prober = tokio::spawn(probe(proxy.clone(), status.clone(), config.witnesses.clone(), probe_tx));
     let mut buf = [0u8; 128];
     let idle = config.node.advert_interval;
     loop {
@@ -126,7 +141,14 @@ pub(crate) async fn run(proxy: Arc<Proxy>, config: HaConfig, status: Arc<HaStatu
             }
         };
         let before = status.state();
-        apply(&vip, &socket, &config, &key, &mut sequence, actions).await;
+        if let Err(why) = apply(&vip, &socket, &config, &key, &mut sequence, actions).await {
+            // A MASTER that cannot hold its listeners steps down, and its peer takes over.
+            tracing::error!(error = %why, hold_down_ms = HOLD_DOWN.as_millis() as u64, "stepping down: cannot hold the VIP");
+            *status.take_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some((why, Instant::now() + HOLD_DOWN));
+            status.healthy.store(false, Ordering::Relaxed);
+            let step_down = node.handle(Event::Healthy(false), Instant::now());
+            let _ = apply(&vip, &socket, &config, &key, &mut sequence, step_down).await;
+        }
         status.set(node.state());
         if before != status.state() {
             tracing::warn!(vip = %config.vip, state = status.state(), "load-balancer state changed");
@@ -135,7 +157,7 @@ pub(crate) async fn run(proxy: Arc<Proxy>, config: HaConfig, status: Arc<HaStatu
     prober.abort();
     if node.state() == State::Master {
         let actions = vec![Action::ReleaseVip, Action::SendAdvert { priority: 0 }];
-        apply(&vip, &socket, &config, &key, &mut sequence, actions).await;
+        let _ = apply(&vip, &socket, &config, &key, &mut sequence, actions).await;
         status.set(State::Fault);
     }
 }
@@ -151,16 +173,12 @@ struct Vip {
 
 impl Vip {
     /// The address first (the listeners bind to it), then the listeners, then the news.
-    async fn take(&self) {
+    async fn take(&self) -> Result<(), String> {
         if let Some(interface) = &self.interface {
-            if let Err(e) = interface.add_vip(self.address) {
-                tracing::error!(error = %e, "could not take the VIP");
-            }
+            interface.add_vip(self.address).map_err(|e| e.to_string())?;
         }
-        if let Err(e) = self.proxy.take_vip().await {
-            tracing::error!(vip = %self.address, error = %e, "could not take the VIP");
-        }
-        let Some(interface) = self.interface.clone() else { return };
+        self.proxy.take_vip().await.map_err(|e| format!("cannot bind the VIP's listeners: {e}"))?;
+        let Some(interface) = self.interface.clone() else { return Ok(()) };
         announce(&interface, self.address);
         let (address, status) = (self.address, self.status.clone());
         tokio::spawn(async move {
@@ -172,6 +190,7 @@ impl Vip {
                 announce(&interface, address);
             }
         });
+        Ok(())
     }
 
     /// The listeners first (connections already accepted finish), then the address.
@@ -192,10 +211,25 @@ fn announce(interface: &Interface, vip: std::net::Ipv4Addr) {
     }
 }
 
-async fn apply(vip: &Vip, socket: &UdpSocket, config: &HaConfig, key: &Key, sequence: &mut u64, actions: Vec<Action>) {
+/// Carries the actions out; `Err` when the VIP could not be taken (the listeners it did bind
+/// are released again).
+async fn apply(
+    vip: &Vip,
+    socket: &UdpSocket,
+    config: &HaConfig,
+    key: &Key,
+    sequence: &mut u64,
+    actions: Vec<Action>,
+) -> Result<(), String> {
+    let mut failed = None;
     for action in actions {
         match action {
-            Action::TakeVip => vip.take().await,
+            Action::TakeVip => {
+                if let Err(why) = vip.take().await {
+                    vip.release().await;
+                    failed = Some(why);
+                }
+            }
             Action::ReleaseVip => vip.release().await,
             Action::SendAdvert { priority } => {
                 *sequence += 1;
@@ -210,10 +244,17 @@ async fn apply(vip: &Vip, socket: &UdpSocket, config: &HaConfig, key: &Key, sequ
             }
         }
     }
+    failed.map_or(Ok(()), Err)
 }
 
-/// Every `PROBE_EVERY`: is a majority of witnesses reachable, and can this proxy serve?
-async fn probe(proxy: Arc<Proxy>, witnesses: Vec<std::net::SocketAddr>, tx: watch::Sender<(bool, bool)>) {
+/// Every `PROBE_EVERY`: is a majority of witnesses reachable, and can this proxy serve (its
+/// pools have a server up, and it is not held out after failing to take the VIP)?
+async fn probe(
+    proxy: Arc<Proxy>,
+    status: Arc<HaStatus>,
+    witnesses: Vec<std::net::SocketAddr>,
+    tx: watch::Sender<(bool, bool)>,
+) {
     let mut tick = tokio::time::interval(PROBE_EVERY);
     loop {
         tick.tick().await;
@@ -228,7 +269,7 @@ async fn probe(proxy: Arc<Proxy>, witnesses: Vec<std::net::SocketAddr>, tx: watc
                 seen * 2 > witnesses.len()
             }
         };
-        let healthy = proxy.can_serve();
+        let healthy = proxy.can_serve() && !status.held_down();
         tx.send_if_modified(|current| {
             let changed = *current != (quorum, healthy);
             *current = (quorum, healthy);

@@ -167,3 +167,29 @@ fn split_brain_the_node_cut_off_from_its_witnesses_never_holds_the_vip() {
     wait_for("lb-02 to step down", Duration::from_secs(5), || ha_state(2, 2) == "FAULT");
     assert_eq!(get(&vip(2), "/"), None);
 }
+
+#[test]
+fn a_master_that_cannot_bind_the_vip_steps_down_and_says_why() {
+    // Something else holds the VIP's port: the node may win the election but cannot serve, so
+    // it must not sit on the VIP as MASTER (its peer would never take over).
+    let blocker = std::net::TcpListener::bind(vip(3)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _lb = start(&config_with(dir.path(), 3, 1, 200, &[], &[]));
+    let ha = || {
+        let body = get("127.209.3.1:8404", "/ha").unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()
+    };
+    wait_for("the failure to show", Duration::from_secs(10), || ha()["vip_error"].is_string());
+    assert!(ha()["vip_error"].as_str().unwrap_or("").contains("cannot bind"), "{}", ha());
+    // Watched for a while: never MASTER while it cannot hold the listeners.
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        assert_ne!(ha_state(3, 1), "MASTER", "{}", ha());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The port is free again: after its hold-down the node takes the VIP and serves.
+    drop(blocker);
+    wait_for("the node to serve the VIP", Duration::from_secs(10), || get(&vip(3), "/").as_deref() == Some("lb-01"));
+    assert_eq!(ha_state(3, 1), "MASTER");
+    assert!(ha()["vip_error"].is_null(), "{}", ha());
+}
