@@ -395,9 +395,13 @@ async fn accept_loop(
             });
             // TLS listeners: the handshake first, then ALPN says h2 or HTTP/1.1.
             if let Some(tls) = tls {
-                let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+                let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(crate::tls::Coalescing::new(stream));
                 let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(stream)) => stream,
+                    Ok(Ok(mut stream)) => {
+                        let tls13 = stream.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+                        stream.get_mut().0.handshake_done(tls13);
+                        stream
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, %client, "TLS handshake failed");
                         return;

@@ -97,3 +97,191 @@ pub fn server_config(certificates: Vec<CertifiedKey>) -> Result<Arc<ServerConfig
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
     Ok(Arc::new(config))
 }
+
+use tokio::io::AsyncWrite as _;
+
+/// The TCP side of a client's TLS connection, holding back what TLS writes between the end of
+/// the handshake and the first answer: the session tickets, sent on their own by rustls, then
+/// leave in the same segment as the answer, and the client is woken once instead of twice per
+/// new connection. Safe by construction: whatever is held goes out before a read would wait
+/// (so the peer is never left waiting on us), with the first write after the handshake, at
+/// shutdown, and on drop (a last alert).
+pub struct Coalescing {
+    stream: tokio::net::TcpStream,
+    held: Vec<u8>,
+    state: Hold,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// The handshake: flushes wait for the next read that would block.
+    Handshake,
+    /// Handshake done: hold until the first application write.
+    UntilAnswer,
+    /// Writes go out as they come.
+    Passthrough,
+}
+
+impl Coalescing {
+    pub fn new(stream: tokio::net::TcpStream) -> Coalescing {
+        Coalescing { stream, held: Vec::new(), state: Hold::Handshake }
+    }
+
+    /// The handshake is over. After TLS 1.3 what it left behind is only the session tickets,
+    /// which no client waits for: they go out with the next write. After TLS 1.2 it is the
+    /// server's Finished, which the client does wait for: it goes out before the next read waits.
+    pub fn handshake_done(&mut self, tls13: bool) {
+        if self.state == Hold::Handshake {
+            self.state = if tls13 { Hold::UntilAnswer } else { Hold::Passthrough };
+        }
+    }
+
+    fn write_held(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        while !self.held.is_empty() {
+            let n = std::task::ready!(std::pin::Pin::new(&mut self.stream).poll_write(cx, &self.held))?;
+            if n == 0 {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.held.drain(..n);
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Coalescing {
+    fn drop(&mut self) {
+        if !self.held.is_empty() {
+            let _ = self.stream.try_write(&self.held);
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Coalescing {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.stream).poll_read(cx, buf) {
+            std::task::Poll::Pending if !this.held.is_empty() && this.state != Hold::UntilAnswer => {
+                // About to wait for the peer: it must have everything we wrote first. (Not
+                // the tickets held after the handshake: no client waits for those.)
+                std::task::ready!(this.write_held(cx))?;
+                std::task::Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Coalescing {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        match this.state {
+            Hold::Handshake => {
+                this.held.extend_from_slice(buf);
+                std::task::Poll::Ready(Ok(buf.len()))
+            }
+            Hold::UntilAnswer => {
+                // The answer joins what the handshake left; the next flush sends both.
+                this.held.extend_from_slice(buf);
+                this.state = Hold::Passthrough;
+                std::task::Poll::Ready(Ok(buf.len()))
+            }
+            Hold::Passthrough => {
+                std::task::ready!(this.write_held(cx))?;
+                std::pin::Pin::new(&mut this.stream).poll_write(cx, buf)
+            }
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.state != Hold::Passthrough {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::task::ready!(this.write_held(cx))?;
+        std::pin::Pin::new(&mut this.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        std::task::ready!(this.write_held(cx))?;
+        std::pin::Pin::new(&mut this.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connected pair on loopback: our side wrapped, and the peer.
+    async fn pair() -> (Coalescing, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        (Coalescing::new(ours), peer)
+    }
+
+    /// What the peer has received within 100 ms.
+    async fn received(peer: &mut tokio::net::TcpStream) -> String {
+        let mut buf = vec![0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(100), peer.read(&mut buf)).await {
+            Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            _ => String::new(),
+        }
+    }
+
+    /// Our side reads until it would wait (nothing comes): that is when held data must leave.
+    async fn read_would_wait(ours: &mut Coalescing) {
+        let mut buf = [0u8; 16];
+        assert!(tokio::time::timeout(Duration::from_millis(50), ours.read(&mut buf)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_handshake_leaves_before_a_read_waits_and_tickets_leave_with_the_answer() {
+        let (mut ours, mut peer) = pair().await;
+        ours.write_all(b"flight").await.unwrap();
+        ours.flush().await.unwrap();
+        assert_eq!(received(&mut peer).await, "", "held while the handshake goes on");
+        read_would_wait(&mut ours).await;
+        assert_eq!(received(&mut peer).await, "flight", "sent before waiting for the peer");
+
+        ours.write_all(b"tickets;").await.unwrap();
+        ours.handshake_done(true);
+        read_would_wait(&mut ours).await;
+        assert_eq!(received(&mut peer).await, "", "TLS 1.3 tickets wait for the answer");
+        ours.write_all(b"answer").await.unwrap();
+        ours.flush().await.unwrap();
+        assert_eq!(received(&mut peer).await, "tickets;answer", "in one write");
+        ours.write_all(b"more").await.unwrap();
+        assert_eq!(received(&mut peer).await, "more", "then writes go out as they come");
+    }
+
+    #[tokio::test]
+    async fn after_tls12_what_is_held_leaves_before_a_read_waits_and_on_drop() {
+        let (mut ours, mut peer) = pair().await;
+        ours.write_all(b"finished").await.unwrap();
+        ours.handshake_done(false);
+        read_would_wait(&mut ours).await;
+        assert_eq!(received(&mut peer).await, "finished", "the client waits for the server's Finished");
+
+        let (mut ours, mut peer) = pair().await;
+        ours.write_all(b"alert").await.unwrap();
+        drop(ours);
+        assert_eq!(received(&mut peer).await, "alert", "a last alert is not lost");
+    }
+}

@@ -1,6 +1,7 @@
 //! HTTPS on a listener: real certificates made by a test CA, a real rustls client. SNI picks
-//! the certificate, ALPN picks h2, HTTP redirects to HTTPS, HSTS is sent, a reload swaps the
-//! certificate for new connections, and a bad certificate file is a config error naming it.
+//! the certificate, ALPN picks h2, HTTP redirects to HTTPS, HSTS is sent, sessions resume
+//! (TLS 1.3 tickets, TLS 1.2), a reload swaps the certificate for new connections, and a bad
+//! certificate file is a config error naming it.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -42,11 +43,20 @@ impl Ca {
     }
 
     fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        self.client_for(alpn, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// A client (with its own session cache, kept across its connections) for `versions`.
+    fn client_for(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -141,6 +151,39 @@ fn sni_alpn_hsts_and_redirects() {
     let post =
         redirect("POST /order HTTP/1.1\r\nHost: www.foobar.com\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     assert!(post.starts_with("HTTP/1.1 308"), "{post}");
+}
+
+#[test]
+fn sessions_resume_with_tls13_tickets_and_over_tls12() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(dir.path(), "a", &["www.foobar.com"]);
+    let _proxy = Proxy::start_file(&write_config(dir.path(), 5, &["a"]));
+    let tls: SocketAddr = "127.211.5.1:8443".parse().unwrap();
+    let rt = runtime();
+    for (label, versions) in [("TLS 1.3", &[&rustls::version::TLS13][..]), ("TLS 1.2", &[&rustls::version::TLS12][..])]
+    {
+        let client = ca.client_for(&[b"http/1.1"], versions);
+        let kinds: Vec<_> = (0..3)
+            .map(|_| {
+                rt.block_on(async {
+                    let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
+                    let name = ServerName::try_from("www.foobar.com").unwrap();
+                    let mut stream = client.connect(name, tcp).await.unwrap();
+                    stream
+                        .write_all(b"GET /index.html HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let mut out = Vec::new();
+                    let _ = stream.read_to_end(&mut out).await;
+                    assert!(out.ends_with(b"hello over tls"), "{label}: {}", String::from_utf8_lossy(&out));
+                    stream.get_ref().1.handshake_kind()
+                })
+            })
+            .collect();
+        use rustls::HandshakeKind::{Full, Resumed};
+        assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)], "{label}");
+    }
 }
 
 #[test]
