@@ -163,11 +163,16 @@ fn servers_json(pools: &[Arc<PoolState>]) -> String {
                         "weight": s.weight(),
                         "backup": s.config.backup,
                         "in_flight": s.in_flight.load(Ordering::Relaxed),
+                        "maxconn": s.config.maxconn,
                         "requests": s.requests.load(Ordering::Relaxed),
                     })
                 })
                 .collect();
-            serde_json::json!({ "name": p.config.name, "servers": servers })
+            serde_json::json!({
+                "name": p.config.name,
+                "queued": p.queued.load(Ordering::Relaxed),
+                "servers": servers,
+            })
         })
         .collect();
     serde_json::json!({ "pools": pools }).to_string()
@@ -278,6 +283,24 @@ pub fn metrics(pools: &[Arc<PoolState>]) -> String {
             pool.no_server_available.load(Ordering::Relaxed)
         );
     }
+    type Reading = fn(&PoolState) -> u64;
+    let queue: [(&str, &str, &str, Reading); 2] = [
+        ("webstack_proxy_queued_requests", "gauge", "Requests waiting for a server under its maxconn.", |p| {
+            p.queued.load(Ordering::Relaxed)
+        }),
+        (
+            "webstack_proxy_queue_timeouts_total",
+            "counter",
+            "Requests answered 503 after waiting the whole queue timeout.",
+            |p| p.queue_timeouts.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in queue {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for pool in pools {
+            let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", pool.config.name, value(pool));
+        }
+    }
     out
 }
 
@@ -285,7 +308,8 @@ fn stats(name: &str, pools: &[Arc<PoolState>]) -> String {
     let mut out = format!("webstack proxy {name}\n\n");
     for pool in pools {
         let up = pool.servers.iter().filter(|s| s.is_up()).count();
-        let _ = writeln!(out, "pool {} ({up}/{} up)", pool.config.name, pool.servers.len());
+        let queued = pool.queued.load(Ordering::Relaxed);
+        let _ = writeln!(out, "pool {} ({up}/{} up, {queued} queued)", pool.config.name, pool.servers.len());
         let _ = writeln!(
             out,
             "  {:<16} {:<22} {:<5} {:<6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",

@@ -65,6 +65,8 @@
 //! connect_timeout_ms = 1000
 //! first_byte_timeout_ms = 30000    # from sending the request to the response's headers
 //! idle_timeout_ms = 60000          # longest silence while a response body streams
+//! queue_timeout_ms = 1000          # how long a request waits for a server under its maxconn
+//!                                  # (HAProxy's timeout queue; default: connect_timeout_ms)
 //! [pools.web.passive]
 //! failures = 3                     # connect failures or 5xx in a row take a server out
 //! cooldown_ms = 10000              # back after this when the pool has no active check
@@ -80,6 +82,8 @@
 //! address = "127.0.2.1:8080"
 //! weight = 1                       # 0 to 256; 0 takes no new requests
 //! backup = false                   # true: only used when every other server is down
+//! maxconn = 0                      # at most this many requests at once; more wait in the
+//!                                  # pool's queue, then 503 (HAProxy's maxconn); 0: no limit
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -285,6 +289,9 @@ struct RawPool {
     first_byte_timeout_ms: u64,
     #[serde(default = "default_idle_timeout")]
     idle_timeout_ms: u64,
+    /// How long a request waits for a server under its `maxconn` (HAProxy's `timeout queue`);
+    /// absent: the connect timeout, as in HAProxy.
+    queue_timeout_ms: Option<u64>,
     passive: Option<RawPassive>,
     health: Option<RawHealth>,
     servers: Vec<RawServer>,
@@ -358,6 +365,9 @@ struct RawServer {
     weight: u32,
     #[serde(default)]
     backup: bool,
+    /// At most this many requests at once (HAProxy's `maxconn`); 0: no limit.
+    #[serde(default)]
+    maxconn: u32,
 }
 
 fn default_weight() -> u32 {
@@ -497,6 +507,8 @@ pub struct Pool {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long a request waits in the queue when every server is at its `maxconn`.
+    pub queue_timeout: Duration,
     pub passive: Option<Passive>,
     pub health: Option<Health>,
     pub servers: Vec<Server>,
@@ -525,6 +537,8 @@ pub struct Server {
     pub address: SocketAddr,
     pub weight: u32,
     pub backup: bool,
+    /// At most this many requests at once; more wait in the pool's queue.
+    pub maxconn: Option<u32>,
 }
 
 impl ProxyConfig {
@@ -677,6 +691,7 @@ impl ProxyConfig {
                 connect_timeout: Duration::from_millis(p.connect_timeout_ms),
                 first_byte_timeout: Duration::from_millis(p.first_byte_timeout_ms),
                 idle_timeout: Duration::from_millis(p.idle_timeout_ms),
+                queue_timeout: Duration::from_millis(p.queue_timeout_ms.unwrap_or(p.connect_timeout_ms)),
                 passive: p
                     .passive
                     .as_ref()
@@ -685,7 +700,13 @@ impl ProxyConfig {
                 servers: p
                     .servers
                     .iter()
-                    .map(|s| Server { name: s.name.clone(), address: s.address, weight: s.weight, backup: s.backup })
+                    .map(|s| Server {
+                        name: s.name.clone(),
+                        address: s.address,
+                        weight: s.weight,
+                        backup: s.backup,
+                        maxconn: (s.maxconn > 0).then_some(s.maxconn),
+                    })
                     .collect(),
             });
         }

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -35,6 +35,8 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 #[derive(Debug)]
 enum Failure {
     NoServer,
+    /// Every server that could take it stayed at its `maxconn` for the whole queue timeout.
+    QueueTimeout,
     Connect(Arc<ServerState>, String),
     Upstream(Arc<ServerState>, String),
     Timeout(Arc<ServerState>),
@@ -103,6 +105,14 @@ pub async fn forward(
                     pool.no_server_available.fetch_add(1, Ordering::Relaxed);
                     (StatusCode::SERVICE_UNAVAILABLE, "-".to_string(), "no server is up".to_string())
                 }
+                Failure::QueueTimeout => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "-".to_string(),
+                    format!(
+                        "every server is at its maxconn; waited {} ms in the queue",
+                        pool.config.queue_timeout.as_millis()
+                    ),
+                ),
                 Failure::Connect(s, e) => (StatusCode::BAD_GATEWAY, s.config.name.clone(), format!("connect: {e}")),
                 Failure::TooLarge(s) => {
                     (StatusCode::PAYLOAD_TOO_LARGE, s.config.name.clone(), "request body over the limit".into())
@@ -209,12 +219,10 @@ async fn send(
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut last_failure = Failure::NoServer;
     for attempt in 0..MAX_ATTEMPTS {
-        let index = match pinned.filter(|_| attempt == 0) {
-            Some(index) => index,
-            None => match choose(pool, &tried, key) {
-                Some(index) => index,
-                None => break,
-            },
+        let (index, flight) = match reserve(pool, &tried, key, pinned.filter(|_| attempt == 0)).await {
+            Ok(reserved) => reserved,
+            Err(Some(failure)) => return Err(failure),
+            Err(None) => break,
         };
         tried[attempt] = index;
         let server = &pool.servers[index];
@@ -223,7 +231,7 @@ async fn send(
         }
         server.requests.fetch_add(1, Ordering::Relaxed);
         let sent_at = Instant::now();
-        match send_to(pool, server, req, &mut client_upgrade).await {
+        match send_to(pool, server, req, flight, &mut client_upgrade).await {
             Ok(response) => {
                 server.latency.observe(sent_at.elapsed());
                 return Ok((index, response));
@@ -261,6 +269,57 @@ async fn send(
         }
     }
     Err(last_failure)
+}
+
+/// How often a queued request looks again without being told a slot was freed: a freed slot
+/// wakes one waiter, and this bounds what a waiter can miss (a server coming back up).
+const QUEUE_RECHECK: Duration = Duration::from_millis(50);
+
+/// A server for the request and its slot there (`pinned`: that server, for a sticky cookie).
+/// When every server that could take it is at its `maxconn`, the request waits in the pool's
+/// queue for up to the queue timeout, as in HAProxy. `Err(None)`: no server can take it at all.
+async fn reserve(
+    pool: &PoolState,
+    tried: &[usize; MAX_ATTEMPTS],
+    key: Option<u64>,
+    pinned: Option<usize>,
+) -> Result<(usize, InFlight), Option<Failure>> {
+    let mut deadline = None;
+    loop {
+        match pinned.or_else(|| choose(pool, tried, key)) {
+            Some(index) => {
+                if let Some(flight) = InFlight::reserve(&pool.servers[index]) {
+                    return Ok((index, flight));
+                }
+            }
+            None if !pool.only_full(tried) => return Err(None),
+            None => {}
+        }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + pool.config.queue_timeout);
+        let now = Instant::now();
+        if now >= deadline {
+            pool.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+            return Err(Some(Failure::QueueTimeout));
+        }
+        let _in_queue = Queued::join(pool);
+        let _ = tokio::time::timeout((deadline - now).min(QUEUE_RECHECK), pool.freed.notified()).await;
+    }
+}
+
+/// A request counted in its pool's queue while this lives.
+struct Queued<'a>(&'a PoolState);
+
+impl<'a> Queued<'a> {
+    fn join(pool: &'a PoolState) -> Self {
+        pool.queued.fetch_add(1, Ordering::Relaxed);
+        Queued(pool)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The balancer's choice, with slow start: a server still ramping up after coming back is
@@ -319,10 +378,10 @@ async fn send_to(
     pool: &PoolState,
     server: &Arc<ServerState>,
     req: Request<RequestBody>,
+    flight: InFlight,
     client_upgrade: &mut Option<OnUpgrade>,
 ) -> Result<Response<ProxyBody>, SendError> {
     let mut req = req;
-    let flight = InFlight::start(server);
     let framing = RequestFraming::of(&req);
     // A pooled connection may have been closed by the server since it was idle: then try the
     // next one, and at last a new connection. Only a failed connect counts against the server.

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 
 use crate::balancer::{self, Balancer};
 use crate::client::Connection;
@@ -29,6 +30,12 @@ pub struct PoolState {
     /// Retry budget in tenths of a retry: each request adds two, each retry of a request that
     /// was already sent takes ten; so such retries stay under 20% of requests.
     retry_tenths: AtomicU64,
+    /// Signalled when a server with a `maxconn` finishes a request: the queue's turn.
+    pub freed: Arc<Notify>,
+    /// Requests waiting for a server under its `maxconn` (HAProxy's queue), now.
+    pub queued: AtomicU64,
+    /// Requests answered 503 after waiting the whole queue timeout.
+    pub queue_timeouts: AtomicU64,
 }
 
 const RETRY_TENTHS_PER_REQUEST: u64 = 2;
@@ -38,11 +45,12 @@ const RETRY_TENTHS_MAX: u64 = 100;
 
 impl PoolState {
     pub fn new(config: config::Pool) -> Self {
-        let servers = config.servers.iter().map(|s| Arc::new(ServerState::new(s.clone()))).collect();
-        Self::with_servers(config, servers)
+        let freed = Arc::new(Notify::new());
+        let servers = config.servers.iter().map(|s| Arc::new(ServerState::new(s.clone(), freed.clone()))).collect();
+        Self::with_servers(config, servers, freed)
     }
 
-    fn with_servers(config: config::Pool, servers: Vec<Arc<ServerState>>) -> Self {
+    fn with_servers(config: config::Pool, servers: Vec<Arc<ServerState>>, freed: Arc<Notify>) -> Self {
         let balancer = ArcSwap::from_pointee(build_balancer(&config, &servers));
         PoolState {
             config,
@@ -52,7 +60,16 @@ impl PoolState {
             no_server_available: AtomicU64::new(0),
             request_bytes: Arc::new(AtomicU64::new(0)),
             retry_tenths: AtomicU64::new(RETRY_TENTHS_MAX),
+            freed,
+            queued: AtomicU64::new(0),
+            queue_timeouts: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a server that could take the request (not `tried`) is only at its `maxconn`:
+    /// then the request waits in the queue rather than failing.
+    pub fn only_full(&self, tried: &[usize]) -> bool {
+        self.servers.iter().enumerate().any(|(i, s)| !tried.contains(&i) && s.takes_new_requests() && !s.has_room())
     }
 
     /// The pool of a reloaded config, keeping what the running one knows about its servers:
@@ -60,6 +77,8 @@ impl PoolState {
     /// connections); a changed one keeps its health, its admin state and a weight set at run
     /// time. Changes made through the runtime API thus survive a reload.
     pub fn carried_over(config: config::Pool, old: Option<&PoolState>) -> Self {
+        // Servers kept whole still signal the old pool's queue: it carries over too.
+        let freed = old.map(|o| o.freed.clone()).unwrap_or_default();
         let servers = config
             .servers
             .iter()
@@ -68,12 +87,12 @@ impl PoolState {
                     .and_then(|o| o.servers.iter().find(|x| x.config.name == s.name && x.config.address == s.address));
                 match previous {
                     Some(p) if p.config == *s => p.clone(),
-                    Some(p) => Arc::new(ServerState::new(s.clone()).with_state_of(p)),
-                    None => Arc::new(ServerState::new(s.clone())),
+                    Some(p) => Arc::new(ServerState::new(s.clone(), freed.clone()).with_state_of(p)),
+                    None => Arc::new(ServerState::new(s.clone(), freed.clone())),
                 }
             })
             .collect();
-        Self::with_servers(config, servers)
+        Self::with_servers(config, servers, freed)
     }
 
     /// Adds one request's share to the retry budget.
@@ -121,7 +140,7 @@ impl balancer::Servers for ServersView<'_> {
         self.servers.len()
     }
     fn eligible(&self, i: usize) -> bool {
-        self.servers[i].takes_new_requests() && !self.tried.contains(&i)
+        self.servers[i].takes_new_requests() && self.servers[i].has_room() && !self.tried.contains(&i)
     }
     fn is_backup(&self, i: usize) -> bool {
         self.servers[i].config.backup
@@ -164,14 +183,23 @@ impl AdminState {
     }
 }
 
-/// One request in flight on a server: counted while this lives.
+/// One request in flight on a server: counted while this lives (its slot under `maxconn`).
 #[derive(Debug)]
 pub struct InFlight(Arc<ServerState>);
 
 impl InFlight {
-    pub fn start(server: &Arc<ServerState>) -> InFlight {
-        server.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(server.clone())
+    /// Takes a slot on `server`; `None` when it is at its `maxconn`.
+    pub fn reserve(server: &Arc<ServerState>) -> Option<InFlight> {
+        match server.config.maxconn {
+            None => {
+                server.in_flight.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(max) => {
+                let below = |n: u64| (n < u64::from(max)).then_some(n + 1);
+                server.in_flight.fetch_update(Ordering::AcqRel, Ordering::Relaxed, below).ok()?;
+            }
+        }
+        Some(InFlight(server.clone()))
     }
 
     pub fn server(&self) -> &Arc<ServerState> {
@@ -181,7 +209,10 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+        if self.0.config.maxconn.is_some() {
+            self.0.freed.notify_one();
+        }
     }
 }
 
@@ -216,6 +247,8 @@ pub struct ServerState {
     pub latency: LatencyHistogram,
     /// Response body bytes streamed from this server to clients.
     pub bytes_out: AtomicU64,
+    /// The pool's queue, told when a request ends here (only with a `maxconn`).
+    freed: Arc<Notify>,
 }
 
 /// Bucket bounds of [`LatencyHistogram`], in seconds (Prometheus `le` labels).
@@ -242,8 +275,9 @@ impl LatencyHistogram {
 }
 
 impl ServerState {
-    pub fn new(config: config::Server) -> Self {
+    pub fn new(config: config::Server, freed: Arc<Notify>) -> Self {
         ServerState {
+            freed,
             weight: AtomicU32::new(config.weight),
             // Validated names are header-safe; the fallback only guards against a future change.
             name_header: http::HeaderValue::from_str(&config.name).unwrap_or(http::HeaderValue::from_static("-")),
@@ -265,6 +299,11 @@ impl ServerState {
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Below its `maxconn` (always, without one).
+    pub fn has_room(&self) -> bool {
+        self.config.maxconn.is_none_or(|max| self.in_flight.load(Ordering::Relaxed) < u64::from(max))
     }
 
     fn with_state_of(self, old: &ServerState) -> Self {

@@ -26,6 +26,8 @@ struct Upstream {
     status: Arc<AtomicU16>,
     /// `METHOD PATH` of every request but /healthz.
     seen: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The most requests (but /healthz) it was answering at once.
+    peak: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -38,7 +40,9 @@ impl Upstream {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (peak, busy) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (c, h, st, sn) = (connections.clone(), health.clone(), status.clone(), seen.clone());
+        let (pk, bz) = (peak.clone(), busy.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
@@ -48,16 +52,21 @@ impl Upstream {
                     loop {
                         let (stream, _) = listener.accept().await.unwrap();
                         c.fetch_add(1, Ordering::SeqCst);
-                        let (h, st, sn) = (h.clone(), st.clone(), sn.clone());
+                        let (h, st, sn, pk, bz) = (h.clone(), st.clone(), sn.clone(), pk.clone(), bz.clone());
                         tokio::spawn(async move {
                             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                                let (h, st, sn) = (h.clone(), st.clone(), sn.clone());
+                                let (h, st, sn, pk, bz) = (h.clone(), st.clone(), sn.clone(), pk.clone(), bz.clone());
                                 async move {
-                                    if req.uri().path() != "/healthz" {
+                                    let counted = req.uri().path() != "/healthz";
+                                    if counted {
                                         sn.lock().unwrap().push(format!("{} {}", req.method(), req.uri().path()));
+                                        pk.fetch_max(bz.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
                                     }
                                     if req.uri().path() == "/slow" {
                                         tokio::time::sleep(Duration::from_millis(600)).await;
+                                    }
+                                    if counted {
+                                        bz.fetch_sub(1, Ordering::SeqCst);
                                     }
                                     let header = |n: &str| {
                                         req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string()
@@ -100,7 +109,7 @@ impl Upstream {
             });
         });
         ready_rx.recv_timeout(Duration::from_secs(5)).expect("upstream started");
-        Upstream { connections, health, status, seen, stop: Some(stop_tx), thread: Some(thread) }
+        Upstream { connections, health, status, seen, peak, stop: Some(stop_tx), thread: Some(thread) }
     }
 
     fn stop(&mut self) {
@@ -1055,4 +1064,38 @@ fn several_workers_share_the_connections() {
     .unwrap_err()
     .to_string();
     assert!(errors.contains("lb.toml:2: workers"), "{errors}");
+}
+
+#[test]
+fn maxconn_queues_what_a_server_cannot_take_and_a_long_wait_is_a_503() {
+    let upstream = Upstream::start("a", addr("127.210.26.11:8081"));
+    let proxy = addr("127.210.26.1:8080");
+    let _lb =
+        Proxy::start(&pool_config(26, "queue_timeout_ms = 5000", &[("a", addr("127.210.26.11:8081"), "maxconn = 2")]));
+    // Six slow requests at once: the server never has more than two, and all six are answered.
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..6).map(|_| s.spawn(move || get(proxy, "/slow").status)).collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, [200; 6]);
+    assert_eq!(upstream.peak.load(Ordering::SeqCst), 2, "maxconn held at the server");
+    let servers = get(addr("127.210.26.1:8404"), "/api/servers").body;
+    assert!(servers.contains("\"maxconn\":2") && servers.contains("\"queued\":0"), "{servers}");
+    drop(upstream);
+
+    // One slot, and a queue timeout far shorter than a request: the two that wait get a 503.
+    let upstream = Upstream::start("b", addr("127.210.27.11:8081"));
+    let proxy = addr("127.210.27.1:8080");
+    let _lb =
+        Proxy::start(&pool_config(27, "queue_timeout_ms = 100", &[("b", addr("127.210.27.11:8081"), "maxconn = 1")]));
+    let mut statuses: Vec<u16> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..3).map(|_| s.spawn(move || get(proxy, "/slow").status)).collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 503, 503]);
+    assert_eq!(upstream.peak.load(Ordering::SeqCst), 1);
+    let metrics = get(addr("127.210.27.1:8404"), "/metrics").body;
+    assert!(metrics.contains("webstack_proxy_queue_timeouts_total{pool=\"web\"} 2"), "{metrics}");
+    assert!(metrics.contains("webstack_proxy_queued_requests{pool=\"web\"} 0"), "{metrics}");
 }
