@@ -42,6 +42,9 @@
 //! cert = "/etc/webstack/foobar.com.pem"      # the chain, leaf first
 //! key = "/etc/webstack/foobar.com-key.pem"
 //! [[listeners.routes]]                # nginx's location: exact paths first, then longest prefix
+//! host = "shop.example.org"        # optional (nginx's server_name): only for this Host, or
+//!                                  # "*.example.org"; the routes of the most specific matching
+//!                                  # host are the only ones tried, routes without one otherwise
 //! prefix = "/static/"
 //! static_root = "/srv/static"      # the prefix is replaced by this directory (nginx's alias)
 //! index = ["index.html"]           # tried for a directory
@@ -222,6 +225,7 @@ struct RawCertificate {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoute {
+    host: Option<String>,
     prefix: Option<String>,
     exact: Option<String>,
     pool: Option<String>,
@@ -439,6 +443,77 @@ pub struct Listener {
     pub tls: Option<Tls>,
     /// Longest prefix first, so the first match wins.
     pub routes: Vec<Route>,
+    /// Some route names a host: requests are matched on their Host first.
+    pub virtual_hosts: bool,
+}
+
+impl Listener {
+    /// The route for a request to `host` (lowercase, no port; `None` when the request named
+    /// none) and `path`: among the routes of the most specific host that matches (an exact
+    /// name, then the longest wildcard, then routes without a host), the first whose path
+    /// matches, as nginx picks a server block and then a location in it.
+    pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        if !self.virtual_hosts {
+            return self.routes.iter().find(|r| r.matches(path));
+        }
+        let rank = |r: &Route| r.host.as_ref().map_or(Some(HostRank::Default), |h| host.and_then(|n| h.rank(n)));
+        let best = self.routes.iter().filter_map(rank).max()?;
+        self.routes.iter().filter(|r| rank(r) == Some(best)).find(|r| r.matches(path))
+    }
+}
+
+/// A Host header's (or an authority's) name as routes name hosts: lowercase, without the
+/// port or a trailing dot. `[v6]:port`, `name:port` or `name`.
+pub fn host_name(raw: &str) -> Option<String> {
+    let name = match raw.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => raw.rsplit_once(':').map_or(raw, |(name, _)| name),
+    };
+    Some(name.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// A route's host: one name, or every name under a domain (`*.example.org`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// The suffix, with its leading dot: `.example.org`.
+    Wildcard(String),
+}
+
+/// How well a host pattern matches: a default route least, then wildcards by length, then an
+/// exact name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HostRank {
+    Default,
+    Wildcard(usize),
+    Exact,
+}
+
+impl HostPattern {
+    fn parse(text: &str) -> Result<HostPattern, String> {
+        let name = text.to_ascii_lowercase();
+        let (wildcard, rest) = match name.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_string()),
+            None => (false, name.clone()),
+        };
+        let label_ok =
+            |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if rest.is_empty() || rest.len() > 253 || !rest.split('.').all(label_ok) {
+            return Err(format!("`{text}` is not a host name like shop.example.org or *.example.org (no port)"));
+        }
+        Ok(match wildcard {
+            true => HostPattern::Wildcard(format!(".{rest}")),
+            false => HostPattern::Exact(rest),
+        })
+    }
+
+    fn rank(&self, host: &str) -> Option<HostRank> {
+        match self {
+            HostPattern::Exact(name) => (name == host).then_some(HostRank::Exact),
+            HostPattern::Wildcard(suffix) => (host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                .then_some(HostRank::Wildcard(suffix.len())),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -453,6 +528,8 @@ pub struct Tls {
 /// matching prefix.
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// `None`: for any host without routes of its own.
+    pub host: Option<HostPattern>,
     pub path: String,
     pub exact: bool,
     pub target: RouteTarget,
@@ -604,6 +681,7 @@ impl ProxyConfig {
                 compress: l.compress,
                 compress_min_bytes: l.compress_min_bytes,
                 tls: l.tls.as_ref().and_then(|t| load_tls(t, &field, &mut err)),
+                virtual_hosts: routes.iter().any(|r| r.host.is_some()),
                 routes,
             });
         }
@@ -773,9 +851,16 @@ fn validate_route(
     r: &RawRoute,
     field: &str,
     pool_names: &[&String],
-    seen: &mut BTreeSet<(bool, String)>,
+    seen: &mut BTreeSet<(Option<String>, bool, String)>,
     err: &mut impl FnMut(String, String),
 ) -> Option<Route> {
+    let host = match r.host.as_deref().map(HostPattern::parse).transpose() {
+        Ok(host) => host,
+        Err(e) => {
+            err(format!("{field}.host"), e);
+            return None;
+        }
+    };
     let (path, exact, key) = match (&r.prefix, &r.exact) {
         (Some(p), None) => (p.clone(), false, "prefix"),
         (None, Some(p)) => (p.clone(), true, "exact"),
@@ -787,8 +872,8 @@ fn validate_route(
     if !path.starts_with('/') {
         err(format!("{field}.{key}"), format!("`{path}` must start with /"));
     }
-    if !seen.insert((exact, path.clone())) {
-        err(format!("{field}.{key}"), format!("`{path}` is routed twice"));
+    if !seen.insert((r.host.as_ref().map(|h| h.to_ascii_lowercase()), exact, path.clone())) {
+        err(format!("{field}.{key}"), format!("`{path}` is routed twice for the same host"));
     }
     let targets = [r.pool.is_some(), r.static_root.is_some(), r.redirect.is_some(), r.respond.is_some()];
     if targets.iter().filter(|t| **t).count() != 1 {
@@ -871,7 +956,7 @@ fn validate_route(
         };
         RouteTarget::Respond { status, body: bytes::Bytes::from(respond.body.clone()), content_type }
     };
-    Some(Route { path, exact, target })
+    Some(Route { host, path, exact, target })
 }
 
 /// Loads a listener's certificates; each bad file is reported on its own field.
@@ -930,6 +1015,50 @@ pool = "web"
 name = "a"
 address = "127.0.0.1:9001"
 "#;
+
+    #[test]
+    fn routes_are_chosen_by_host_first_as_nginx_chooses_a_server() {
+        let text = r#"
+name = "lb"
+[[listeners]]
+name = "www"
+bind = "127.0.0.1:8080"
+[[listeners.routes]]
+prefix = "/"
+respond = { body = "default" }
+[[listeners.routes]]
+host = "Shop.Example.org"
+exact = "/cart"
+respond = { body = "shop cart" }
+[[listeners.routes]]
+host = "*.example.org"
+prefix = "/"
+respond = { body = "any example" }
+[[listeners.routes]]
+host = "*.eu.example.org"
+prefix = "/"
+respond = { body = "eu" }
+"#;
+        let c = load(text).unwrap();
+        let l = &c.listeners[0];
+        let body = |host: Option<&str>, path: &str| match l.route_for(host, path).map(|r| &r.target) {
+            Some(RouteTarget::Respond { body, .. }) => String::from_utf8_lossy(body).into_owned(),
+            _ => "none".into(),
+        };
+        assert_eq!(body(Some("shop.example.org"), "/cart"), "shop cart");
+        assert_eq!(body(Some("shop.example.org"), "/other"), "none", "the host's own routes only: 404");
+        assert_eq!(body(Some("api.example.org"), "/x"), "any example");
+        assert_eq!(body(Some("fr.eu.example.org"), "/x"), "eu", "the longest wildcard wins");
+        assert_eq!(body(Some("example.org"), "/x"), "default", "a wildcard needs a label before it");
+        assert_eq!(body(Some("other.test"), "/x"), "default");
+        assert_eq!(body(None, "/x"), "default");
+
+        let bad = text.replace("*.eu.example.org", "eu.example.org:8080");
+        let e = load(&bad).unwrap_err();
+        assert_eq!(e.0[0].field, "listeners[0].routes[3].host", "{e}");
+        let twice = text.replace("host = \"*.eu.example.org\"\nprefix", "host = \"*.EXAMPLE.org\"\nprefix");
+        assert!(load(&twice).unwrap_err().to_string().contains("routed twice for the same host"));
+    }
 
     #[test]
     fn the_vips_interface_is_checked_and_named_in_errors() {

@@ -497,6 +497,15 @@ async fn starts_with_h2_preface(stream: &tokio::net::TcpStream) -> bool {
     }
 }
 
+/// The host a request is for (Host, or the authority of an HTTP/2 request), as routes name
+/// hosts.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    match req.headers().get(http::header::HOST) {
+        Some(value) => crate::config::host_name(value.to_str().ok()?),
+        None => crate::config::host_name(req.uri().host()?),
+    }
+}
+
 async fn route(
     shared: &Runtime,
     address: SocketAddr,
@@ -521,8 +530,11 @@ async fn route(
         true => compression::negotiate(req.headers()).map(|e| (e, req.method().clone())),
         false => None,
     };
-    let path = req.uri().path();
-    let (response, pool, server) = match listener.routes.iter().find(|r| r.matches(path)) {
+    let host = match listener.virtual_hosts {
+        true => request_host(&req),
+        false => None,
+    };
+    let (response, pool, server) = match listener.route_for(host.as_deref(), req.uri().path()) {
         None => (error_response(StatusCode::NOT_FOUND), None, None),
         Some(route) => match &route.target {
             RouteTarget::Pool(p) => {

@@ -1099,3 +1099,45 @@ fn maxconn_queues_what_a_server_cannot_take_and_a_long_wait_is_a_503() {
     assert!(metrics.contains("webstack_proxy_queue_timeouts_total{pool=\"web\"} 2"), "{metrics}");
     assert!(metrics.contains("webstack_proxy_queued_requests{pool=\"web\"} 0"), "{metrics}");
 }
+
+#[test]
+fn virtual_hosts_route_by_host_header_and_by_http2_authority() {
+    let shop = addr("127.210.28.11:9000");
+    let _shop = Upstream::start("shop", shop);
+    let config = format!(
+        "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.28.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/\"\nrespond = {{ body = \"default site\" }}\n\
+         [[listeners.routes]]\nhost = \"shop.example.org\"\nprefix = \"/\"\npool = \"shop\"\n\
+         [[listeners.routes]]\nhost = \"*.example.org\"\nprefix = \"/\"\nrespond = {{ body = \"another example.org site\" }}\n\
+         [pools.shop]\n[[pools.shop.servers]]\nname = \"shop\"\naddress = \"{shop}\"\n"
+    );
+    let _proxy = Proxy::start(&config);
+    let proxy = addr("127.210.28.1:8080");
+    let with_host =
+        |host: &str| request(proxy, &format!("GET /cart HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")).body;
+    assert!(with_host("shop.example.org").starts_with("shop /cart"), "{}", with_host("shop.example.org"));
+    assert!(with_host("SHOP.example.org:8080").starts_with("shop /cart"), "case and port do not matter");
+    assert!(with_host("shop.example.org.").starts_with("shop /cart"), "nor a trailing dot");
+    assert_eq!(with_host("blog.example.org"), "another example.org site");
+    assert_eq!(with_host("www.foobar.com"), "default site");
+    assert_eq!(with_host("127.210.28.1:8080"), "default site");
+
+    // HTTP/2 names the host in the request's authority, not in a Host header.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let body = rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .uri("http://shop.example.org:8080/cart")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    });
+    assert!(body.starts_with("shop /cart"), "{body}");
+}
