@@ -46,6 +46,10 @@
 //!                                  # "*.example.org"; the routes of the most specific matching
 //!                                  # host are the only ones tried, routes without one otherwise
 //! prefix = "/static/"
+//! request_headers = { set = { "X-Env" = "prod" }, remove = ["X-Debug"] }    # to the pool
+//! response_headers = { set = { "X-Frame-Options" = "DENY" }, remove = ["Server"] }
+//!                                  # (nginx's proxy_set_header / add_header, HAProxy's
+//!                                  # http-request / http-response set-header, del-header)
 //! static_root = "/srv/static"      # the prefix is replaced by this directory (nginx's alias)
 //! index = ["index.html"]           # tried for a directory
 //! cache_control = "public, max-age=3600"
@@ -240,6 +244,19 @@ struct RawRoute {
     precompressed: bool,
     redirect: Option<RawRedirect>,
     respond: Option<RawRespond>,
+    #[serde(default)]
+    request_headers: RawHeaderRules,
+    #[serde(default)]
+    response_headers: RawHeaderRules,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderRules {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
 }
 
 fn default_index() -> Vec<String> {
@@ -533,6 +550,71 @@ pub struct Route {
     pub path: String,
     pub exact: bool,
     pub target: RouteTarget,
+    /// Headers set or removed on the way to the pool and on the way back; `None` for most.
+    pub headers: Option<Arc<HeaderRules>>,
+}
+
+/// Headers a route sets (replacing any) and removes, on requests and on responses.
+#[derive(Debug, Default)]
+pub struct HeaderRules {
+    pub request_set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub request_remove: Vec<http::HeaderName>,
+    pub response_set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub response_remove: Vec<http::HeaderName>,
+}
+
+impl HeaderRules {
+    pub fn apply_to_request(&self, headers: &mut http::HeaderMap) {
+        apply(headers, &self.request_remove, &self.request_set);
+    }
+
+    pub fn apply_to_response(&self, headers: &mut http::HeaderMap) {
+        apply(headers, &self.response_remove, &self.response_set);
+    }
+}
+
+fn apply(headers: &mut http::HeaderMap, remove: &[http::HeaderName], set: &[(http::HeaderName, http::HeaderValue)]) {
+    for name in remove {
+        headers.remove(name);
+    }
+    for (name, value) in set {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// Headers that frame the message or route it: the proxy owns them, no rule may touch them.
+const PROXY_OWNED_HEADERS: [&str; 7] =
+    ["content-length", "transfer-encoding", "connection", "host", "upgrade", "te", "trailer"];
+
+fn header_rules(
+    raw: &RawHeaderRules,
+    field: &str,
+    err: &mut impl FnMut(String, String),
+) -> (Vec<(http::HeaderName, http::HeaderValue)>, Vec<http::HeaderName>) {
+    let mut set = Vec::new();
+    for (name, value) in &raw.set {
+        let Some(header) = header_name(name, format!("{field}.set"), err) else { continue };
+        match http::HeaderValue::from_str(value) {
+            Ok(v) => set.push((header, v)),
+            Err(_) => err(format!("{field}.set"), format!("the value of `{name}` is not a header value")),
+        }
+    }
+    let remove = raw.remove.iter().filter_map(|name| header_name(name, format!("{field}.remove"), err)).collect();
+    (set, remove)
+}
+
+fn header_name(name: &str, field: String, err: &mut impl FnMut(String, String)) -> Option<http::HeaderName> {
+    match http::HeaderName::from_bytes(name.as_bytes()) {
+        Ok(n) if PROXY_OWNED_HEADERS.contains(&n.as_str()) => {
+            err(field, format!("`{name}` frames or routes the message; the proxy sets it, not a rule"));
+            None
+        }
+        Ok(n) => Some(n),
+        Err(_) => {
+            err(field, format!("`{name}` is not a header name"));
+            None
+        }
+    }
 }
 
 impl Route {
@@ -956,7 +1038,15 @@ fn validate_route(
         };
         RouteTarget::Respond { status, body: bytes::Bytes::from(respond.body.clone()), content_type }
     };
-    Some(Route { host, path, exact, target })
+    let (request_set, request_remove) = header_rules(&r.request_headers, &format!("{field}.request_headers"), err);
+    let (response_set, response_remove) = header_rules(&r.response_headers, &format!("{field}.response_headers"), err);
+    let rewrites_requests = !request_set.is_empty() || !request_remove.is_empty();
+    if rewrites_requests && !matches!(target, RouteTarget::Pool(_)) {
+        err(format!("{field}.request_headers"), "only a route to a pool sends requests on".into());
+    }
+    let any = rewrites_requests || !response_set.is_empty() || !response_remove.is_empty();
+    let rules = HeaderRules { request_set, request_remove, response_set, response_remove };
+    Some(Route { host, path, exact, target, headers: any.then(|| Arc::new(rules)) })
 }
 
 /// Loads a listener's certificates; each bad file is reported on its own field.
@@ -1058,6 +1148,28 @@ respond = { body = "eu" }
         assert_eq!(e.0[0].field, "listeners[0].routes[3].host", "{e}");
         let twice = text.replace("host = \"*.eu.example.org\"\nprefix", "host = \"*.EXAMPLE.org\"\nprefix");
         assert!(load(&twice).unwrap_err().to_string().contains("routed twice for the same host"));
+    }
+
+    #[test]
+    fn header_rules_refuse_what_frames_the_message_and_name_the_field() {
+        let route = |rules: &str| {
+            GOOD.replace("prefix = \"/api/\"\npool = \"web\"", &format!("prefix = \"/api/\"\npool = \"web\"\n{rules}"))
+        };
+        let c = load(&route(r#"response_headers = { set = { "X-Frame-Options" = "DENY" }, remove = ["Server"] }"#))
+            .unwrap();
+        let rules = c.listeners[0].routes[0].headers.clone().expect("rules");
+        let mut headers = http::HeaderMap::new();
+        headers.insert("server", http::HeaderValue::from_static("origin"));
+        rules.apply_to_response(&mut headers);
+        assert_eq!(headers.get("x-frame-options").map(|v| v.as_bytes()), Some(&b"DENY"[..]));
+        assert!(headers.get("server").is_none());
+        assert!(c.listeners[0].routes[1].headers.is_none(), "routes without rules carry none");
+
+        let e = load(&route(r#"request_headers = { set = { "Content-Length" = "0" } }"#)).unwrap_err();
+        assert_eq!(e.0[0].field, "listeners[0].routes[1].request_headers.set", "{e}");
+        assert!(e.to_string().contains("frames or routes the message"), "{e}");
+        let e = load(&route(r#"response_headers = { remove = ["bad header"] }"#)).unwrap_err();
+        assert!(e.to_string().contains("is not a header name"), "{e}");
     }
 
     #[test]

@@ -534,11 +534,15 @@ async fn route(
         true => request_host(&req),
         false => None,
     };
-    let (response, pool, server) = match listener.route_for(host.as_deref(), req.uri().path()) {
+    let chosen = listener.route_for(host.as_deref(), req.uri().path());
+    let (response, pool, server) = match chosen {
         None => (error_response(StatusCode::NOT_FOUND), None, None),
         Some(route) => match &route.target {
             RouteTarget::Pool(p) => {
                 let pool = &shared.pools[*p];
+                if let Some(rules) = &route.headers {
+                    rules.apply_to_request(req.headers_mut());
+                }
                 // Boxed: the forwarding future is kilobytes, and the request's future is
                 // moved whole several times (into hyper's slot, into a task for HTTP/2);
                 // one allocation costs less than copying it each time.
@@ -563,6 +567,10 @@ async fn route(
     };
     if let Some(hsts) = listener.tls.as_ref().and_then(|t| t.hsts.clone()) {
         response.headers_mut().insert(STRICT_TRANSPORT_SECURITY, hsts);
+    }
+    // Last, so that what the route sets is what the client gets.
+    if let Some(rules) = chosen.and_then(|r| r.headers.as_deref()) {
+        rules.apply_to_response(response.headers_mut());
     }
     if let (Some(log), Some((method, uri, version, referer, user_agent))) = (&shared.access_log, logged) {
         log.write(&Entry {

@@ -1141,3 +1141,56 @@ fn virtual_hosts_route_by_host_header_and_by_http2_authority() {
     });
     assert!(body.starts_with("shop /cart"), "{body}");
 }
+
+/// An origin that records each request's head and answers with headers a route may strip.
+fn recording_origin(address: SocketAddr) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let listener = std::net::TcpListener::bind(address).unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = heads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            record.lock().unwrap().push(String::from_utf8_lossy(&head).to_ascii_lowercase());
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nServer: origin/1.0\r\nX-Powered-By: php\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+            );
+        }
+    });
+    heads
+}
+
+#[test]
+fn routes_set_and_remove_headers_both_ways() {
+    let origin = addr("127.210.29.11:9000");
+    let heads = recording_origin(origin);
+    let config = format!(
+        "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.29.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n\
+         request_headers = {{ set = {{ \"X-Env\" = \"prod\" }}, remove = [\"X-Debug\"] }}\n\
+         response_headers = {{ set = {{ \"X-Frame-Options\" = \"DENY\" }}, remove = [\"Server\", \"X-Powered-By\"] }}\n\
+         [[listeners.routes]]\nexact = \"/robots.txt\"\nrespond = {{ body = \"User-agent: *\" }}\n\
+         response_headers = {{ set = {{ \"Cache-Control\" = \"max-age=60\" }} }}\n\
+         [pools.web]\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{origin}\"\n"
+    );
+    let _proxy = Proxy::start(&config);
+    let proxy = addr("127.210.29.1:8080");
+    let answer =
+        request(proxy, "GET /page HTTP/1.1\r\nHost: x\r\nX-Env: dev\r\nX-Debug: 1\r\nConnection: close\r\n\r\n");
+    assert_eq!(answer.status, 200);
+    let sent = heads.lock().unwrap().last().cloned().unwrap_or_default();
+    assert!(sent.contains("x-env: prod") && !sent.contains("x-env: dev"), "set replaces: {sent}");
+    assert!(!sent.contains("x-debug"), "removed before the origin: {sent}");
+    assert_eq!(answer.header("x-frame-options").as_deref(), Some("DENY"));
+    assert_eq!((answer.header("server"), answer.header("x-powered-by")), (None, None), "{}", answer.head);
+    // Every target's answer, not only a pool's.
+    let robots = get(proxy, "/robots.txt");
+    assert_eq!(robots.header("cache-control").as_deref(), Some("max-age=60"));
+}
