@@ -50,6 +50,8 @@
 //! response_headers = { set = { "X-Frame-Options" = "DENY" }, remove = ["Server"] }
 //!                                  # (nginx's proxy_set_header / add_header, HAProxy's
 //!                                  # http-request / http-response set-header, del-header)
+//! allow = ["10.0.0.0/8"]           # optional: only these clients (nginx's allow); others 403
+//! deny = ["10.6.6.0/24"]           # optional: never these, checked first (nginx's deny)
 //! static_root = "/srv/static"      # the prefix is replaced by this directory (nginx's alias)
 //! index = ["index.html"]           # tried for a directory
 //! cache_control = "public, max-age=3600"
@@ -248,6 +250,10 @@ struct RawRoute {
     request_headers: RawHeaderRules,
     #[serde(default)]
     response_headers: RawHeaderRules,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -552,6 +558,8 @@ pub struct Route {
     pub target: RouteTarget,
     /// Headers set or removed on the way to the pool and on the way back; `None` for most.
     pub headers: Option<Arc<HeaderRules>>,
+    /// Which clients may use it; `None`: everyone.
+    pub access: Option<Arc<crate::access::Access>>,
 }
 
 /// Headers a route sets (replacing any) and removes, on requests and on responses.
@@ -1046,7 +1054,21 @@ fn validate_route(
     }
     let any = rewrites_requests || !response_set.is_empty() || !response_remove.is_empty();
     let rules = HeaderRules { request_set, request_remove, response_set, response_remove };
-    Some(Route { host, path, exact, target, headers: any.then(|| Arc::new(rules)) })
+    let blocks = |list: &[String], key: &str, err: &mut dyn FnMut(String, String)| -> Vec<crate::access::Cidr> {
+        list.iter()
+            .filter_map(|text| crate::access::Cidr::parse(text).map_err(|e| err(format!("{field}.{key}"), e)).ok())
+            .collect()
+    };
+    let access = crate::access::Access { allow: blocks(&r.allow, "allow", err), deny: blocks(&r.deny, "deny", err) };
+    let restricted = !(access.allow.is_empty() && access.deny.is_empty());
+    Some(Route {
+        host,
+        path,
+        exact,
+        target,
+        headers: any.then(|| Arc::new(rules)),
+        access: restricted.then(|| Arc::new(access)),
+    })
 }
 
 /// Loads a listener's certificates; each bad file is reported on its own field.
@@ -1170,6 +1192,17 @@ respond = { body = "eu" }
         assert!(e.to_string().contains("frames or routes the message"), "{e}");
         let e = load(&route(r#"response_headers = { remove = ["bad header"] }"#)).unwrap_err();
         assert!(e.to_string().contains("is not a header name"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_address_block_is_reported_on_its_route() {
+        let text = GOOD.replace(
+            "prefix = \"/api/\"\npool = \"web\"",
+            "prefix = \"/api/\"\npool = \"web\"\nallow = [\"10.0.0.1/8\"]",
+        );
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.0[0].field, "listeners[0].routes[1].allow", "{e}");
+        assert!(e.to_string().contains("the block is 10.0.0.0/8"), "{e}");
     }
 
     #[test]

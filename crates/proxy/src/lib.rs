@@ -7,6 +7,7 @@
 //! nothing of the rest of webstack. [`config::ProxyConfig::load`] validates the file before any
 //! socket is bound, and [`run`] serves it until the shutdown future completes.
 
+pub mod access;
 pub mod access_log;
 pub mod admin;
 pub mod balancer;

@@ -537,6 +537,9 @@ async fn route(
     let chosen = listener.route_for(host.as_deref(), req.uri().path());
     let (response, pool, server) = match chosen {
         None => (error_response(StatusCode::NOT_FOUND), None, None),
+        Some(route) if route.access.as_ref().is_some_and(|a| !a.permits(client.ip())) => {
+            (error_response(StatusCode::FORBIDDEN), None, None)
+        }
         Some(route) => match &route.target {
             RouteTarget::Pool(p) => {
                 let pool = &shared.pools[*p];

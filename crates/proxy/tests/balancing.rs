@@ -1194,3 +1194,26 @@ fn routes_set_and_remove_headers_both_ways() {
     let robots = get(proxy, "/robots.txt");
     assert_eq!(robots.header("cache-control").as_deref(), Some("max-age=60"));
 }
+
+#[test]
+fn allow_and_deny_pick_clients_by_address() {
+    let config = "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.30.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/\"\nrespond = { body = \"public\" }\ndeny = [\"127.210.30.66\"]\n\
+         [[listeners.routes]]\nprefix = \"/admin/\"\nrespond = { body = \"admin\" }\nallow = [\"127.210.30.0/28\"]\n";
+    let _proxy = Proxy::start(config);
+    // A request from a chosen source address.
+    let from = |source: &str, path: &str| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&addr(&format!("{source}:0")).into()).unwrap();
+        socket.connect(&addr("127.210.30.1:8080").into()).unwrap();
+        let mut s: TcpStream = socket.into();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0)
+    };
+    assert_eq!(from("127.210.30.5", "/admin/users"), 200, "inside the allowed block");
+    assert_eq!(from("127.210.30.20", "/admin/users"), 403, "outside it");
+    assert_eq!(from("127.210.30.20", "/"), 200);
+    assert_eq!(from("127.210.30.66", "/"), 403, "denied");
+}
