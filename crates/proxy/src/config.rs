@@ -32,6 +32,8 @@
 //! max_header_bytes = 65536         # request line and headers; more is 431
 //! max_headers = 100                # more is 431
 //! max_body_bytes = 0               # 0: no limit; more is 413 (nginx's client_max_body_size)
+//! max_connections = 10000          # optional: client connections at once (HAProxy's maxconn);
+//!                                  # more wait in the kernel's backlog until one closes
 //! compress = true                  # gzip/brotli text answers on the fly (nginx's gzip on)
 //! compress_min_bytes = 1024
 //! redirect_https_port = 8443       # optional: answer every request with a redirect to HTTPS
@@ -205,6 +207,8 @@ struct RawListener {
     max_headers: usize,
     #[serde(default)]
     max_body_bytes: u64,
+    /// At most this many client connections at once; more wait in the kernel's backlog.
+    max_connections: Option<usize>,
     redirect_https_port: Option<u16>,
     #[serde(default)]
     compress: bool,
@@ -458,6 +462,8 @@ pub struct Listener {
     pub max_headers: usize,
     /// `None`: no limit.
     pub max_body_bytes: Option<u64>,
+    /// Client connections served at once (HAProxy's frontend maxconn); `None`: no limit.
+    pub max_connections: Option<usize>,
     /// Every request is redirected to HTTPS on this port.
     pub redirect_https_port: Option<u16>,
     /// Compress text answers of at least `compress_min_bytes` for clients that accept it.
@@ -760,6 +766,9 @@ impl ProxyConfig {
             if l.max_headers == 0 {
                 err(format!("{field}.max_headers"), "must be at least 1".into());
             }
+            if l.max_connections == Some(0) {
+                err(format!("{field}.max_connections"), "must be at least 1 (leave it out for no limit)".into());
+            }
             listeners.push(Listener {
                 name: l.name.clone(),
                 bind: l.bind,
@@ -767,6 +776,7 @@ impl ProxyConfig {
                 max_header_bytes: l.max_header_bytes,
                 max_headers: l.max_headers,
                 max_body_bytes: (l.max_body_bytes > 0).then_some(l.max_body_bytes),
+                max_connections: l.max_connections,
                 redirect_https_port: l.redirect_https_port,
                 compress: l.compress,
                 compress_min_bytes: l.compress_min_bytes,

@@ -345,6 +345,46 @@ fn listen(address: SocketAddr, shared: bool) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// A listener's client connections now, for its `max_connections`: while at the limit it
+/// accepts nothing, and the kernel's backlog holds new connections (HAProxy's frontend maxconn).
+#[derive(Default)]
+struct OpenConnections {
+    count: std::sync::atomic::AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+impl OpenConnections {
+    fn enter(this: &Arc<OpenConnections>) -> OpenConnection {
+        this.count.fetch_add(1, Ordering::AcqRel);
+        OpenConnection(this.clone())
+    }
+
+    async fn wait_below(&self, limit: usize, address: SocketAddr) {
+        if self.count.load(Ordering::Acquire) < limit {
+            return;
+        }
+        tracing::warn!(%address, limit, "listener at max_connections; new connections wait in the backlog");
+        while self.count.load(Ordering::Acquire) >= limit {
+            // Registered before the check below, so a close in between is not missed.
+            let closed = self.closed.notified();
+            if self.count.load(Ordering::Acquire) < limit {
+                break;
+            }
+            closed.await;
+        }
+    }
+}
+
+/// One client connection counted while this lives.
+struct OpenConnection(Arc<OpenConnections>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.closed.notify_one();
+    }
+}
+
 async fn accept_loop(
     socket: TcpListener,
     address: SocketAddr,
@@ -353,7 +393,17 @@ async fn accept_loop(
     stop_rx: watch::Receiver<bool>,
     alive_tx: mpsc::Sender<()>,
 ) {
+    let open = Arc::new(OpenConnections::default());
     loop {
+        let limit = match serves {
+            Serves::Site => {
+                proxy.runtime().config.listeners.iter().find(|l| l.bind == address).and_then(|l| l.max_connections)
+            }
+            Serves::Admin => None,
+        };
+        if let Some(limit) = limit {
+            open.wait_below(limit, address).await;
+        }
         let (stream, client) = match socket.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -367,8 +417,10 @@ async fn accept_loop(
         let proxy = proxy.clone();
         let stop_rx = stop_rx.clone();
         let alive = alive_tx.clone();
+        let slot = OpenConnections::enter(&open);
         tokio::spawn(async move {
             let _alive = alive;
+            let _slot = slot;
             // Read once per connection: a reload applies to the connections that follow it.
             let settings = match serves {
                 Serves::Site => proxy

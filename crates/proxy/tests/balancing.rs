@@ -1217,3 +1217,33 @@ fn allow_and_deny_pick_clients_by_address() {
     assert_eq!(from("127.210.30.20", "/"), 200);
     assert_eq!(from("127.210.30.66", "/"), 403, "denied");
 }
+
+#[test]
+fn max_connections_holds_new_clients_in_the_backlog_until_one_leaves() {
+    let config = "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.31.1:8080\"\nmax_connections = 2\n\
+         [[listeners.routes]]\nprefix = \"/\"\nrespond = { body = \"hello\" }\n";
+    let _proxy = Proxy::start(config);
+    let ask = |s: &mut TcpStream| {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        s.read(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    // Two clients keep their connections open (keep-alive).
+    let mut first = TcpStream::connect("127.210.31.1:8080").unwrap();
+    let mut second = TcpStream::connect("127.210.31.1:8080").unwrap();
+    for s in [&mut first, &mut second] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(ask(s).unwrap().starts_with("HTTP/1.1 200"));
+    }
+    // A third gets through the kernel's handshake but no answer while both stay.
+    let mut third = TcpStream::connect("127.210.31.1:8080").unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    assert!(ask(&mut third).is_err(), "served past max_connections");
+    // One leaves: the third is accepted and answered.
+    drop(first);
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = third.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(ask(&mut second).unwrap().starts_with("HTTP/1.1 200"), "the others are served meanwhile");
+}
