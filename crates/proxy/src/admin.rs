@@ -312,13 +312,24 @@ fn stats(name: &str, pools: &[Arc<PoolState>]) -> String {
         let _ = writeln!(out, "pool {} ({up}/{} up, {queued} queued)", pool.config.name, pool.servers.len());
         let _ = writeln!(
             out,
-            "  {:<16} {:<22} {:<5} {:<6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
-            "server", "address", "state", "admin", "weight", "requests", "2xx", "5xx", "conn-err", "active", "idle"
+            "  {:<16} {:<22} {:<5} {:<6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}",
+            "server",
+            "address",
+            "state",
+            "admin",
+            "weight",
+            "requests",
+            "2xx",
+            "5xx",
+            "conn-err",
+            "active",
+            "maxconn",
+            "idle"
         );
         for s in &pool.servers {
             let _ = writeln!(
                 out,
-                "  {:<16} {:<22} {:<5} {:<6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6}",
+                "  {:<16} {:<22} {:<5} {:<6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}",
                 s.config.name,
                 s.config.address.to_string(),
                 if s.is_up() { "UP" } else { "DOWN" },
@@ -329,6 +340,7 @@ fn stats(name: &str, pools: &[Arc<PoolState>]) -> String {
                 s.responses[4].load(Ordering::Relaxed),
                 s.connect_failures.load(Ordering::Relaxed),
                 s.in_flight.load(Ordering::Relaxed),
+                s.config.maxconn.map_or_else(|| "-".to_string(), |m| m.to_string()),
                 s.idle_count(),
             );
         }

@@ -1081,6 +1081,10 @@ fn maxconn_queues_what_a_server_cannot_take_and_a_long_wait_is_a_503() {
     assert_eq!(upstream.peak.load(Ordering::SeqCst), 2, "maxconn held at the server");
     let servers = get(addr("127.210.26.1:8404"), "/api/servers").body;
     assert!(servers.contains("\"maxconn\":2") && servers.contains("\"queued\":0"), "{servers}");
+    let stats = get(addr("127.210.26.1:8404"), "/stats").body;
+    assert!(stats.contains("0 queued") && stats.contains("maxconn"), "{stats}");
+    let line = stats.lines().find(|l| l.trim_start().starts_with("a ")).unwrap_or_default();
+    assert_eq!(line.split_whitespace().nth(10), Some("2"), "the server's limit in its column: {stats}");
     drop(upstream);
 
     // One slot, and a queue timeout far shorter than a request: the two that wait get a 503.
