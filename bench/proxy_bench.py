@@ -11,7 +11,8 @@ Scenarios (--scenarios): proxy (the load balancer), static (a 16 KiB file from d
 nginx), tls (TLS keep-alive), handshake (a new TLS connection per request), h2 (HTTP/2 over TLS
 with h2load). Every TLS scenario uses the same ECDSA P-256 certificate from `webstack cert`.
 
-Usage: bench/proxy_bench.py [--runs 3] [--seconds 10] [--conns 64,256] [--scenarios proxy,static]
+Usage: bench/proxy_bench.py [--runs 3] [--seconds 10] [--conns 64,256] [--scenarios proxy,static,tls,handshake,h2]
+(every scenario by default, as `make bench` runs it)
 """
 
 import argparse
@@ -359,7 +360,7 @@ def main():
     ap.add_argument("--conns", default="64,256")
     ap.add_argument("--webstack", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "webstack"))
     ap.add_argument("--only", default="webstack,haproxy,nginx")
-    ap.add_argument("--scenarios", default="proxy", help="comma-separated: " + ", ".join(SCENARIOS))
+    ap.add_argument("--scenarios", default="proxy,static,tls,handshake,h2", help="comma-separated: " + ", ".join(SCENARIOS))
     args = ap.parse_args()
     for tool in ("wrk", "haproxy", "nginx", "taskset", "h2load"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
