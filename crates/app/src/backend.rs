@@ -99,10 +99,6 @@ impl Pool {
         (Pool::Sqlite(readers), Pool::Sqlite(writer))
     }
 
-    pub fn dialect(&self) -> Dialect {
-        per_backend!(self, Pool, |_p, d| d)
-    }
-
     pub async fn acquire(&self) -> Result<Pooled, sqlx::Error> {
         Ok(match self {
             Pool::Mysql(p) => Pooled::Mysql(p.acquire().await?),

@@ -53,8 +53,6 @@ struct Node {
 
 pub struct Database {
     nodes: Vec<Node>,
-    /// One SQLite file: the only node, always the writer, never behind.
-    embedded: bool,
     local: usize,
     writer: Mutex<Option<(usize, Instant)>>,
     /// How far behind the writer a node may be and still serve reads.
@@ -113,7 +111,6 @@ impl Database {
         let count = nodes.len();
         Database {
             nodes,
-            embedded: matches!(config.database, DatabaseSetting::Embedded(_)),
             local,
             writer: Mutex::new(None),
             max_lag: Duration::from_millis(max_lag_ms),
@@ -121,6 +118,11 @@ impl Database {
             name: config.name.clone(),
             schema_current: AtomicBool::new(false),
         }
+    }
+
+    /// One SQLite file: the only node, always the writer, never behind.
+    fn embedded(&self) -> bool {
+        matches!(self.nodes.first().map(|n| &n.pool), Some(Pool::Sqlite(_)))
     }
 
     fn unavailable(&self, index: usize, source: sqlx::Error) -> DataError {
@@ -133,7 +135,7 @@ impl Database {
 
     /// The writable node: asks every node for `read_only`, at most once per [`WRITER_TTL`].
     pub async fn writer(&self) -> Result<usize, DataError> {
-        if self.embedded {
+        if self.embedded() {
             return Ok(0);
         }
         if let Some((index, at)) = *self.writer.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -193,7 +195,7 @@ impl Database {
     /// node's lag as the age of the newest heartbeat it holds. The embedded database has no
     /// replicas to measure.
     pub async fn watch_lag(&self) {
-        if self.embedded {
+        if self.embedded() {
             return;
         }
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -440,7 +442,7 @@ impl Database {
     {
         let deadline = Instant::now() + WRITER_CHANGE_WAIT;
         // The embedded database's one writing connection is never elsewhere: wait for it.
-        let acquire_wait = if self.embedded { WRITER_CHANGE_WAIT } else { WRITE_ACQUIRE_TIMEOUT };
+        let acquire_wait = if self.embedded() { WRITER_CHANGE_WAIT } else { WRITE_ACQUIRE_TIMEOUT };
         loop {
             let writer = match self.writer().await {
                 Ok(writer) => writer,

@@ -1184,9 +1184,7 @@ respond = { body = "eu" }
 
     #[test]
     fn header_rules_refuse_what_frames_the_message_and_name_the_field() {
-        let route = |rules: &str| {
-            GOOD.replace("prefix = \"/api/\"\npool = \"web\"", &format!("prefix = \"/api/\"\npool = \"web\"\n{rules}"))
-        };
+        let route = with_api_route;
         let c = load(&route(r#"response_headers = { set = { "X-Frame-Options" = "DENY" }, remove = ["Server"] }"#))
             .unwrap();
         let rules = c.listeners[0].routes[0].headers.clone().expect("rules");
@@ -1206,11 +1204,7 @@ respond = { body = "eu" }
 
     #[test]
     fn a_bad_address_block_is_reported_on_its_route() {
-        let text = GOOD.replace(
-            "prefix = \"/api/\"\npool = \"web\"",
-            "prefix = \"/api/\"\npool = \"web\"\nallow = [\"10.0.0.1/8\"]",
-        );
-        let e = load(&text).unwrap_err();
+        let e = load(&with_api_route("allow = [\"10.0.0.1/8\"]")).unwrap_err();
         assert_eq!(e.0[0].field, "listeners[0].routes[1].allow", "{e}");
         assert!(e.to_string().contains("the block is 10.0.0.0/8"), "{e}");
     }
@@ -1225,6 +1219,11 @@ respond = { body = "eu" }
         let bad = load(&text).unwrap_err();
         assert_eq!(bad.0[0].field, "ha.interface", "{bad}");
         assert_eq!(bad.0[0].line, text.lines().position(|l| l.starts_with("interface")).map(|i| i + 1), "{bad}");
+    }
+
+    /// [`GOOD`] with `options` added to its `/api/` route (routes[1] in the file).
+    fn with_api_route(options: &str) -> String {
+        GOOD.replace("prefix = \"/api/\"\npool = \"web\"", &format!("prefix = \"/api/\"\npool = \"web\"\n{options}"))
     }
 
     #[test]

@@ -301,9 +301,15 @@ async fn reserve(
             pool.queue_timeouts.fetch_add(1, Ordering::Relaxed);
             return Err(Some(Failure::QueueTimeout));
         }
-        let _in_queue = Queued::join(pool);
-        let _ = tokio::time::timeout((deadline - now).min(QUEUE_RECHECK), pool.freed.notified()).await;
+        // Boxed: rarely waited on, and its timer would grow every request's future.
+        Box::pin(wait_in_queue(pool, (deadline - now).min(QUEUE_RECHECK))).await;
     }
+}
+
+/// Waits in the pool's queue until a slot is freed or `at_most` has passed.
+async fn wait_in_queue(pool: &PoolState, at_most: Duration) {
+    let _in_queue = Queued::join(pool);
+    let _ = tokio::time::timeout(at_most, pool.freed.notified()).await;
 }
 
 /// A request counted in its pool's queue while this lives.

@@ -54,7 +54,8 @@ impl HaStatus {
     }
 
     fn held_down(&self) -> bool {
-        self.take_failure().is_some()
+        let failed = self.take_failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.as_ref().is_some_and(|(_, until)| Instant::now() < *until)
     }
 
     fn set(&self, state: State) {

@@ -394,13 +394,17 @@ async fn accept_loop(
     alive_tx: mpsc::Sender<()>,
 ) {
     let open = Arc::new(OpenConnections::default());
+    // Read once per connection: a reload applies to the connections that follow it (the limit
+    // from the next one on).
+    let settings_now = || match serves {
+        Serves::Site => proxy.runtime().config.listeners.iter().find(|l| l.bind == address).map(|l| {
+            let tls = l.tls.as_ref().map(|t| t.config.clone());
+            (l.max_header_bytes, l.max_headers, tls, l.max_connections)
+        }),
+        Serves::Admin => None,
+    };
+    let mut limit = settings_now().and_then(|(_, _, _, limit)| limit);
     loop {
-        let limit = match serves {
-            Serves::Site => {
-                proxy.runtime().config.listeners.iter().find(|l| l.bind == address).and_then(|l| l.max_connections)
-            }
-            Serves::Admin => None,
-        };
         if let Some(limit) = limit {
             open.wait_below(limit, address).await;
         }
@@ -414,6 +418,8 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let settings = settings_now();
+        limit = settings.as_ref().and_then(|(_, _, _, limit)| *limit);
         let proxy = proxy.clone();
         let stop_rx = stop_rx.clone();
         let alive = alive_tx.clone();
@@ -421,18 +427,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _alive = alive;
             let _slot = slot;
-            // Read once per connection: a reload applies to the connections that follow it.
-            let settings = match serves {
-                Serves::Site => proxy
-                    .runtime()
-                    .config
-                    .listeners
-                    .iter()
-                    .find(|l| l.bind == address)
-                    .map(|l| (l.max_header_bytes, l.max_headers, l.tls.as_ref().map(|t| t.config.clone()))),
-                Serves::Admin => None,
-            };
-            let (max_header_bytes, max_headers, tls) = settings.unwrap_or((64 * 1024, 100, None));
+            let (max_header_bytes, max_headers, tls, _) = settings.unwrap_or((64 * 1024, 100, None, None));
             let service = service_fn(move |req| {
                 let proxy = proxy.clone();
                 async move {

@@ -3,14 +3,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::Stop;
+use support::{body_if_ok as get, ha_state_in, wait_for, Stop};
 
 /// The VIP of a test's own 127.209.NET.0/24.
 fn vip(net: u8) -> String {
@@ -58,30 +56,8 @@ fn start(path: &std::path::Path) -> Stop {
     )
 }
 
-fn get(address: &str, path: &str) -> Option<String> {
-    let address: SocketAddr = address.parse().unwrap();
-    let mut s = TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.starts_with("HTTP/1.1 200").then(|| out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
-}
-
 fn ha_state(net: u8, id: u32) -> String {
-    let body = get(&format!("127.209.{net}.{id}:8404"), "/ha").unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["state"].as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    ha_state_in(&get(&format!("127.209.{net}.{id}:8404"), "/ha").unwrap_or_default())
 }
 
 #[test]

@@ -7,15 +7,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::Stop;
+use support::{body_if_ok as get, ha_state_in, wait_for, Stop};
 
 const VIP: &str = "198.18.0.10";
 
@@ -109,32 +107,12 @@ fn in_netns<T: Send + 'static>(ns: &str, work: impl FnOnce() -> T + Send + 'stat
     })
 }
 
-fn get(address: &str, path: &str) -> Option<String> {
-    let address: SocketAddr = address.parse().ok()?;
-    let mut s = TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.starts_with("HTTP/1.1 200").then(|| out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
-}
-
 /// A node's `/ha` state, asked from the client's namespace.
 fn ha_state(segment: &Segment, host: u8) -> String {
     let address = format!("198.18.0.{host}:8404");
-    let body = in_netns(&segment.ns("client"), move || get(&address, "/ha")).join().ok().flatten().unwrap_or_default();
-    serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["state"].as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ha_state_in(
+        &in_netns(&segment.ns("client"), move || get(&address, "/ha")).join().ok().flatten().unwrap_or_default(),
+    )
 }
 
 fn config(dir: &std::path::Path, id: u8, priority: u8) -> std::path::PathBuf {

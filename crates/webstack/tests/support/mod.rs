@@ -239,3 +239,32 @@ pub fn sqlite(file: &Path, sql: &str) -> Vec<i64> {
         values
     })
 }
+
+/// The body of `GET path` when answered 200 within a short while; `None` when refused, slow
+/// or another status: for drills that keep asking while things fail.
+pub fn body_if_ok(address: &str, path: &str) -> Option<String> {
+    let address: SocketAddr = address.parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.starts_with("HTTP/1.1 200").then(|| out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+/// The `state` (MASTER, BACKUP, FAULT) in a load balancer's `/ha` answer; empty without one.
+pub fn ha_state_in(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["state"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Asks `check` every 10 ms until it holds; the test fails after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
