@@ -547,7 +547,7 @@ impl HostPattern {
 
 #[derive(Debug, Clone)]
 pub struct Tls {
-    pub config: Arc<rustls::ServerConfig>,
+    pub acceptor: tls::Acceptor,
     pub files: Vec<CertFiles>,
     /// `Strict-Transport-Security: max-age=…` on every answer.
     pub hsts: Option<http::HeaderValue>,
@@ -1104,8 +1104,8 @@ fn load_tls(raw: &RawTls, field: &str, err: &mut impl FnMut(String, String)) -> 
         return None;
     }
     let hsts = raw.hsts_max_age.and_then(|age| http::HeaderValue::from_str(&format!("max-age={age}")).ok());
-    match tls::server_config(loaded) {
-        Ok(config) => Some(Tls { config, files, hsts }),
+    match tls::Acceptor::new(loaded) {
+        Ok(acceptor) => Some(Tls { acceptor, files, hsts }),
         Err(e) => {
             err(format!("{field}.tls"), e);
             None

@@ -398,7 +398,7 @@ async fn accept_loop(
     // from the next one on).
     let settings_now = || match serves {
         Serves::Site => proxy.runtime().config.listeners.iter().find(|l| l.bind == address).map(|l| {
-            let tls = l.tls.as_ref().map(|t| t.config.clone());
+            let tls = l.tls.as_ref().map(|t| t.acceptor.clone());
             (l.max_header_bytes, l.max_headers, tls, l.max_connections)
         }),
         Serves::Admin => None,
@@ -442,13 +442,8 @@ async fn accept_loop(
             });
             // TLS listeners: the handshake first, then ALPN says h2 or HTTP/1.1.
             if let Some(tls) = tls {
-                let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(crate::tls::Coalescing::new(stream));
-                let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                    Ok(Ok(mut stream)) => {
-                        let tls13 = stream.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-                        stream.get_mut().0.handshake_done(tls13);
-                        stream
-                    }
+                let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, %client, "TLS handshake failed");
                         return;

@@ -1,6 +1,7 @@
 //! TLS termination with rustls (ring provider): certificate chains and keys from PEM files,
 //! the certificate chosen by SNI among several (the first is the default), ALPN `h2` and
-//! `http/1.1`, TLS 1.3 and 1.2 with rustls's modern suites only (AEAD, forward secrecy),
+//! `http/1.1`, TLS 1.3 and 1.2 with rustls's modern suites only (AEAD, forward secrecy; the
+//! server's order, AES-128-GCM first, unless the client puts ChaCha20 first),
 //! session resumption by ID and by ticket. A reload builds a new config from the files, so new
 //! certificates apply to new connections without a restart.
 
@@ -84,14 +85,94 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// A rustls server config for a listener with these certificates (at least one).
-pub fn server_config(certificates: Vec<CertifiedKey>) -> Result<Arc<ServerConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+/// How a TLS listener answers a ClientHello: its rustls configs, which differ only in whose
+/// order of cipher suites wins.
+#[derive(Debug, Clone)]
+pub struct Acceptor {
+    /// The server's order: AES-128-GCM first.
+    server_order: Arc<ServerConfig>,
+    /// The client's order, for clients that put ChaCha20 first.
+    client_order: Arc<ServerConfig>,
+}
+
+impl Acceptor {
+    /// The configs for a listener with these certificates (at least one).
+    pub fn new(certificates: Vec<CertifiedKey>) -> Result<Acceptor, String> {
+        let server_order = server_config(certificates)?;
+        let mut client_order = (*server_order).clone();
+        client_order.ignore_client_order = false;
+        Ok(Acceptor { server_order, client_order: Arc::new(client_order) })
+    }
+
+    /// The config for this ClientHello. AES-GCM with a 128-bit key and SHA-256 costs both sides
+    /// least where the CPU has AES instructions (SHA-256 has its own instructions too; the
+    /// SHA-384 of AES-256-GCM's suite runs in software), and it is what Go and BoringSSL pick,
+    /// where OpenSSL clients ask for AES-256 first. A client that puts ChaCha20 before every
+    /// AES suite says it has no AES instructions: its order wins, as in BoringSSL's "equal
+    /// preference" of the two.
+    pub fn config_for(&self, hello: &ClientHello<'_>) -> &Arc<ServerConfig> {
+        if prefers_chacha20(hello.cipher_suites()) {
+            &self.client_order
+        } else {
+            &self.server_order
+        }
+    }
+
+    /// The TLS handshake on a new connection; the stream then holds the session tickets back
+    /// for the first answer (see [`Coalescing`]).
+    pub async fn accept(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<Coalescing>> {
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), Coalescing::new(stream)).await?;
+        let config = self.config_for(&start.client_hello()).clone();
+        let mut stream = start.into_stream(config).await?;
+        let tls13 = stream.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+        stream.get_mut().0.handshake_done(tls13);
+        Ok(stream)
+    }
+}
+
+/// True when the client lists a ChaCha20 suite before every AES-GCM one.
+fn prefers_chacha20(offered: &[rustls::CipherSuite]) -> bool {
+    offered.iter().find_map(|s| suite_family(*s)) == Some(SuiteFamily::Chacha20)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum SuiteFamily {
+    Aes128Gcm,
+    Aes256Gcm,
+    Chacha20,
+}
+
+fn suite_family(suite: rustls::CipherSuite) -> Option<SuiteFamily> {
+    use rustls::CipherSuite as S;
+    match suite {
+        S::TLS13_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => Some(SuiteFamily::Aes128Gcm),
+        S::TLS13_AES_256_GCM_SHA384
+        | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Some(SuiteFamily::Aes256Gcm),
+        S::TLS13_CHACHA20_POLY1305_SHA256
+        | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Some(SuiteFamily::Chacha20),
+        _ => None,
+    }
+}
+
+/// The server-order config: ring's suites (all AEAD with forward secrecy) ordered AES-128-GCM,
+/// AES-256-GCM, ChaCha20, as Mozilla's intermediate profile lists them.
+fn server_config(certificates: Vec<CertifiedKey>) -> Result<Arc<ServerConfig>, String> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| suite_family(s.suite()));
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { certificates: certificates.into_iter().map(Arc::new).collect() }));
+    config.ignore_client_order = true;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
@@ -231,6 +312,20 @@ impl tokio::io::AsyncWrite for Coalescing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::CipherSuite as S;
+
+    #[test]
+    fn a_client_prefers_chacha20_when_it_lists_it_before_every_aes_suite() {
+        assert!(prefers_chacha20(&[S::TLS13_CHACHA20_POLY1305_SHA256, S::TLS13_AES_128_GCM_SHA256]));
+        assert!(prefers_chacha20(&[
+            S::TLS_EMPTY_RENEGOTIATION_INFO_SCSV,
+            S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ]));
+        assert!(!prefers_chacha20(&[S::TLS13_AES_256_GCM_SHA384, S::TLS13_CHACHA20_POLY1305_SHA256]));
+        assert!(!prefers_chacha20(&[S::TLS13_AES_128_GCM_SHA256]));
+        assert!(!prefers_chacha20(&[]));
+    }
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -1,6 +1,7 @@
 //! HTTPS on a listener: real certificates made by a test CA, a real rustls client. SNI picks
 //! the certificate, ALPN picks h2, HTTP redirects to HTTPS, HSTS is sent, sessions resume
-//! (TLS 1.3 tickets, TLS 1.2), a reload swaps the certificate for new connections, and a bad
+//! (TLS 1.3 tickets, TLS 1.2), the server's order of cipher suites wins unless the client
+//! puts ChaCha20 first, a reload swaps the certificate for new connections, and a bad
 //! certificate file is a config error naming it.
 
 use std::io::{Read, Write};
@@ -52,9 +53,19 @@ impl Ca {
         alpn: &[&[u8]],
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> tokio_rustls::TlsConnector {
+        self.client_offering(alpn, versions, rustls::crypto::ring::default_provider())
+    }
+
+    /// A client offering `provider`'s cipher suites, in its order.
+    fn client_offering(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        provider: rustls::crypto::CryptoProvider,
+    ) -> tokio_rustls::TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider);
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .unwrap()
@@ -184,6 +195,46 @@ fn sessions_resume_with_tls13_tickets_and_over_tls12() {
         use rustls::HandshakeKind::{Full, Resumed};
         assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)], "{label}");
     }
+}
+
+#[test]
+fn the_server_picks_aes_128_gcm_unless_the_client_puts_chacha20_first() {
+    use rustls::CipherSuite as S;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(dir.path(), "a", &["www.foobar.com"]);
+    let _proxy = Proxy::start_file(&write_config(dir.path(), 6, &["a"]));
+    let tls: SocketAddr = "127.211.6.1:8443".parse().unwrap();
+    let rt = runtime();
+    let negotiated = |versions: &[&'static rustls::SupportedProtocolVersion], offered: &[S]| {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites =
+            offered.iter().map(|want| *provider.cipher_suites.iter().find(|s| s.suite() == *want).unwrap()).collect();
+        let client = ca.client_offering(&[b"http/1.1"], versions, provider);
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
+            let stream = client.connect(ServerName::try_from("www.foobar.com").unwrap(), tcp).await.unwrap();
+            stream.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+        })
+    };
+    let tls13 = &[&rustls::version::TLS13][..];
+    let tls12 = &[&rustls::version::TLS12][..];
+    // OpenSSL's order (AES-256 first): the server's order wins.
+    let openssl13 = [S::TLS13_AES_256_GCM_SHA384, S::TLS13_CHACHA20_POLY1305_SHA256, S::TLS13_AES_128_GCM_SHA256];
+    assert_eq!(negotiated(tls13, &openssl13), S::TLS13_AES_128_GCM_SHA256);
+    let openssl12 = [
+        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ];
+    assert_eq!(negotiated(tls12, &openssl12), S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256);
+    // A client without AES instructions lists ChaCha20 first: it gets it.
+    let no_aes13 = [S::TLS13_CHACHA20_POLY1305_SHA256, S::TLS13_AES_128_GCM_SHA256];
+    assert_eq!(negotiated(tls13, &no_aes13), S::TLS13_CHACHA20_POLY1305_SHA256);
+    let no_aes12 = [S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256];
+    assert_eq!(negotiated(tls12, &no_aes12), S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256);
+    // Only AES-256 offered: it is what the client gets.
+    assert_eq!(negotiated(tls13, &[S::TLS13_AES_256_GCM_SHA384]), S::TLS13_AES_256_GCM_SHA384);
 }
 
 #[test]
