@@ -168,15 +168,52 @@ pub struct RequestBody {
     seen: u64,
     /// The pool's count of request body bytes, added to when the body is done.
     counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Longest silence from the client before the body fails with [`ClientStalled`].
+    silence: std::time::Duration,
+    /// Armed when the body waits for the client; only a body that waits needs one.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: Option<u64>, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
-        RequestBody { inner: Some(inner), limit: limit.unwrap_or(u64::MAX), seen: 0, counter: Some(counter) }
+    pub fn new(
+        inner: Incoming,
+        limit: Option<u64>,
+        silence: std::time::Duration,
+        counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
+        RequestBody {
+            inner: Some(inner),
+            limit: limit.unwrap_or(u64::MAX),
+            seen: 0,
+            counter: Some(counter),
+            silence,
+            timer: None,
+            waiting: false,
+        }
     }
 
     pub fn empty() -> Self {
-        RequestBody { inner: None, limit: 0, seen: 0, counter: None }
+        RequestBody {
+            inner: None,
+            limit: 0,
+            seen: 0,
+            counter: None,
+            silence: std::time::Duration::MAX,
+            timer: None,
+            waiting: false,
+        }
+    }
+
+    /// Pending while the client sends nothing: true once it was silent for `silence`.
+    fn silent_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.silence;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.waiting {
+            timer.as_mut().reset(deadline);
+            self.waiting = true;
+        }
+        std::future::Future::poll(timer.as_mut(), cx).is_ready()
     }
 }
 
@@ -200,6 +237,18 @@ impl std::fmt::Display for BodyTooLarge {
 
 impl std::error::Error for BodyTooLarge {}
 
+/// The client sent nothing of its body for the listener's `client_timeout_ms`.
+#[derive(Debug)]
+pub struct ClientStalled(pub std::time::Duration);
+
+impl std::fmt::Display for ClientStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client sent no body data for {} ms", self.0.as_millis())
+    }
+}
+
+impl std::error::Error for ClientStalled {}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -209,6 +258,7 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.waiting = false;
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
@@ -219,6 +269,7 @@ impl Body for RequestBody {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if this.silent_too_long(cx) => Poll::Ready(Some(Err(Box::new(ClientStalled(this.silence))))),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -441,6 +441,8 @@ impl Connection {
             let frame = frame.map_err(|e| {
                 if e.is::<crate::body::BodyTooLarge>() {
                     BodyWriteError::TooLarge
+                } else if let Some(stalled) = e.downcast_ref::<crate::body::ClientStalled>() {
+                    BodyWriteError::ClientStalled(stalled.0)
                 } else {
                     BodyWriteError::Client(e.to_string())
                 }
@@ -581,6 +583,8 @@ pub enum BodyWriteError {
     TooLarge,
     /// The client's body failed (it went away mid-upload).
     Client(String),
+    /// The client went silent mid-upload for longer than its listener allows.
+    ClientStalled(Duration),
     /// The server stopped taking it.
     Upstream(io::Error),
 }

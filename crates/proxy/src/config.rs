@@ -32,6 +32,9 @@
 //! max_header_bytes = 65536         # request line and headers; more is 431
 //! max_headers = 100                # more is 431
 //! max_body_bytes = 0               # 0: no limit; more is 413 (nginx's client_max_body_size)
+//! client_timeout_ms = 30000        # a request's headers must arrive within it, and a body may
+//!                                  # go silent no longer: 408 (HAProxy's timeout client,
+//!                                  # nginx's client_header_timeout and client_body_timeout)
 //! max_connections = 10000          # optional: client connections at once (HAProxy's maxconn);
 //!                                  # more wait in the kernel's backlog until one closes
 //! compress = true                  # gzip/brotli text answers on the fly (nginx's gzip on)
@@ -187,6 +190,9 @@ struct RawPassive {
     cooldown_ms: u64,
 }
 
+fn default_client_timeout() -> u64 {
+    30_000
+}
 fn default_passive_failures() -> u32 {
     3
 }
@@ -207,6 +213,8 @@ struct RawListener {
     max_headers: usize,
     #[serde(default)]
     max_body_bytes: u64,
+    #[serde(default = "default_client_timeout")]
+    client_timeout_ms: u64,
     /// At most this many client connections at once; more wait in the kernel's backlog.
     max_connections: Option<usize>,
     redirect_https_port: Option<u16>,
@@ -462,6 +470,8 @@ pub struct Listener {
     pub max_headers: usize,
     /// `None`: no limit.
     pub max_body_bytes: Option<u64>,
+    /// How long a request's headers may take, and how long its body may go silent.
+    pub client_timeout: Duration,
     /// Client connections served at once (HAProxy's frontend maxconn); `None`: no limit.
     pub max_connections: Option<usize>,
     /// Every request is redirected to HTTPS on this port.
@@ -766,6 +776,9 @@ impl ProxyConfig {
             if l.max_headers == 0 {
                 err(format!("{field}.max_headers"), "must be at least 1".into());
             }
+            if l.client_timeout_ms == 0 {
+                err(format!("{field}.client_timeout_ms"), "must be at least 1".into());
+            }
             if l.max_connections == Some(0) {
                 err(format!("{field}.max_connections"), "must be at least 1 (leave it out for no limit)".into());
             }
@@ -776,6 +789,7 @@ impl ProxyConfig {
                 max_header_bytes: l.max_header_bytes,
                 max_headers: l.max_headers,
                 max_body_bytes: (l.max_body_bytes > 0).then_some(l.max_body_bytes),
+                client_timeout: Duration::from_millis(l.client_timeout_ms.max(1)),
                 max_connections: l.max_connections,
                 redirect_https_port: l.redirect_https_port,
                 compress: l.compress,
@@ -1251,6 +1265,16 @@ respond = { body = "eu" }
         let text = GOOD.replace("pool = \"web\"\n[pools", "static_root = \"/nonexistent/dir\"\n[pools");
         let e = load(&text).unwrap_err();
         assert!(e.to_string().contains("listeners[0].routes[1].static_root: /nonexistent/dir"), "{e}");
+    }
+
+    #[test]
+    fn the_client_timeout_defaults_to_30_s_and_cannot_be_zero() {
+        let config = load(GOOD).unwrap();
+        assert_eq!(config.listeners[0].client_timeout, Duration::from_secs(30));
+        let text = GOOD.replace("bind = \"127.0.0.1:8080\"\n", "bind = \"127.0.0.1:8080\"\nclient_timeout_ms = 0\n");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.0[0].field, "listeners[0].client_timeout_ms", "{e}");
+        assert_eq!(e.0[0].line, Some(6));
     }
 
     #[test]

@@ -42,6 +42,8 @@ enum Failure {
     Timeout(Arc<ServerState>),
     /// The client's body grew past the listener's limit while it streamed upstream.
     TooLarge(Arc<ServerState>),
+    /// The client's fault (it went silent or away mid-upload): not held against the server.
+    Client(Arc<ServerState>, StatusCode, String),
 }
 
 /// Sends `req` to a server of `pool`; returns the response and the index of the server that
@@ -74,7 +76,9 @@ pub async fn forward(
     let uri = req.uri().clone();
     pool.earn_retry();
     let replay = replayable(&req, pool, client_upgrade.is_some());
-    let req = req.map(|body| RequestBody::new(body, listener.max_body_bytes, pool.request_bytes.clone()));
+    let req = req.map(|body| {
+        RequestBody::new(body, listener.max_body_bytes, listener.client_timeout, pool.request_bytes.clone())
+    });
     match send(pool, req, key, pinned, client_upgrade, replay).await {
         Ok((index, mut response)) => {
             let server = &pool.servers[index];
@@ -118,12 +122,14 @@ pub async fn forward(
                     (StatusCode::PAYLOAD_TOO_LARGE, s.config.name.clone(), "request body over the limit".into())
                 }
                 Failure::Upstream(s, e) => (StatusCode::BAD_GATEWAY, s.config.name.clone(), e.clone()),
+                Failure::Client(s, status, e) => (*status, s.config.name.clone(), e.clone()),
                 Failure::Timeout(s) => (
                     StatusCode::GATEWAY_TIMEOUT,
                     s.config.name.clone(),
                     format!("no response within {} ms", pool.config.first_byte_timeout.as_millis()),
                 ),
             };
+            // A client's fault is not an answer of the server's: its counters do not see it.
             if let Failure::Connect(s, _) | Failure::Upstream(s, _) | Failure::Timeout(s) | Failure::TooLarge(s) =
                 &failure
             {
@@ -266,6 +272,7 @@ async fn send(
             }
             Err(SendError::TooLarge) => return Err(Failure::TooLarge(server.clone())),
             Err(SendError::TimedOut) => return Err(Failure::Timeout(server.clone())),
+            Err(SendError::Client(status, reason)) => return Err(Failure::Client(server.clone(), status, reason)),
         }
     }
     Err(last_failure)
@@ -378,6 +385,8 @@ enum SendError {
     Failed(String, Option<Request<RequestBody>>),
     TimedOut,
     TooLarge,
+    /// The client's body failed: the answer for the client, and why.
+    Client(StatusCode, String),
 }
 
 async fn send_to(
@@ -414,7 +423,13 @@ async fn send_to(
         match Box::pin(connection.write_body(body, framing, pool.config.idle_timeout)).await {
             Ok(()) => {}
             Err(BodyWriteError::TooLarge) => return Err(SendError::TooLarge),
-            Err(BodyWriteError::Client(e)) => return Err(SendError::Failed(format!("client body: {e}"), None)),
+            Err(BodyWriteError::Client(e)) => {
+                return Err(SendError::Client(StatusCode::BAD_REQUEST, format!("client body: {e}")))
+            }
+            Err(BodyWriteError::ClientStalled(silence)) => {
+                let reason = format!("the client sent no body data for {} ms", silence.as_millis());
+                return Err(SendError::Client(StatusCode::REQUEST_TIMEOUT, reason));
+            }
             // The server may have answered early and stopped reading (a 413 before the end of
             // an upload): its answer, if any, is what the client gets.
             Err(BodyWriteError::Upstream(e)) => body_failure = Some(e),

@@ -399,11 +399,16 @@ async fn accept_loop(
     let settings_now = || match serves {
         Serves::Site => proxy.runtime().config.listeners.iter().find(|l| l.bind == address).map(|l| {
             let tls = l.tls.as_ref().map(|t| t.acceptor.clone());
-            (l.max_header_bytes, l.max_headers, tls, l.max_connections)
+            let limits = ClientLimits {
+                max_header_bytes: l.max_header_bytes,
+                max_headers: l.max_headers,
+                client_timeout: l.client_timeout,
+            };
+            (limits, tls, l.max_connections)
         }),
         Serves::Admin => None,
     };
-    let mut limit = settings_now().and_then(|(_, _, _, limit)| limit);
+    let mut limit = settings_now().and_then(|(_, _, limit)| limit);
     loop {
         if let Some(limit) = limit {
             open.wait_below(limit, address).await;
@@ -419,7 +424,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let settings = settings_now();
-        limit = settings.as_ref().and_then(|(_, _, _, limit)| *limit);
+        limit = settings.as_ref().and_then(|(_, _, limit)| *limit);
         let proxy = proxy.clone();
         let stop_rx = stop_rx.clone();
         let alive = alive_tx.clone();
@@ -427,7 +432,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _alive = alive;
             let _slot = slot;
-            let (max_header_bytes, max_headers, tls, _) = settings.unwrap_or((64 * 1024, 100, None, None));
+            let (limits, tls, _) = settings.unwrap_or((ClientLimits::ADMIN, None, None));
             let service = service_fn(move |req| {
                 let proxy = proxy.clone();
                 async move {
@@ -451,16 +456,32 @@ async fn accept_loop(
                     Err(_) => return,
                 };
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                serve(TokioIo::new(stream), h2, service, stop_rx, client, max_header_bytes, max_headers).await;
+                serve(TokioIo::new(stream), h2, service, stop_rx, client, limits).await;
             } else {
                 // HTTP/2 when the client opens with its preface (h2c, prior knowledge), else
                 // HTTP/1.1. Deciding here keeps HTTP/1.1 connections on hyper's plain path,
                 // which costs less per request than a connection that could still switch.
                 let h2 = starts_with_h2_preface(&stream).await;
-                serve(TokioIo::new(stream), h2, service, stop_rx, client, max_header_bytes, max_headers).await;
+                serve(TokioIo::new(stream), h2, service, stop_rx, client, limits).await;
             }
         });
     }
+}
+
+/// What a client connection is held to, from its listener as it was when it was accepted.
+#[derive(Debug, Clone, Copy)]
+struct ClientLimits {
+    max_header_bytes: usize,
+    max_headers: usize,
+    /// hyper's header read timeout: a request's headers, and the wait for the next request
+    /// on an idle keep-alive connection.
+    client_timeout: Duration,
+}
+
+impl ClientLimits {
+    /// The admin listener's.
+    const ADMIN: ClientLimits =
+        ClientLimits { max_header_bytes: 64 * 1024, max_headers: 100, client_timeout: Duration::from_secs(30) };
 }
 
 /// Serves one connection, HTTP/2 or HTTP/1.1, until it ends or shutdown asks it to finish.
@@ -470,8 +491,7 @@ async fn serve<I, S>(
     service: S,
     stop_rx: watch::Receiver<bool>,
     client: SocketAddr,
-    max_header_bytes: usize,
-    max_headers: usize,
+    limits: ClientLimits,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
@@ -482,7 +502,7 @@ async fn serve<I, S>(
 {
     if h2 {
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2.timer(TokioTimer::new()).max_concurrent_streams(256).max_header_list_size(max_header_bytes as u32);
+        http2.timer(TokioTimer::new()).max_concurrent_streams(256).max_header_list_size(limits.max_header_bytes as u32);
         drive!(http2.serve_connection(io, service), stop_rx, client);
     } else {
         let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -490,12 +510,12 @@ async fn serve<I, S>(
             .keep_alive(true)
             .writev(false)
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .max_buf_size(max_header_bytes);
+            .header_read_timeout(limits.client_timeout)
+            .max_buf_size(limits.max_header_bytes);
         // Setting max_headers makes hyper allocate the header array per request; at its
         // default (100) it stays on the stack.
-        if max_headers != HYPER_DEFAULT_MAX_HEADERS {
-            http1.max_headers(max_headers);
+        if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+            http1.max_headers(limits.max_headers);
         }
         drive!(http1.serve_connection(io, service).with_upgrades(), stop_rx, client);
     }

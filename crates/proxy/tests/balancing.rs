@@ -1251,3 +1251,32 @@ fn max_connections_holds_new_clients_in_the_backlog_until_one_leaves() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     assert!(ask(&mut second).unwrap().starts_with("HTTP/1.1 200"), "the others are served meanwhile");
 }
+
+#[test]
+fn a_client_silent_mid_request_gets_408_and_is_not_held_against_the_server() {
+    let s1 = addr("127.210.32.11:9000");
+    let _u1 = Upstream::start("s1", s1);
+    let lb = addr("127.210.32.1:8080");
+    // One failure would take the only server out: a client's fault must not count as one.
+    let config = pool_config(32, "[pools.web.passive]\nfailures = 1\ncooldown_ms = 60000", &[("s1", s1, "")])
+        .replace("bind = \"127.210.32.1:8080\"\n", "bind = \"127.210.32.1:8080\"\nclient_timeout_ms = 300\n");
+    let _proxy = Proxy::start(&config);
+
+    // The body stops after 10 of its 100 bytes.
+    let started = Instant::now();
+    let stalled = request(lb, "POST /upload HTTP/1.1\r\nHost: www.foobar.com\r\nContent-Length: 100\r\n\r\n0123456789");
+    assert_eq!(stalled.status, 408, "{}", stalled.head);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let after: Vec<u16> = (0..3).map(|_| get(lb, "/").status).collect();
+    assert_eq!(after, [200, 200, 200], "the server stays in");
+
+    // Headers that stop halfway: the connection is closed after the same timeout.
+    let mut s = TcpStream::connect(lb).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: www.foo").unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
+    assert!(!String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+}
