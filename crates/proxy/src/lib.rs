@@ -22,6 +22,7 @@ pub mod server;
 pub mod static_files;
 pub mod tls;
 pub mod upstream;
+pub mod write_timeout;
 
 pub use config::ProxyConfig;
 pub use server::run;

@@ -27,6 +27,7 @@ use crate::body::ProxyBody;
 use crate::config::{ProxyConfig, RouteTarget};
 use crate::forward::{error_response, forward};
 use crate::upstream::PoolState;
+use crate::write_timeout::WriteTimeout;
 use crate::{admin, compression, health, redundancy, static_files};
 
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
@@ -456,12 +457,14 @@ async fn accept_loop(
                     Err(_) => return,
                 };
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let stream = WriteTimeout::new(stream, limits.client_timeout);
                 serve(TokioIo::new(stream), h2, service, stop_rx, client, limits).await;
             } else {
                 // HTTP/2 when the client opens with its preface (h2c, prior knowledge), else
                 // HTTP/1.1. Deciding here keeps HTTP/1.1 connections on hyper's plain path,
                 // which costs less per request than a connection that could still switch.
                 let h2 = starts_with_h2_preface(&stream).await;
+                let stream = WriteTimeout::new(stream, limits.client_timeout);
                 serve(TokioIo::new(stream), h2, service, stop_rx, client, limits).await;
             }
         });

@@ -1280,3 +1280,49 @@ fn a_client_silent_mid_request_gets_408_and_is_not_held_against_the_server() {
     assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
     assert!(!String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_the_client_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sparse files: far more than the sockets on both sides can buffer, read fast.
+    std::fs::File::create(dir.path().join("big.bin")).unwrap().set_len(64 << 20).unwrap();
+    std::fs::File::create(dir.path().join("mid.bin")).unwrap().set_len(8 << 20).unwrap();
+    let config = format!(
+        "name = \"web\"\n[[listeners]]\nname = \"site\"\nbind = \"127.210.33.1:8080\"\nclient_timeout_ms = 300\n\
+         [[listeners.routes]]\nprefix = \"/\"\nstatic_root = \"{}\"\n",
+        dir.path().display()
+    );
+    let _proxy = Proxy::start(&config);
+    let lb = addr("127.210.33.1:8080");
+    let read_all = |s: &mut TcpStream, pause_every: Option<usize>| {
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (total, None),
+                Ok(n) => total += n,
+                Err(e) => return (total, Some(e.kind())),
+            }
+            if pause_every.is_some_and(|every| total % every < buf.len()) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+
+    // Reads nothing for 1.5 s: the proxy closes the connection, the file is not all sent.
+    let mut s = TcpStream::connect(lb).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: www.foobar.com\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (got, error) = read_all(&mut s, None);
+    assert!(got < 64 << 20, "all {got} bytes arrived");
+    assert!(!matches!(error, Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)), "{error:?}");
+
+    // Reads with pauses shorter than the timeout: gets every byte.
+    let mut s = TcpStream::connect(lb).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /mid.bin HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n").unwrap();
+    let (got, error) = read_all(&mut s, Some(1 << 20));
+    assert_eq!(error, None);
+    assert!(got > 8 << 20, "{got} bytes: the file and its head");
+}
