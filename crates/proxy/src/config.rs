@@ -88,6 +88,9 @@
 //! [pools.web.health]
 //! kind = "http"                    # or "tcp": a connect passes
 //! path = "/healthz"
+//! host = "www.foobar.com"          # optional Host of the check (default: the server's address)
+//! expect_status = [200]            # optional: these pass (default: any 2xx or 3xx), as
+//!                                  # HAProxy's http-check expect status
 //! interval_ms = 1000
 //! timeout_ms = 1000
 //! rise = 2
@@ -369,6 +372,8 @@ struct RawHealth {
     kind: HealthKind,
     #[serde(default = "default_health_path")]
     path: String,
+    host: Option<String>,
+    expect_status: Option<Vec<u16>>,
     #[serde(default = "default_interval")]
     interval_ms: u64,
     #[serde(default = "default_interval")]
@@ -709,6 +714,10 @@ pub enum HealthKind {
 pub struct Health {
     pub kind: HealthKind,
     pub path: String,
+    /// The check's Host header; `None`: the server's address.
+    pub host: Option<String>,
+    /// The statuses that pass; `None`: any 2xx or 3xx.
+    pub expect_status: Option<Vec<u16>>,
     pub interval: Duration,
     pub timeout: Duration,
     pub rise: u32,
@@ -853,8 +862,21 @@ impl ProxyConfig {
                 }
             }
             let health = p.health.as_ref().map(|h| {
-                if !h.path.starts_with('/') {
-                    err(format!("{field}.health.path"), format!("`{}` must start with /", h.path));
+                if !h.path.starts_with('/') || !h.path.bytes().all(|b| b.is_ascii_graphic()) {
+                    err(format!("{field}.health.path"), format!("`{}` must start with / and have no spaces", h.path));
+                }
+                if let Some(host) = &h.host {
+                    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()) {
+                        err(format!("{field}.health.host"), format!("`{host}` is not a host name"));
+                    }
+                }
+                if let Some(expect) = &h.expect_status {
+                    if expect.is_empty() {
+                        err(format!("{field}.health.expect_status"), "lists no status".into());
+                    }
+                    if let Some(bad) = expect.iter().find(|s| !(100..=599).contains(*s)) {
+                        err(format!("{field}.health.expect_status"), format!("{bad} is not an HTTP status"));
+                    }
                 }
                 for (key, value) in [("interval_ms", h.interval_ms), ("timeout_ms", h.timeout_ms)] {
                     if value == 0 {
@@ -869,6 +891,8 @@ impl ProxyConfig {
                 Health {
                     kind: h.kind,
                     path: h.path.clone(),
+                    host: h.host.clone(),
+                    expect_status: h.expect_status.clone(),
                     interval: Duration::from_millis(h.interval_ms),
                     timeout: Duration::from_millis(h.timeout_ms),
                     rise: h.rise,
@@ -1284,5 +1308,9 @@ respond = { body = "eu" }
         let e = load(&text).unwrap_err().to_string();
         assert!(e.contains("pools.web.health.rise: must be at least 1"), "{e}");
         assert!(e.contains("pools.web.health.path: `healthz` must start with /"), "{e}");
+        let text = format!("{GOOD}[pools.web.health]\nexpect_status = [200, 700]\nhost = \"a b\"\n");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains("pools.web.health.expect_status: 700 is not an HTTP status"), "{e}");
+        assert!(e.contains("pools.web.health.host: `a b` is not a host name"), "{e}");
     }
 }

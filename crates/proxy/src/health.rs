@@ -1,6 +1,7 @@
 //! Active health checks, as HAProxy's `check inter rise fall` with `option httpchk`: every
-//! interval, `GET path` on a new connection; 2xx and 3xx pass (or, `kind = "tcp"`, a connect
-//! passes). A server that is up goes down
+//! interval, `GET path` on a new connection, with the configured Host; 2xx and 3xx pass, or
+//! the statuses of `expect_status` (HAProxy's `http-check expect status`); with
+//! `kind = "tcp"`, a connect passes. A server that is up goes down
 //! after `fall` failures in a row, and a server that is down comes back after `rise` passes.
 
 use std::sync::Arc;
@@ -97,10 +98,10 @@ pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> 
         if health.kind == HealthKind::Tcp {
             return Ok(());
         }
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: webstack-health-check\r\nConnection: close\r\n\r\n",
-            health.path, server.config.address
-        );
+        let request = match &health.host {
+            Some(host) => check_request(&health.path, host),
+            None => check_request(&health.path, &server.config.address),
+        };
         stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
         let mut head = [0u8; 64];
         let mut len = 0;
@@ -112,7 +113,7 @@ pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> 
             len += n;
         }
         match parse_status(&head[..len]) {
-            Some(status) if (200..400).contains(&status) => Ok(()),
+            Some(status) if passes(status, health.expect_status.as_deref()) => Ok(()),
             Some(status) => Err(format!("status {status}")),
             None => Err("not an HTTP response".to_string()),
         }
@@ -120,6 +121,18 @@ pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> 
     tokio::time::timeout(health.timeout, attempt)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {} ms", health.timeout.as_millis())))
+}
+
+fn check_request(path: &str, host: &dyn std::fmt::Display) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: webstack-health-check\r\nConnection: close\r\n\r\n")
+}
+
+/// Whether a check's answer passes: one of `expected`, or any 2xx or 3xx without a list.
+pub fn passes(status: u16, expected: Option<&[u16]>) -> bool {
+    match expected {
+        Some(list) => list.contains(&status),
+        None => (200..400).contains(&status),
+    }
 }
 
 /// The status code of an HTTP/1.x status line at the start of `head`.
@@ -150,6 +163,12 @@ mod tests {
         assert_eq!(v.record(true, 2, 3), None);
         assert_eq!(v.record(true, 2, 3), Some(true));
         assert!(v.up);
+    }
+
+    #[test]
+    fn a_list_of_statuses_replaces_the_2xx_3xx_default() {
+        assert!(passes(204, None) && passes(302, None) && !passes(404, None) && !passes(500, None));
+        assert!(passes(200, Some(&[200])) && !passes(204, Some(&[200])) && passes(404, Some(&[200, 404])));
     }
 
     #[test]

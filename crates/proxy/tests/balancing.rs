@@ -1326,3 +1326,32 @@ fn a_client_that_stops_reading_is_cut_off_after_the_client_timeout() {
     assert_eq!(error, None);
     assert!(got > 8 << 20, "{got} bytes: the file and its head");
 }
+
+#[test]
+fn health_checks_send_their_host_and_pass_only_the_expected_statuses() {
+    let s1 = addr("127.210.34.11:9000");
+    let s2 = addr("127.210.34.12:9000");
+    let u1 = Upstream::start("s1", s1);
+    let heads = recording_origin(s2);
+    let health = "[pools.web.health]\npath = \"/healthz\"\nhost = \"health.example.org\"\nexpect_status = [204]\n\
+                  interval_ms = 100\ntimeout_ms = 500\nrise = 1\nfall = 1\n";
+    let _proxy = Proxy::start(&config(34, &[("s1", s1), ("s2", s2)], health));
+    let admin = addr("127.210.34.1:8404");
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = get(admin, "/metrics").body;
+            if m.contains(needle) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never saw `{needle}` in:\n{m}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // 200 is not in the list: down; 204 is: up.
+    wait_for("webstack_proxy_server_up{pool=\"web\",server=\"s1\"} 0");
+    u1.health.store(204, Ordering::SeqCst);
+    wait_for("webstack_proxy_server_up{pool=\"web\",server=\"s1\"} 1");
+    let sent = heads.lock().unwrap().first().cloned().unwrap_or_default();
+    assert!(sent.starts_with("get /healthz http/1.1\r\nhost: health.example.org\r\n"), "{sent}");
+}
