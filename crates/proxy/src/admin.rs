@@ -57,7 +57,7 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
                 false => return unavailable(format!("down: {}\n", down.join(", "))),
             }
         }
-        "/metrics" => (metrics(pools), "text/plain; version=0.0.4; charset=utf-8"),
+        "/metrics" => (metrics(pools, &runtime.config.listeners), "text/plain; version=0.0.4; charset=utf-8"),
         "/stats" | "/" => (stats(&runtime.config.name, pools), "text/plain; charset=utf-8"),
         "/api/servers" => (servers_json(pools), "application/json"),
         "/ha" => match &proxy.ha {
@@ -185,7 +185,7 @@ fn unavailable(body: String) -> Response<ProxyBody> {
     response
 }
 
-pub fn metrics(pools: &[Arc<PoolState>]) -> String {
+pub fn metrics(pools: &[Arc<PoolState>], listeners: &[crate::config::Listener]) -> String {
     let mut out = String::new();
     let workers = tokio::runtime::Handle::try_current().map(|h| h.metrics().num_workers()).unwrap_or(1);
     let _ = writeln!(
@@ -301,7 +301,28 @@ pub fn metrics(pools: &[Arc<PoolState>]) -> String {
             let _ = writeln!(out, "{name}{{pool=\"{}\"}} {}", pool.config.name, value(pool));
         }
     }
+    rate_limit_metrics(&mut out, listeners);
     out
+}
+
+/// Requests refused for their route's rate, per listener and route.
+fn rate_limit_metrics(out: &mut String, listeners: &[crate::config::Listener]) {
+    let name = "webstack_proxy_rate_limited_total";
+    let _ = writeln!(out, "# HELP {name} Requests answered 429 for their route's rate.\n# TYPE {name} counter");
+    for listener in listeners {
+        for route in &listener.routes {
+            if let Some(limit) = &route.rate_limit {
+                let host = route.host.as_ref().map(|h| h.to_string()).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{name}{{listener=\"{}\",host=\"{host}\",route=\"{}\"}} {}",
+                    listener.name,
+                    route.path,
+                    limit.refused.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
 }
 
 fn stats(name: &str, pools: &[Arc<PoolState>]) -> String {

@@ -58,6 +58,10 @@
 //!                                  # http-request / http-response set-header, del-header)
 //! allow = ["10.0.0.0/8"]           # optional: only these clients (nginx's allow); others 403
 //! deny = ["10.6.6.0/24"]           # optional: never these, checked first (nginx's deny)
+//! rate_limit = { requests_per_second = 10, burst = 20 }
+//!                                  # optional, per client address: `burst` at once (default:
+//!                                  # one second's worth), then the rate; beyond it 429 with
+//!                                  # Retry-After (nginx's limit_req with nodelay)
 //! static_root = "/srv/static"      # the prefix is replaced by this directory (nginx's alias)
 //! index = ["index.html"]           # tried for a directory
 //! cache_control = "public, max-age=3600"
@@ -270,6 +274,14 @@ struct RawRoute {
     allow: Vec<String>,
     #[serde(default)]
     deny: Vec<String>,
+    rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    requests_per_second: f64,
+    burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -525,6 +537,15 @@ pub enum HostPattern {
     Wildcard(String),
 }
 
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(name) => f.write_str(name),
+            HostPattern::Wildcard(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
 /// How well a host pattern matches: a default route least, then wildcards by length, then an
 /// exact name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -582,6 +603,8 @@ pub struct Route {
     pub headers: Option<Arc<HeaderRules>>,
     /// Which clients may use it; `None`: everyone.
     pub access: Option<Arc<crate::access::Access>>,
+    /// Requests per client address; `None`: no limit. A reload starts it afresh.
+    pub rate_limit: Option<Arc<crate::rate_limit::RateLimit>>,
 }
 
 /// Headers a route sets (replacing any) and removes, on requests and on responses.
@@ -1110,6 +1133,18 @@ fn validate_route(
     };
     let access = crate::access::Access { allow: blocks(&r.allow, "allow", err), deny: blocks(&r.deny, "deny", err) };
     let restricted = !(access.allow.is_empty() && access.deny.is_empty());
+    let rate_limit = r.rate_limit.as_ref().and_then(|limit| {
+        let rate = limit.requests_per_second;
+        if !(rate.is_finite() && rate > 0.0 && rate <= 1e6) {
+            err(
+                format!("{field}.rate_limit.requests_per_second"),
+                format!("{rate} is not a rate above 0 and up to 1000000"),
+            );
+            return None;
+        }
+        let burst = limit.burst.unwrap_or(rate.ceil() as u32);
+        Some(Arc::new(crate::rate_limit::RateLimit::new(rate, burst)))
+    });
     Some(Route {
         host,
         path,
@@ -1117,6 +1152,7 @@ fn validate_route(
         target,
         headers: any.then(|| Arc::new(rules)),
         access: restricted.then(|| Arc::new(access)),
+        rate_limit,
     })
 }
 
@@ -1263,6 +1299,18 @@ respond = { body = "eu" }
     /// [`GOOD`] with `options` added to its `/api/` route (routes[1] in the file).
     fn with_api_route(options: &str) -> String {
         GOOD.replace("prefix = \"/api/\"\npool = \"web\"", &format!("prefix = \"/api/\"\npool = \"web\"\n{options}"))
+    }
+
+    #[test]
+    fn a_rate_limit_needs_a_rate_above_zero_and_defaults_its_burst_to_a_second() {
+        let c = load(&with_api_route("rate_limit = { requests_per_second = 5 }")).unwrap();
+        let limit = c.listeners[0].routes[0].rate_limit.as_ref().expect("a limit");
+        let at_once = (0..10).filter(|_| limit.check("192.0.2.1".parse().unwrap()).is_ok()).count();
+        assert_eq!(at_once, 6, "the burst (5) and the first request");
+        let e = load(&with_api_route("rate_limit = { requests_per_second = 0 }")).unwrap_err();
+        assert_eq!(e.0[0].field, "listeners[0].routes[1].rate_limit.requests_per_second", "{e}");
+        let e = load(&with_api_route("rate_limit = { per_second = 5 }")).unwrap_err();
+        assert!(e.to_string().contains("per_second"), "{e}");
     }
 
     #[test]

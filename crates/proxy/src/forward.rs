@@ -666,6 +666,7 @@ pub fn error_response(status: StatusCode) -> Response<ProxyBody> {
         StatusCode::GATEWAY_TIMEOUT => "The server behind this proxy did not answer in time.",
         StatusCode::NOT_FOUND => "There is nothing at this address.",
         StatusCode::FORBIDDEN => "Access to this address is not allowed.",
+        StatusCode::TOO_MANY_REQUESTS => "Too many requests from your address; try again in a moment.",
         StatusCode::BAD_REQUEST => "The request could not be understood.",
         StatusCode::METHOD_NOT_ALLOWED => "This method is not allowed here.",
         _ => "",

@@ -471,6 +471,20 @@ async fn accept_loop(
     }
 }
 
+/// The answer for a client the route turns away: 403 outside its `allow`/`deny`, else 429
+/// over its rate (with when it may come back); `None` lets the request on. A refused
+/// client's requests do not count against its rate.
+fn refusal(route: &crate::config::Route, client: std::net::IpAddr) -> Option<Response<ProxyBody>> {
+    if route.access.as_ref().is_some_and(|a| !a.permits(client)) {
+        return Some(error_response(StatusCode::FORBIDDEN));
+    }
+    let wait = route.rate_limit.as_ref()?.check(client).err()?;
+    let mut response = error_response(StatusCode::TOO_MANY_REQUESTS);
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds.max(1)));
+    Some(response)
+}
+
 /// What a client connection is held to, from its listener as it was when it was accepted.
 #[derive(Debug, Clone, Copy)]
 struct ClientLimits {
@@ -600,12 +614,11 @@ async fn route(
         false => None,
     };
     let chosen = listener.route_for(host.as_deref(), req.uri().path());
-    let (response, pool, server) = match chosen {
-        None => (error_response(StatusCode::NOT_FOUND), None, None),
-        Some(route) if route.access.as_ref().is_some_and(|a| !a.permits(client.ip())) => {
-            (error_response(StatusCode::FORBIDDEN), None, None)
-        }
-        Some(route) => match &route.target {
+    let refused = chosen.and_then(|route| refusal(route, client.ip()));
+    let (response, pool, server) = match (chosen, refused) {
+        (None, _) => (error_response(StatusCode::NOT_FOUND), None, None),
+        (Some(_), Some(refusal)) => (refusal, None, None),
+        (Some(route), None) => match &route.target {
             RouteTarget::Pool(p) => {
                 let pool = &shared.pools[*p];
                 if let Some(rules) = &route.headers {

@@ -1355,3 +1355,38 @@ fn health_checks_send_their_host_and_pass_only_the_expected_statuses() {
     let sent = heads.lock().unwrap().first().cloned().unwrap_or_default();
     assert!(sent.starts_with("get /healthz http/1.1\r\nhost: health.example.org\r\n"), "{sent}");
 }
+
+#[test]
+fn a_rate_limit_answers_429_past_the_burst_per_client_address() {
+    // One request per 10 s after a burst of 3: the test never waits for the rate.
+    let config = "name = \"lb\"\n[admin]\nbind = \"127.210.35.1:8404\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.35.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/\"\nrespond = { body = \"home\" }\n\
+         [[listeners.routes]]\nprefix = \"/api/\"\nrespond = { body = \"api\" }\n\
+         rate_limit = { requests_per_second = 0.1, burst = 3 }\n";
+    let _proxy = Proxy::start(config);
+    let from = |source: &str, path: &str| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&addr(&format!("{source}:0")).into()).unwrap();
+        socket.connect(&addr("127.210.35.1:8080").into()).unwrap();
+        let mut s: TcpStream = socket.into();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let status = |answer: &str| answer.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).unwrap_or(0);
+    let first: Vec<u16> = (0..4).map(|_| status(&from("127.210.35.5", "/api/x"))).collect();
+    assert_eq!(first, [200, 200, 200, 200], "the burst, and the first request");
+    let refused = from("127.210.35.5", "/api/x");
+    assert_eq!(status(&refused), 429, "{refused}");
+    let retry =
+        refused.lines().find_map(|l| l.strip_prefix("retry-after: ")).and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(retry.is_some_and(|s| (1..=10).contains(&s)), "{refused}");
+    assert_eq!(status(&from("127.210.35.6", "/api/x")), 200, "another client has its own allowance");
+    assert_eq!(status(&from("127.210.35.5", "/")), 200, "routes without a limit are not limited");
+    let metrics = get(addr("127.210.35.1:8404"), "/metrics").body;
+    assert!(
+        metrics.contains("webstack_proxy_rate_limited_total{listener=\"www\",host=\"\",route=\"/api/\"} 1"),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,146 @@
+//! Requests per client address on a route, as nginx's `limit_req` (`rate=10r/s burst=20
+//! nodelay`) and HAProxy's stick table on `http_req_rate` with `deny_status 429`: a client
+//! may send `burst` requests at once, then one every `1 / requests_per_second`; beyond that it
+//! gets a 429 with `Retry-After`.
+//!
+//! The generic cell rate algorithm keeps one number per client, the time its next request is
+//! due ("theoretical arrival time"); a client whose time is past holds no state worth keeping,
+//! so entries are swept as they go stale. The table is sharded by address so that workers
+//! rarely meet on a lock.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 16;
+/// A shard is swept of stale clients when it grows past this many since its last sweep.
+const SWEEP_ABOVE: usize = 1024;
+
+#[derive(Debug)]
+pub struct RateLimit {
+    /// Nanoseconds between two requests at the sustained rate.
+    interval: u64,
+    /// How far ahead of now a client's due time may run: `burst` intervals.
+    tolerance: u64,
+    epoch: Instant,
+    hasher: std::collections::hash_map::RandomState,
+    shards: [Mutex<Shard>; SHARDS],
+    /// Requests refused, for `/metrics`.
+    pub refused: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    due: HashMap<IpAddr, u64>,
+    sweep_at: usize,
+}
+
+impl RateLimit {
+    /// `requests_per_second` > 0 (validated by the config).
+    pub fn new(requests_per_second: f64, burst: u32) -> RateLimit {
+        let interval = (1e9 / requests_per_second).max(1.0) as u64;
+        RateLimit {
+            interval,
+            tolerance: interval.saturating_mul(u64::from(burst)),
+            epoch: Instant::now(),
+            hasher: Default::default(),
+            shards: std::array::from_fn(|_| Mutex::new(Shard { due: HashMap::new(), sweep_at: SWEEP_ABOVE })),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// `Ok` when `client` may go on now; otherwise how long until it may.
+    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
+        self.check_at(client, Instant::now())
+    }
+
+    fn check_at(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+        let client = canonical(client);
+        let now = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+        let shard = &self.shards[self.hasher.hash_one(client) as usize % SHARDS];
+        let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let due = shard.due.get(&client).copied().unwrap_or(now).max(now);
+        if due - now > self.tolerance {
+            drop(shard);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Duration::from_nanos(due - now - self.tolerance));
+        }
+        shard.due.insert(client, due + self.interval);
+        if shard.due.len() > shard.sweep_at {
+            shard.due.retain(|_, due| *due > now);
+            shard.sweep_at = (shard.due.len() * 2).max(SWEEP_ABOVE);
+        }
+        Ok(())
+    }
+
+    /// Clients with state now (tests and stats).
+    pub fn tracked(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map(|s| s.due.len()).unwrap_or(0)).sum()
+    }
+}
+
+/// An IPv4 client on a dual-stack socket is the same client as over IPv4.
+fn canonical(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(address),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_burst_passes_then_one_request_per_interval() {
+        let limit = RateLimit::new(10.0, 3); // one per 100 ms, 3 extra at once
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        for i in 0..4 {
+            assert_eq!(limit.check_at(a, t0), Ok(()), "request {i} of the burst");
+        }
+        let wait = limit.check_at(a, t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(100));
+        assert!(limit.check_at(a, t0 + Duration::from_millis(99)).is_err());
+        assert_eq!(limit.check_at(a, t0 + Duration::from_millis(100)), Ok(()));
+        assert!(limit.check_at(a, t0 + Duration::from_millis(100)).is_err());
+        // Another client has its own allowance.
+        assert_eq!(limit.check_at(ip("192.0.2.2"), t0), Ok(()));
+        // A quiet client earns its burst back.
+        for _ in 0..4 {
+            assert_eq!(limit.check_at(a, t0 + Duration::from_secs(2)), Ok(()));
+        }
+        assert_eq!(limit.refused.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_count_as_the_ipv4_client() {
+        let limit = RateLimit::new(1.0, 0);
+        let t0 = Instant::now();
+        assert_eq!(limit.check_at(ip("192.0.2.7"), t0), Ok(()));
+        assert!(limit.check_at(ip("::ffff:192.0.2.7"), t0).is_err());
+    }
+
+    #[test]
+    fn stale_clients_are_swept() {
+        let limit = RateLimit::new(1000.0, 0);
+        let t0 = Instant::now();
+        for i in 0..20_000u32 {
+            let _ = limit.check_at(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        assert_eq!(limit.tracked(), 20_000, "nobody is stale yet");
+        // A second later the first 20,000 are due in the past: growing shards drop them.
+        let later = t0 + Duration::from_secs(1);
+        for i in 0..17_600u32 {
+            let _ = limit.check_at(IpAddr::from((i + 1_000_000).to_be_bytes()), later);
+        }
+        assert!(limit.tracked() < 20_000, "{} clients kept", limit.tracked());
+    }
+}
