@@ -343,7 +343,40 @@ fn listen(address: SocketAddr, shared: bool) -> io::Result<TcpListener> {
     // After listen(), which resets the ACK state; accepted sockets inherit it. A kernel that
     // refuses it only costs the extra ACKs.
     let _ = socket.set_tcp_quickack(false);
+    if shared {
+        steer_new_connections_here(&socket);
+    }
     TcpListener::from_std(socket.into())
+}
+
+/// Makes the newest listener of the VIP's SO_REUSEPORT group take every new connection.
+///
+/// During a planned hand-over the new MASTER binds while the old one still listens, and the
+/// kernel spreads new connections over both; when the old one closes its listener, the
+/// connections waiting in its accept queue are reset (a failed request now and then). This
+/// classic BPF program picks the group's second socket — the one bound last, since the kernel
+/// appends sockets to the group — so the old listener gets nothing new and has nothing queued
+/// when it closes. Alone in the group, the index is out of range and the kernel falls back
+/// to its usual choice. A kernel that refuses it only leaves the old behaviour.
+fn steer_new_connections_here(socket: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+    // BPF_RET | BPF_K: return 1, the index of the socket to use.
+    let mut program = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 1 }];
+    let fprog = libc::sock_fprog { len: 1, filter: program.as_mut_ptr() };
+    // SAFETY: a valid socket, and a program that outlives the call (the kernel copies it).
+    let attached = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if attached != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "SO_ATTACH_REUSEPORT_CBPF refused");
+    }
 }
 
 /// A listener's client connections now, for its `max_connections`: while at the limit it
@@ -743,4 +776,31 @@ fn new_request_id() -> HeaderValue {
         *digit = b"0123456789abcdef"[((n >> (60 - 4 * i)) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&hex).unwrap_or(HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_listener_bound_last_on_a_vip_takes_every_new_connection() {
+        let address: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let old = bind_shared(address).unwrap();
+        let address = old.local_addr().unwrap();
+        let new = bind_shared(address).unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..32 {
+            clients.push(tokio::net::TcpStream::connect(address).await.unwrap());
+        }
+        for _ in 0..32 {
+            let accepted = tokio::time::timeout(Duration::from_secs(2), new.accept()).await;
+            assert!(matches!(accepted, Ok(Ok(_))), "the new listener missed a connection");
+        }
+        let stray = tokio::time::timeout(Duration::from_millis(50), old.accept()).await;
+        assert!(stray.is_err(), "the old listener got a connection: it would be reset when it closes");
+        // Once the old one is gone, the new one still takes everything (the index falls back).
+        drop(old);
+        let _late = tokio::net::TcpStream::connect(address).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_secs(2), new.accept()).await.is_ok());
+    }
 }
