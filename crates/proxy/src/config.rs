@@ -21,6 +21,8 @@
 //! interface = "eth0"               # optional, on a host with its own network stack: the MASTER
 //!                                  # adds the VIP to this interface (netlink) and announces it
 //!                                  # with gratuitous ARP; a BACKUP removes it. Needs root.
+//! [error_pages]                    # optional: files (relative to this one) sent instead of
+//! 503 = "errors/503.html"          # the proxy's own short pages (HAProxy's errorfile)
 //! [access_log]
 //! path = "/var/log/webstack/access.log"   # "-" for stderr
 //! format = "combined"              # or "json"
@@ -132,6 +134,9 @@ struct RawConfig {
     listeners: Vec<RawListener>,
     #[serde(default)]
     pools: BTreeMap<String, RawPool>,
+    /// Status code → file, relative to this config file.
+    #[serde(default)]
+    error_pages: BTreeMap<String, PathBuf>,
 }
 
 fn one_worker() -> usize {
@@ -448,6 +453,60 @@ pub struct ProxyConfig {
     pub ha: Option<HaConfig>,
     pub listeners: Vec<Listener>,
     pub pools: Vec<Pool>,
+    /// Pages the proxy sends instead of its own short ones, by status.
+    pub error_pages: Vec<(http::StatusCode, ErrorPage)>,
+}
+
+/// A page of the operator's for an error the proxy answers itself (HAProxy's `errorfile`,
+/// nginx's `error_page`).
+#[derive(Debug, Clone)]
+pub struct ErrorPage {
+    pub body: bytes::Bytes,
+    pub content_type: http::HeaderValue,
+}
+
+/// Error pages are read whole at load; a larger file is a mistake.
+const MAX_ERROR_PAGE_BYTES: u64 = 1 << 20;
+
+/// Reads the `[error_pages]` table: each key a 4xx or 5xx status, each file readable.
+fn load_error_pages(
+    raw: &BTreeMap<String, PathBuf>,
+    base: &Path,
+    err: &mut impl FnMut(String, String),
+) -> Vec<(http::StatusCode, ErrorPage)> {
+    let mut pages = Vec::new();
+    for (key, file) in raw {
+        let field = format!("error_pages.{key}");
+        let status = match key.parse::<u16>().ok().filter(|s| (400..=599).contains(s)) {
+            Some(code) => http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+            None => {
+                err(field, format!("`{key}` is not a 4xx or 5xx status"));
+                continue;
+            }
+        };
+        let path = base.join(file);
+        let body = match std::fs::metadata(&path) {
+            Ok(m) if m.len() > MAX_ERROR_PAGE_BYTES => {
+                err(field, format!("{}: larger than {MAX_ERROR_PAGE_BYTES} bytes", path.display()));
+                continue;
+            }
+            Ok(_) => std::fs::read(&path),
+            Err(e) => Err(e),
+        };
+        match body {
+            Ok(body) => {
+                let content_type = match path.extension().and_then(|e| e.to_str()) {
+                    Some("html" | "htm") => "text/html; charset=utf-8",
+                    Some("json") => "application/json",
+                    _ => "text/plain; charset=utf-8",
+                };
+                let content_type = http::HeaderValue::from_static(content_type);
+                pages.push((status, ErrorPage { body: body.into(), content_type }));
+            }
+            Err(e) => err(field, format!("{}: {e}", path.display())),
+        }
+    }
+    pages
 }
 
 #[derive(Debug, Clone)]
@@ -975,6 +1034,8 @@ impl ProxyConfig {
                 }
             }
         }
+        let base = src.path().parent().unwrap_or(Path::new(".")).to_path_buf();
+        let error_pages = load_error_pages(&raw.error_pages, &base, &mut err);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -995,6 +1056,7 @@ impl ProxyConfig {
         });
         Ok(ProxyConfig {
             source: Some(src.path().to_path_buf()),
+            error_pages,
             ha,
             name: raw.name,
             workers: match raw.workers {
@@ -1311,6 +1373,22 @@ respond = { body = "eu" }
         assert_eq!(e.0[0].field, "listeners[0].routes[1].rate_limit.requests_per_second", "{e}");
         let e = load(&with_api_route("rate_limit = { per_second = 5 }")).unwrap_err();
         assert!(e.to_string().contains("per_second"), "{e}");
+    }
+
+    #[test]
+    fn error_pages_need_an_error_status_and_a_readable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("503.html"), "busy").unwrap();
+        let path = dir.path().join("p.toml");
+        let text = format!("{GOOD}[error_pages]\n503 = \"503.html\"\n");
+        let config = ProxyConfig::from_source(&Source::from_text(&path, &text)).unwrap();
+        assert_eq!(config.error_pages[0].0, http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(&config.error_pages[0].1.body[..], b"busy");
+        let text = format!("{GOOD}[error_pages]\n200 = \"503.html\"\n504 = \"missing.html\"\n");
+        let e = ProxyConfig::from_source(&Source::from_text(&path, &text)).unwrap_err();
+        assert_eq!(e.0[0].field, "error_pages.200", "{e}");
+        assert_eq!(e.0[1].field, "error_pages.504", "{e}");
+        assert!(e.0[1].message.contains("missing.html"), "{e}");
     }
 
     #[test]

@@ -680,7 +680,23 @@ pub fn error_response(status: StatusCode) -> Response<ProxyBody> {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.extensions_mut().insert(OwnError);
     response
+}
+
+/// Marks an answer the proxy made itself, which an operator's error page may replace.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnError;
+
+/// Puts the operator's page for its status in place of the proxy's own (`[error_pages]`).
+pub fn apply_error_page(pages: &[(StatusCode, crate::config::ErrorPage)], response: &mut Response<ProxyBody>) {
+    if pages.is_empty() || response.extensions().get::<OwnError>().is_none() {
+        return;
+    }
+    if let Some((_, page)) = pages.iter().find(|(status, _)| *status == response.status()) {
+        *response.body_mut() = ProxyBody::full(page.body.clone());
+        response.headers_mut().insert(header::CONTENT_TYPE, page.content_type.clone());
+    }
 }
 
 #[cfg(test)]

@@ -648,7 +648,7 @@ async fn route(
     };
     let chosen = listener.route_for(host.as_deref(), req.uri().path());
     let refused = chosen.and_then(|route| refusal(route, client.ip()));
-    let (response, pool, server) = match (chosen, refused) {
+    let (mut response, pool, server) = match (chosen, refused) {
         (None, _) => (error_response(StatusCode::NOT_FOUND), None, None),
         (Some(_), Some(refusal)) => (refusal, None, None),
         (Some(route), None) => match &route.target {
@@ -673,6 +673,7 @@ async fn route(
             }
         },
     };
+    crate::forward::apply_error_page(&shared.config.error_pages, &mut response);
     let mut response = match compress {
         Some((encoding, method)) => {
             compression::maybe_compress(&method, Some(encoding), listener.compress_min_bytes, response)

@@ -1390,3 +1390,34 @@ fn a_rate_limit_answers_429_past_the_burst_per_client_address() {
         "{metrics}"
     );
 }
+
+#[test]
+fn error_pages_replace_the_proxys_own_answers_not_the_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("errors")).unwrap();
+    std::fs::write(dir.path().join("errors/502.html"), "<h1>We will be right back</h1>").unwrap();
+    let up = addr("127.210.36.11:9000");
+    let upstream = Upstream::start("s1", up);
+    upstream.status.store(503, Ordering::SeqCst);
+    let config = format!(
+        "name = \"lb\"\n[error_pages]\n502 = \"errors/502.html\"\n503 = \"errors/502.html\"\n\
+         [[listeners]]\nname = \"www\"\nbind = \"127.210.36.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/\"\npool = \"dead\"\n\
+         [[listeners.routes]]\nprefix = \"/up/\"\npool = \"up\"\n\
+         [pools.dead]\n[[pools.dead.servers]]\nname = \"gone\"\naddress = \"127.210.36.12:9000\"\n\
+         [pools.up]\n[[pools.up.servers]]\nname = \"s1\"\naddress = \"{up}\"\n"
+    );
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let _proxy = Proxy::start_file(&path);
+    let lb = addr("127.210.36.1:8080");
+
+    let own = get(lb, "/");
+    assert_eq!(own.status, 502, "{}", own.head);
+    assert_eq!(own.body, "<h1>We will be right back</h1>");
+    assert_eq!(own.header("content-type").as_deref(), Some("text/html; charset=utf-8"));
+    // A 503 the server sent is the server's: it passes as it is.
+    let theirs = get(lb, "/up/x");
+    assert_eq!(theirs.status, 503, "{}", theirs.head);
+    assert!(theirs.body.contains("s1"), "{}", theirs.body);
+}
