@@ -1,6 +1,6 @@
 //! Choosing a server for a request, as HAProxy's `balance`: weighted round robin, least
 //! connections, power-of-two random choices, and consistent hashing on a key (source address,
-//! a header, a cookie). Backup servers take requests only when no primary server can.
+//! the path, a header, a cookie). Backup servers take requests only when no primary server can.
 //!
 //! Pure: the servers are seen through [`Servers`], so every choice is tested without I/O.
 
@@ -15,6 +15,9 @@ pub enum Algorithm {
     Random,
     /// Consistent hashing on the client's address.
     Source,
+    /// Consistent hashing on the path, without the query (HAProxy's `balance uri`): each
+    /// object stays on one server, as caches want.
+    Uri,
     /// Consistent hashing on a request header's value; round robin when it is absent.
     Header(String),
     /// Consistent hashing on a cookie's value; round robin when it is absent.
@@ -22,8 +25,8 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    /// Parses HAProxy's spelling: `roundrobin`, `leastconn`, `random`, `source`, `hdr(NAME)`,
-    /// `cookie(NAME)`.
+    /// Parses HAProxy's spelling: `roundrobin`, `leastconn`, `random`, `source`, `uri`,
+    /// `hdr(NAME)`, `cookie(NAME)`.
     pub fn parse(s: &str) -> Result<Algorithm, String> {
         let inner = |prefix: &str| {
             s.strip_prefix(prefix)
@@ -35,6 +38,7 @@ impl Algorithm {
             "leastconn" => Ok(Algorithm::LeastConn),
             "random" => Ok(Algorithm::Random),
             "source" => Ok(Algorithm::Source),
+            "uri" => Ok(Algorithm::Uri),
             _ => {
                 if let Some(name) = inner("hdr(") {
                     Ok(Algorithm::Header(name.to_ascii_lowercase()))
@@ -42,7 +46,7 @@ impl Algorithm {
                     Ok(Algorithm::Cookie(name.to_string()))
                 } else {
                     Err(format!(
-                        "unknown balance `{s}`; expected roundrobin, leastconn, random, source, hdr(NAME) or cookie(NAME)"
+                        "unknown balance `{s}`; expected roundrobin, leastconn, random, source, uri, hdr(NAME) or cookie(NAME)"
                     ))
                 }
             }
@@ -50,7 +54,7 @@ impl Algorithm {
     }
 
     pub fn is_hash(&self) -> bool {
-        matches!(self, Algorithm::Source | Algorithm::Header(_) | Algorithm::Cookie(_))
+        matches!(self, Algorithm::Source | Algorithm::Uri | Algorithm::Header(_) | Algorithm::Cookie(_))
     }
 }
 
@@ -356,6 +360,7 @@ mod tests {
     fn parses_haproxy_spellings() {
         assert_eq!(Algorithm::parse("hdr(X-User)"), Ok(Algorithm::Header("x-user".into())));
         assert_eq!(Algorithm::parse("cookie(sid)"), Ok(Algorithm::Cookie("sid".into())));
+        assert_eq!(Algorithm::parse("uri"), Ok(Algorithm::Uri));
         assert!(Algorithm::parse("hdr()").is_err());
         assert!(Algorithm::parse("static-rr").unwrap_err().contains("expected roundrobin"));
     }

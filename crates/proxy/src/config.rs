@@ -79,7 +79,7 @@
 //! pool = "web"
 //!
 //! [pools.web]
-//! balance = "roundrobin"           # leastconn, random, source, hdr(NAME), cookie(NAME)
+//! balance = "roundrobin"           # leastconn, random, source, uri, hdr(NAME), cookie(NAME)
 //! sticky_cookie = "SERVERID"       # optional: pins a client to the server that served it
 //! slow_start_ms = 10000            # a server back from DOWN ramps up over this time
 //! served_by_header = true          # adds X-Served-By: <server name> to responses

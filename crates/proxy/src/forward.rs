@@ -172,6 +172,7 @@ fn request_key<B>(algorithm: &Algorithm, req: &Request<B>, client: SocketAddr) -
             std::net::IpAddr::V4(ip) => balancer::hash_bytes(&ip.octets()),
             std::net::IpAddr::V6(ip) => balancer::hash_bytes(&ip.octets()),
         }),
+        Algorithm::Uri => Some(balancer::hash_bytes(req.uri().path().as_bytes())),
         Algorithm::Header(name) => req.headers().get(name.as_str()).map(|v| balancer::hash_bytes(v.as_bytes())),
         Algorithm::Cookie(name) => cookie_value(req.headers(), name).map(|v| balancer::hash_bytes(v.as_bytes())),
         _ => None,

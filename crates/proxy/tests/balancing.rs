@@ -422,6 +422,16 @@ fn sticky_cookie_pins_a_client_and_hashing_keeps_keys_on_servers() {
     let spread: std::collections::BTreeSet<String> =
         (0..40).map(|i| served_by(lb, "/", &format!("X-User: user{i}\r\n"))).collect();
     assert_eq!(spread.len(), 3, "keys spread over every server: {spread:?}");
+
+    // balance uri: each path stays on one server whatever its query; paths spread.
+    drop(_proxy);
+    let _proxy = Proxy::start(&pool_config(8, "balance = \"uri\"", &list));
+    for path in ["/a.css", "/b.js", "/img/c.png", "/d"] {
+        let first = served_by(lb, path, "");
+        assert!((0..4).all(|i| served_by(lb, &format!("{path}?v={i}"), "") == first), "{path} moved");
+    }
+    let spread: std::collections::BTreeSet<String> = (0..40).map(|i| served_by(lb, &format!("/o{i}"), "")).collect();
+    assert_eq!(spread.len(), 3, "paths spread over every server: {spread:?}");
 }
 
 #[test]
