@@ -284,7 +284,7 @@ fn validate(raw: RawTopology, src: &Source, base_dir: &Path) -> Result<Topology,
         err(
             "edge.balance",
             format!(
-                "unknown balance `{}`; expected roundrobin, leastconn, random, source, hdr(NAME) or cookie(NAME)",
+                "unknown balance `{}`; expected roundrobin, leastconn, random, source, uri, hdr(NAME) or cookie(NAME)",
                 raw.edge.balance
             ),
         );
@@ -462,7 +462,7 @@ fn is_balance(s: &str) -> bool {
             .and_then(|r| r.strip_suffix(')'))
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
     };
-    matches!(s, "roundrobin" | "leastconn" | "random" | "source") || named("hdr(") || named("cookie(")
+    matches!(s, "roundrobin" | "leastconn" | "random" | "source" | "uri") || named("hdr(") || named("cookie(")
 }
 
 fn is_host_name(s: &str) -> bool {
