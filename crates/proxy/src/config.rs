@@ -35,9 +35,10 @@
 //! max_headers = 100                # more is 431
 //! max_body_bytes = 0               # 0: no limit; more is 413 (nginx's client_max_body_size)
 //! client_timeout_ms = 30000        # a request's headers must arrive within it, a body may go
-//!                                  # silent no longer (408), and a client that reads nothing
-//!                                  # of its answer that long is cut off (HAProxy's timeout
-//!                                  # client; nginx's client_*_timeout and send_timeout)
+//!                                  # silent no longer (408), a client that reads nothing of
+//!                                  # its answer that long is cut off, and an idle connection
+//!                                  # is closed (HAProxy's timeout client; nginx's
+//!                                  # client_*_timeout, send_timeout, http2_idle_timeout)
 //! max_connections = 10000          # optional: client connections at once (HAProxy's maxconn);
 //!                                  # more wait in the kernel's backlog until one closes
 //! compress = true                  # gzip/brotli text answers on the fly (nginx's gzip on)

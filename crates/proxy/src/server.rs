@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -553,7 +554,10 @@ async fn serve<I, S>(
     if h2 {
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new()).max_concurrent_streams(256).max_header_list_size(limits.max_header_bytes as u32);
-        drive!(http2.serve_connection(io, service), stop_rx, client);
+        let requests = Arc::new(AtomicU64::new(0));
+        let service = Counting { inner: service, requests: requests.clone() };
+        let conn = http2.serve_connection(io, service);
+        drive_h2(conn, stop_rx, client, requests, limits.client_timeout).await;
     } else {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
@@ -568,6 +572,82 @@ async fn serve<I, S>(
             http1.max_headers(limits.max_headers);
         }
         drive!(http1.serve_connection(io, service).with_upgrades(), stop_rx, client);
+    }
+}
+
+/// Counts the requests a connection's service is called for.
+#[derive(Clone)]
+struct Counting<S> {
+    inner: S,
+    requests: Arc<AtomicU64>,
+}
+
+impl<S: hyper::service::Service<Request<Incoming>>> hyper::service::Service<Request<Incoming>> for Counting<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.call(req)
+    }
+}
+
+/// Serves an HTTP/2 connection as `drive!` does, and also closes it (GOAWAY; streams in
+/// flight finish) once a whole `idle` went by without a new request: browsers keep HTTP/2
+/// connections open, and the proxy would otherwise hold every one for ever (nginx's
+/// http2_idle_timeout, HAProxy's timeout http-keep-alive). HTTP/1.1's idle connections end on
+/// hyper's header read timeout instead.
+async fn drive_h2<C>(
+    conn: C,
+    mut stop_rx: watch::Receiver<bool>,
+    client: SocketAddr,
+    requests: Arc<AtomicU64>,
+    idle: Duration,
+) where
+    C: std::future::Future<Output = hyper::Result<()>> + GracefulShutdown,
+{
+    tokio::pin!(conn);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, %client, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = stop_rx.wait_for(|stop| *stop) => break,
+            _ = ticker.tick() => {
+                let now = requests.load(Ordering::Relaxed);
+                if now == seen {
+                    break;
+                }
+                seen = now;
+            }
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// hyper's connections share no trait for it.
+trait GracefulShutdown {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulShutdown for hyper::server::conn::http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self)
     }
 }
 

@@ -1431,3 +1431,37 @@ fn error_pages_replace_the_proxys_own_answers_not_the_servers() {
     assert_eq!(theirs.status, 503, "{}", theirs.head);
     assert!(theirs.body.contains("s1"), "{}", theirs.body);
 }
+
+#[test]
+fn an_idle_http2_connection_is_closed_after_the_client_timeout_and_a_busy_one_is_not() {
+    let s1 = addr("127.210.37.11:9000");
+    let _u1 = Upstream::start("s1", s1);
+    let config = pool_config(37, "", &[("s1", s1, "")])
+        .replace("bind = \"127.210.37.1:8080\"\n", "bind = \"127.210.37.1:8080\"\nclient_timeout_ms = 300\n");
+    let _proxy = Proxy::start(&config);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect("127.210.37.1:8080").await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let ask = |sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>| {
+            let req = hyper::Request::builder()
+                .uri("http://www.foobar.com/x")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            sender.send_request(req)
+        };
+        // A request every 100 ms for a second: busy, so it stays open.
+        for _ in 0..10 {
+            assert_eq!(ask(&mut sender).await.unwrap().status(), 200);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!conn.is_finished(), "a busy connection was closed");
+        // Then nothing: the server ends it within two timeouts.
+        let ended = tokio::time::timeout(Duration::from_secs(3), conn).await;
+        assert!(ended.is_ok(), "the idle connection stayed open");
+    });
+}
