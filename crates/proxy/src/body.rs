@@ -207,7 +207,9 @@ impl RequestBody {
 
     /// Pending while the client sends nothing: true once it was silent for `silence`.
     fn silent_too_long(&mut self, cx: &mut Context<'_>) -> bool {
-        let deadline = tokio::time::Instant::now() + self.silence;
+        // `checked_add`: the empty body's silence is unbounded.
+        let now = tokio::time::Instant::now();
+        let deadline = now.checked_add(self.silence).unwrap_or(now + std::time::Duration::from_secs(86_400 * 365));
         let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if !self.waiting {
             timer.as_mut().reset(deadline);

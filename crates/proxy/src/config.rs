@@ -466,6 +466,16 @@ pub struct ErrorPage {
     pub content_type: http::HeaderValue,
 }
 
+/// The longest timeout or interval: longer is a typo, and far longer would overflow the clock
+/// when a deadline is computed.
+const MAX_MILLIS: u64 = 7 * 24 * 3600 * 1000;
+
+fn at_most_a_week(value: u64, field: String, err: &mut impl FnMut(String, String)) {
+    if value > MAX_MILLIS {
+        err(field, format!("{value} is more than a week ({MAX_MILLIS} ms)"));
+    }
+}
+
 /// Error pages are read whole at load; a larger file is a mistake.
 const MAX_ERROR_PAGE_BYTES: u64 = 1 << 20;
 
@@ -872,6 +882,7 @@ impl ProxyConfig {
             if l.client_timeout_ms == 0 {
                 err(format!("{field}.client_timeout_ms"), "must be at least 1".into());
             }
+            at_most_a_week(l.client_timeout_ms, format!("{field}.client_timeout_ms"), &mut err);
             if l.max_connections == Some(0) {
                 err(format!("{field}.max_connections"), "must be at least 1 (leave it out for no limit)".into());
             }
@@ -919,6 +930,21 @@ impl ProxyConfig {
             }
             if p.idle_timeout_ms == 0 {
                 err(format!("{field}.idle_timeout_ms"), "must be more than 0".into());
+            }
+            let durations = [
+                ("connect_timeout_ms", Some(p.connect_timeout_ms)),
+                ("first_byte_timeout_ms", Some(p.first_byte_timeout_ms)),
+                ("idle_timeout_ms", Some(p.idle_timeout_ms)),
+                ("queue_timeout_ms", p.queue_timeout_ms),
+                ("slow_start_ms", Some(p.slow_start_ms)),
+                ("passive.cooldown_ms", p.passive.as_ref().map(|x| x.cooldown_ms)),
+                ("health.interval_ms", p.health.as_ref().map(|h| h.interval_ms)),
+                ("health.timeout_ms", p.health.as_ref().map(|h| h.timeout_ms)),
+            ];
+            for (key, value) in durations {
+                if let Some(value) = value {
+                    at_most_a_week(value, format!("{field}.{key}"), &mut err);
+                }
             }
             if p.passive.as_ref().is_some_and(|x| x.failures == 0) {
                 err(format!("{field}.passive.failures"), "must be at least 1".into());
@@ -1417,6 +1443,17 @@ respond = { body = "eu" }
         let text = GOOD.replace("pool = \"web\"\n[pools", "static_root = \"/nonexistent/dir\"\n[pools");
         let e = load(&text).unwrap_err();
         assert!(e.to_string().contains("listeners[0].routes[1].static_root: /nonexistent/dir"), "{e}");
+    }
+
+    #[test]
+    fn timeouts_longer_than_a_week_are_refused_before_they_overflow_a_deadline() {
+        let huge = u64::MAX;
+        let text = GOOD
+            .replace("bind = \"127.0.0.1:8080\"\n", &format!("bind = \"127.0.0.1:8080\"\nclient_timeout_ms = {huge}\n"))
+            .replace("[pools.web]\n", &format!("[pools.web]\nfirst_byte_timeout_ms = {huge}\n"));
+        let e = load(&text).unwrap_err();
+        let fields: Vec<&str> = e.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["listeners[0].client_timeout_ms", "pools.web.first_byte_timeout_ms"], "{e}");
     }
 
     #[test]
