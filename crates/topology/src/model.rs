@@ -437,11 +437,14 @@ fn check_health(h: &HealthCheck, field: &str, err: &mut impl FnMut(&str, String)
     if !h.path.starts_with('/') {
         err(&format!("{field}.path"), format!("`{}` must start with /", h.path));
     }
-    if h.interval_ms == 0 {
-        err(&format!("{field}.interval_ms"), "must be more than 0".into());
-    }
-    if h.timeout_ms == 0 {
-        err(&format!("{field}.timeout_ms"), "must be more than 0".into());
+    // The proxy refuses more than a week (a deadline past that overflows the clock); say so here.
+    const WEEK_MS: u64 = 7 * 24 * 3600 * 1000;
+    for (key, value) in [("interval_ms", h.interval_ms), ("timeout_ms", h.timeout_ms)] {
+        if value == 0 {
+            err(&format!("{field}.{key}"), "must be more than 0".into());
+        } else if value > WEEK_MS {
+            err(&format!("{field}.{key}"), format!("{value} is more than a week ({WEEK_MS} ms)"));
+        }
     }
     if h.rise == 0 {
         err(&format!("{field}.rise"), "must be at least 1".into());
@@ -600,10 +603,17 @@ mod tests {
 
     #[test]
     fn colliding_ports_and_bad_health_are_reported() {
-        let text = REPO_TOPOLOGY.replace("app = 9000", "app = 8404").replace("rise = 2", "rise = 0");
+        let text = REPO_TOPOLOGY
+            .replace("app = 9000", "app = 8404")
+            .replace("rise = 2", "rise = 0")
+            .replace("timeout_ms = 1000", "timeout_ms = 18446744073709551615");
         let errs = errors(&text);
         assert!(errs.iter().any(|e| e.contains("ports.app: port 8404 is also ports.admin")), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("edge.health.rise: must be at least 1")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains("edge.health.timeout_ms: 18446744073709551615 is more than a week")),
+            "{errs:?}"
+        );
     }
 
     #[test]
