@@ -329,9 +329,10 @@ async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     listen(address, false)
 }
 
-/// A listening socket whose connections start with delayed ACKs (HAProxy's tcp-smart-accept):
-/// the ACK of a ClientHello or a request rides on the answer instead of leaving alone, which
-/// saves the client a segment and a softirq per exchange on new connections.
+/// A listening socket. Not HAProxy's tcp-smart-accept (TCP_QUICKACK off on the listener, which
+/// accepted sockets inherit): measured here it no longer helped new TLS connections once the
+/// session tickets ride with the first answer, and it raised the p99 of keep-alive proxying by
+/// about a quarter (7 of 8 interleaved A/B pairs; see bench/RESULTS.md).
 fn listen(address: SocketAddr, shared: bool) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -341,9 +342,6 @@ fn listen(address: SocketAddr, shared: bool) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
     socket.listen(1024)?;
-    // After listen(), which resets the ACK state; accepted sockets inherit it. A kernel that
-    // refuses it only costs the extra ACKs.
-    let _ = socket.set_tcp_quickack(false);
     if shared {
         steer_new_connections_here(&socket);
     }
