@@ -4,6 +4,15 @@
 
 use std::net::IpAddr;
 
+/// The client's address as itself: an IPv4 client on a dual-stack socket arrives as
+/// ::ffff:a.b.c.d, and is the same client as over IPv4.
+pub fn canonical(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(address),
+        v4 => v4,
+    }
+}
+
 /// An address block: `10.0.0.0/8`, `2001:db8::/32`, or one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -31,11 +40,7 @@ impl Cidr {
     }
 
     pub fn contains(&self, address: IpAddr) -> bool {
-        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
-        let address = match address {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(address),
-            v4 => v4,
-        };
+        let address = canonical(address);
         address.is_ipv4() == self.network.is_ipv4() && mask(address, self.prefix) == self.network
     }
 }

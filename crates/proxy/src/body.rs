@@ -169,10 +169,7 @@ pub struct RequestBody {
     /// The pool's count of request body bytes, added to when the body is done.
     counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Longest silence from the client before the body fails with [`ClientStalled`].
-    silence: std::time::Duration,
-    /// Armed when the body waits for the client; only a body that waits needs one.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    waiting: bool,
+    silence: crate::stall::StallClock,
 }
 
 impl RequestBody {
@@ -187,9 +184,7 @@ impl RequestBody {
             limit: limit.unwrap_or(u64::MAX),
             seen: 0,
             counter: Some(counter),
-            silence,
-            timer: None,
-            waiting: false,
+            silence: crate::stall::StallClock::new(silence),
         }
     }
 
@@ -199,23 +194,8 @@ impl RequestBody {
             limit: 0,
             seen: 0,
             counter: None,
-            silence: std::time::Duration::MAX,
-            timer: None,
-            waiting: false,
+            silence: crate::stall::StallClock::new(std::time::Duration::MAX),
         }
-    }
-
-    /// Pending while the client sends nothing: true once it was silent for `silence`.
-    fn silent_too_long(&mut self, cx: &mut Context<'_>) -> bool {
-        // `checked_add`: the empty body's silence is unbounded.
-        let now = tokio::time::Instant::now();
-        let deadline = now.checked_add(self.silence).unwrap_or(now + std::time::Duration::from_secs(86_400 * 365));
-        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if !self.waiting {
-            timer.as_mut().reset(deadline);
-            self.waiting = true;
-        }
-        std::future::Future::poll(timer.as_mut(), cx).is_ready()
     }
 }
 
@@ -260,7 +240,7 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.waiting = false;
+                this.silence.progress();
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
@@ -271,7 +251,9 @@ impl Body for RequestBody {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending if this.silent_too_long(cx) => Poll::Ready(Some(Err(Box::new(ClientStalled(this.silence))))),
+            Poll::Pending if this.silence.waited_too_long(cx) => {
+                Poll::Ready(Some(Err(Box::new(ClientStalled(this.silence.limit())))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -20,10 +20,10 @@ pub mod health;
 pub mod rate_limit;
 pub mod redundancy;
 pub mod server;
+pub mod stall;
 pub mod static_files;
 pub mod tls;
 pub mod upstream;
-pub mod write_timeout;
 
 pub use config::ProxyConfig;
 pub use server::run;

@@ -58,7 +58,7 @@ impl RateLimit {
     }
 
     fn check_at(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
-        let client = canonical(client);
+        let client = crate::access::canonical(client);
         let now = u64::try_from(now.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
         let shard = &self.shards[self.hasher.hash_one(client) as usize % SHARDS];
         let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -79,14 +79,6 @@ impl RateLimit {
     /// Clients with state now (tests and stats).
     pub fn tracked(&self) -> usize {
         self.shards.iter().map(|s| s.lock().map(|s| s.due.len()).unwrap_or(0)).sum()
-    }
-}
-
-/// An IPv4 client on a dual-stack socket is the same client as over IPv4.
-fn canonical(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(address),
-        v4 => v4,
     }
 }
 

@@ -27,8 +27,8 @@ use crate::access_log::{valid_request_id, AccessLog, Entry};
 use crate::body::ProxyBody;
 use crate::config::{ProxyConfig, RouteTarget};
 use crate::forward::{error_response, forward};
+use crate::stall::WriteTimeout;
 use crate::upstream::PoolState;
-use crate::write_timeout::WriteTimeout;
 use crate::{admin, compression, health, redundancy, static_files};
 
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
@@ -554,8 +554,8 @@ async fn serve<I, S>(
         http2.timer(TokioTimer::new()).max_concurrent_streams(256).max_header_list_size(limits.max_header_bytes as u32);
         let requests = Arc::new(AtomicU64::new(0));
         let service = Counting { inner: service, requests: requests.clone() };
-        let conn = http2.serve_connection(io, service);
-        drive_h2(conn, stop_rx, client, requests, limits.client_timeout).await;
+        let idle = IdleClose { requests, after: limits.client_timeout };
+        drive(http2.serve_connection(io, service), stop_rx, client, Some(idle)).await;
     } else {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
@@ -569,7 +569,7 @@ async fn serve<I, S>(
         if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
             http1.max_headers(limits.max_headers);
         }
-        drive!(http1.serve_connection(io, service).with_upgrades(), stop_rx, client);
+        drive(http1.serve_connection(io, service).with_upgrades(), stop_rx, client, None).await;
     }
 }
 
@@ -591,24 +591,33 @@ impl<S: hyper::service::Service<Request<Incoming>>> hyper::service::Service<Requ
     }
 }
 
-/// Serves an HTTP/2 connection as `drive!` does, and also closes it (GOAWAY; streams in
-/// flight finish) once a whole `idle` went by without a new request: browsers keep HTTP/2
-/// connections open, and the proxy would otherwise hold every one for ever (nginx's
-/// http2_idle_timeout, HAProxy's timeout http-keep-alive). HTTP/1.1's idle connections end on
-/// hyper's header read timeout instead.
-async fn drive_h2<C>(
-    conn: C,
-    mut stop_rx: watch::Receiver<bool>,
-    client: SocketAddr,
+/// Closes an HTTP/2 connection (GOAWAY; streams in flight finish) once a whole `after` went by
+/// without a new request: browsers keep HTTP/2 connections open, and the proxy would otherwise
+/// hold every one for ever (nginx's http2_idle_timeout, HAProxy's timeout http-keep-alive).
+/// HTTP/1.1's idle connections end on hyper's header read timeout instead.
+struct IdleClose {
     requests: Arc<AtomicU64>,
-    idle: Duration,
-) where
-    C: std::future::Future<Output = hyper::Result<()>> + GracefulShutdown,
+    after: Duration,
+}
+
+/// Serves a connection until it ends, until shutdown asks it to finish what it has, or, with
+/// `idle`, until it went quiet.
+async fn drive<C>(conn: C, mut stop_rx: watch::Receiver<bool>, client: SocketAddr, idle: Option<IdleClose>)
+where
+    C: Future<Output = hyper::Result<()>> + GracefulShutdown,
 {
     tokio::pin!(conn);
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    let mut ticker = idle.as_ref().map(|i| tokio::time::interval_at(tokio::time::Instant::now() + i.after, i.after));
     let mut seen = 0;
     loop {
+        let tick = async {
+            match ticker.as_mut() {
+                Some(ticker) => {
+                    ticker.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -617,8 +626,8 @@ async fn drive_h2<C>(
                 return;
             }
             _ = stop_rx.wait_for(|stop| *stop) => break,
-            _ = ticker.tick() => {
-                let now = requests.load(Ordering::Relaxed);
+            _ = tick => {
+                let now = idle.as_ref().map_or(0, |i| i.requests.load(Ordering::Relaxed));
                 if now == seen {
                     break;
                 }
@@ -630,7 +639,7 @@ async fn drive_h2<C>(
     let _ = conn.await;
 }
 
-/// hyper's connections share no trait for it.
+/// hyper's HTTP/1 and HTTP/2 connections share no trait for it.
 trait GracefulShutdown {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
@@ -649,27 +658,18 @@ where
     }
 }
 
-/// Serves a connection until it ends, or until shutdown asks it to finish what it has. (A
-/// macro: hyper's HTTP/1 and HTTP/2 connections share no trait for `graceful_shutdown`.)
-macro_rules! drive {
-    ($conn:expr, $stop_rx:expr, $client:expr) => {{
-        let conn = $conn;
-        let mut stop_rx = $stop_rx;
-        tokio::pin!(conn);
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, client = %$client, "client connection ended with an error");
-                }
-            }
-            _ = async { let _ = stop_rx.wait_for(|stop| *stop).await; } => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
-    }};
+impl<I, S> GracefulShutdown for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self)
+    }
 }
-use drive;
 
 /// Waits for the first bytes of a connection and tells whether they open HTTP/2.
 async fn starts_with_h2_preface(stream: &tokio::net::TcpStream) -> bool {

@@ -170,6 +170,19 @@ fn config(net: u8, servers: &[(&str, SocketAddr)], health: &str) -> String {
     c
 }
 
+/// Waits (up to 5 s) until the admin listener's `/metrics` contains `needle`.
+fn wait_for_metric(admin: SocketAddr, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = get(admin, "/metrics").body;
+        if m.contains(needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never saw `{needle}` in:\n{m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -242,17 +255,7 @@ fn health_checks_take_a_server_out_and_bring_it_back() {
     let admin = addr("127.210.3.1:8404");
 
     ups[1].health.store(503, Ordering::SeqCst);
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let m = get(admin, "/metrics").body;
-            if m.contains(needle) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "never saw `{needle}` in:\n{m}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let wait_for = |needle: &str| wait_for_metric(admin, needle);
     wait_for("webstack_proxy_server_up{pool=\"web\",server=\"s2\"} 0");
     for _ in 0..6 {
         assert_eq!(get(lb, "/").header("x-served-by").as_deref(), Some("s1"));
@@ -1347,17 +1350,7 @@ fn health_checks_send_their_host_and_pass_only_the_expected_statuses() {
                   interval_ms = 100\ntimeout_ms = 500\nrise = 1\nfall = 1\n";
     let _proxy = Proxy::start(&config(34, &[("s1", s1), ("s2", s2)], health));
     let admin = addr("127.210.34.1:8404");
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let m = get(admin, "/metrics").body;
-            if m.contains(needle) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "never saw `{needle}` in:\n{m}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let wait_for = |needle: &str| wait_for_metric(admin, needle);
     // 200 is not in the list: down; 204 is: up.
     wait_for("webstack_proxy_server_up{pool=\"web\",server=\"s1\"} 0");
     u1.health.store(204, Ordering::SeqCst);

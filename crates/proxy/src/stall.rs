@@ -1,45 +1,68 @@
-//! A client connection that must keep taking what the proxy writes: a client that stops
-//! reading (its window closed, the socket full) for longer than its listener's
-//! `client_timeout_ms` gets its connection closed, as HAProxy's `timeout client` does, instead
-//! of holding the response's upstream connection for ever. The clock runs only while a write
-//! waits, so the common path costs one branch.
+//! Peers that stop moving. [`StallClock`] runs only while an operation waits on a peer and
+//! says when it waited too long; [`WriteTimeout`] uses it for a client connection that must
+//! keep taking what the proxy writes: a client that stops reading (its window closed, the
+//! socket full) for longer than its listener's `client_timeout_ms` gets its connection closed,
+//! as HAProxy's `timeout client` does, instead of holding the response's upstream connection
+//! for ever. The request body uses it for a client that stops sending. The common path (no
+//! wait) costs one branch.
 
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-pub struct WriteTimeout<S> {
-    inner: S,
+/// A clock for one kind of wait on a peer: started by the first wait after progress, stopped
+/// by progress.
+#[derive(Debug)]
+pub struct StallClock {
     limit: Duration,
-    /// Made the first time a write waits; reused after.
+    /// Made the first time something waits; reused after.
     timer: Option<Pin<Box<Sleep>>>,
-    /// A write is waiting and the timer runs for it.
+    /// Something waits and the timer runs for it.
     waiting: bool,
 }
 
-impl<S> WriteTimeout<S> {
-    pub fn new(inner: S, limit: Duration) -> WriteTimeout<S> {
-        WriteTimeout { inner, limit, timer: None, waiting: false }
+impl StallClock {
+    pub fn new(limit: Duration) -> StallClock {
+        StallClock { limit, timer: None, waiting: false }
     }
 
-    /// After a write that could not proceed: an error once the wait passed the limit.
-    fn check_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let deadline = Instant::now() + self.limit;
+    /// The peer moved: the next wait starts a fresh clock.
+    pub fn progress(&mut self) {
+        self.waiting = false;
+    }
+
+    /// Called when an operation could not proceed: true once the wait passed the limit (the
+    /// waker is registered for that moment otherwise).
+    pub fn waited_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = Instant::now();
+        // `checked_add`: an unbounded limit (Duration::MAX) never fires.
+        let deadline = now.checked_add(self.limit).unwrap_or(now + Duration::from_secs(86_400 * 365));
         let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if !self.waiting {
             timer.as_mut().reset(deadline);
             self.waiting = true;
         }
-        ready!(timer.as_mut().poll(cx));
-        Poll::Ready(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("the client read nothing for {} ms", self.limit.as_millis()),
-        ))
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+}
+
+pub struct WriteTimeout<S> {
+    inner: S,
+    clock: StallClock,
+}
+
+impl<S> WriteTimeout<S> {
+    pub fn new(inner: S, limit: Duration) -> WriteTimeout<S> {
+        WriteTimeout { inner, clock: StallClock::new(limit) }
     }
 
     /// Runs `op`; while it waits, the clock runs.
@@ -49,12 +72,13 @@ impl<S> WriteTimeout<S> {
         op: impl FnOnce(&mut S, &mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         match op(&mut self.inner, cx) {
-            Poll::Pending => match self.check_stalled(cx) {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending if self.clock.waited_too_long(cx) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} ms", self.clock.limit().as_millis()),
+            ))),
+            Poll::Pending => Poll::Pending,
             done => {
-                self.waiting = false;
+                self.clock.progress();
                 done
             }
         }
