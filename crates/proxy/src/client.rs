@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -371,9 +371,98 @@ impl Chunked {
     }
 }
 
+/// A connection to a server: plain TCP, or TLS over it for a pool with `tls`.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    /// Boxed: rustls's state is kilobytes, which plain connections need not carry.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl UpstreamStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            UpstreamStream::Plain(tcp) => tcp,
+            UpstreamStream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// True when the server closed this idle connection or sent something nobody asked for.
+    /// Costs no system call unless the socket became readable. Over TLS, what arrived may be
+    /// the server's session tickets (TLS 1.3 sends them after the handshake): rustls takes
+    /// those in, and only a close or application data make the connection stale.
+    fn is_stale(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self {
+            UpstreamStream::Plain(tcp) => match tcp.poll_read_ready(&mut cx) {
+                Poll::Pending => false,
+                Poll::Ready(Err(_)) => true,
+                Poll::Ready(Ok(())) => {
+                    let mut probe = [0u8; 1];
+                    !matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+            },
+            UpstreamStream::Tls(tls) => {
+                let mut probe = [0u8; 1];
+                let mut probe = ReadBuf::new(&mut probe);
+                !Pin::new(&mut **tls).poll_read(&mut cx, &mut probe).is_pending()
+            }
+        }
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            UpstreamStream::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
+            UpstreamStream::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            UpstreamStream::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            UpstreamStream::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection to a server within `timeout`, TLS handshake included when `tls` is given.
+pub async fn connect(
+    address: SocketAddr,
+    timeout: Duration,
+    tls: Option<&crate::tls::UpstreamTls>,
+) -> io::Result<UpstreamStream> {
+    let deadline = Instant::now() + timeout;
+    let tcp = connect_tcp(address, timeout).await?;
+    let Some(tls) = tls else {
+        return Ok(UpstreamStream::Plain(tcp));
+    };
+    match tokio::time::timeout_at(deadline, tls.connect(tcp, address)).await {
+        Ok(Ok(stream)) => Ok(UpstreamStream::Tls(Box::new(stream))),
+        Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("TLS: {e}"))),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+    }
+}
+
 /// One keep-alive connection to an upstream server.
 pub struct Connection {
-    stream: TcpStream,
+    stream: UpstreamStream,
     /// Bytes read and not handed on yet.
     buf: BytesMut,
     /// The request head being written; kept to reuse its allocation.
@@ -385,14 +474,18 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("peer", &self.stream.peer_addr().ok()).finish()
+        f.debug_struct("Connection").field("peer", &self.stream.tcp().peer_addr().ok()).finish()
     }
 }
 
 impl Connection {
-    /// Opens a connection within `timeout`.
-    pub async fn open(address: SocketAddr, timeout: Duration) -> io::Result<Connection> {
-        let stream = connect_tcp(address, timeout).await?;
+    /// Opens a connection within `timeout` (TLS to the server when `tls` is given).
+    pub async fn open(
+        address: SocketAddr,
+        timeout: Duration,
+        tls: Option<&crate::tls::UpstreamTls>,
+    ) -> io::Result<Connection> {
+        let stream = connect(address, timeout, tls).await?;
         Ok(Connection {
             stream,
             buf: BytesMut::with_capacity(READ_BUFFER),
@@ -404,18 +497,7 @@ impl Connection {
     /// True when the server closed this idle connection (or sent something nobody asked
     /// for). Costs no system call unless the socket became readable.
     pub fn is_stale(&mut self) -> bool {
-        if !self.buf.is_empty() {
-            return true;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => false,
-            Poll::Ready(Err(_)) => true,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        !self.buf.is_empty() || self.stream.is_stale()
     }
 
     /// Writes the request's head. Nothing of the request is consumed: on failure it can go
@@ -552,7 +634,7 @@ impl Connection {
     }
 
     /// The socket and the bytes already read past the 101 head, for a tunnel.
-    pub fn into_tunnel(self) -> (TcpStream, Bytes) {
+    pub fn into_tunnel(self) -> (UpstreamStream, Bytes) {
         (self.stream, self.buf.freeze())
     }
 
@@ -598,40 +680,47 @@ impl From<io::Error> for BodyWriteError {
 /// How long a request head may wait for room in the socket (a server that reads nothing).
 const HEAD_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Writes all of `data`; the timer is only armed when the socket is full, which the common
-/// case (a small head on an idle connection) never meets.
+/// Writes all of `data` and flushes it (TLS holds records until then); the timer is only
+/// armed when the socket is full, which the common case (a small head on an idle connection)
+/// never meets.
 async fn write_all_within(
-    stream: &mut TcpStream,
+    stream: &mut UpstreamStream,
     timer: &mut Pin<Box<Sleep>>,
     mut data: &[u8],
     limit: Duration,
 ) -> io::Result<()> {
     let mut armed = false;
     poll_fn(|cx| {
-        while !data.is_empty() {
-            match Pin::new(&mut *stream).poll_write(cx, data) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    data = &data[n..];
-                    armed = false;
+        loop {
+            if data.is_empty() {
+                // Plain TCP has nothing to flush; TLS sends the records it holds.
+                if let Poll::Ready(flushed) = Pin::new(&mut *stream).poll_flush(cx) {
+                    return Poll::Ready(flushed);
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    if !armed {
-                        timer.as_mut().reset(Instant::now() + limit);
-                        armed = true;
+            } else {
+                match Pin::new(&mut *stream).poll_write(cx, data) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        data = &data[n..];
+                        armed = false;
+                        continue;
                     }
-                    return match timer.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the server took none of the request for too long",
-                        ))),
-                        Poll::Pending => Poll::Pending,
-                    };
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
                 }
             }
+            if !armed {
+                timer.as_mut().reset(Instant::now() + limit);
+                armed = true;
+            }
+            return match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the server took none of the request for too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            };
         }
-        Poll::Ready(Ok(()))
     })
     .await
 }

@@ -89,6 +89,12 @@
 //! idle_timeout_ms = 60000          # longest silence while a response body streams
 //! queue_timeout_ms = 1000          # how long a request waits for a server under its maxconn
 //!                                  # (HAProxy's timeout queue; default: connect_timeout_ms)
+//! [pools.web.tls]                 # optional: HTTPS to the servers (HAProxy's server … ssl
+//!                                  # verify required ca-file … sni …); checks use it too
+//! ca = "ca.pem"                    # the CA (PEM) their certificates must chain to, relative
+//!                                  # to this file
+//! server_name = "web.internal"     # optional: SNI and the name verified (default: the
+//!                                  # server's IP address, which its certificate must hold)
 //! [pools.web.passive]
 //! failures = 3                     # connect failures or 5xx in a row take a server out
 //! cooldown_ms = 10000              # back after this when the pool has no active check
@@ -355,7 +361,15 @@ struct RawPool {
     queue_timeout_ms: Option<u64>,
     passive: Option<RawPassive>,
     health: Option<RawHealth>,
+    tls: Option<RawUpstreamTls>,
     servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca: PathBuf,
+    server_name: Option<String>,
 }
 
 fn default_compress_min_bytes() -> u64 {
@@ -793,6 +807,8 @@ pub struct Pool {
     pub queue_timeout: Duration,
     pub passive: Option<Passive>,
     pub health: Option<Health>,
+    /// TLS to the servers, verified against the pool's CA.
+    pub tls: Option<crate::tls::UpstreamTls>,
     pub servers: Vec<Server>,
 }
 
@@ -815,6 +831,8 @@ pub struct Health {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// The pool's TLS: checks go over it as requests do.
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -904,6 +922,8 @@ impl ProxyConfig {
             });
         }
 
+        // Files named in the config (a pool's CA, error pages) are relative to it.
+        let base = src.path().parent().unwrap_or(Path::new(".")).to_path_buf();
         let mut pools = Vec::new();
         for (name, p) in &raw.pools {
             let field = format!("pools.{name}");
@@ -970,6 +990,7 @@ impl ProxyConfig {
                     );
                 }
             }
+            let tls = p.tls.as_ref().and_then(|t| load_upstream_tls(t, &base, &field, &mut err));
             let health = p.health.as_ref().map(|h| {
                 if !h.path.starts_with('/') || !h.path.bytes().all(|b| b.is_ascii_graphic()) {
                     err(format!("{field}.health.path"), format!("`{}` must start with / and have no spaces", h.path));
@@ -1006,6 +1027,7 @@ impl ProxyConfig {
                     timeout: Duration::from_millis(h.timeout_ms),
                     rise: h.rise,
                     fall: h.fall,
+                    tls: tls.clone(),
                 }
             });
             pools.push(Pool {
@@ -1023,6 +1045,7 @@ impl ProxyConfig {
                     .as_ref()
                     .map(|x| Passive { failures: x.failures, cooldown: Duration::from_millis(x.cooldown_ms) }),
                 health,
+                tls,
                 servers: p
                     .servers
                     .iter()
@@ -1061,7 +1084,6 @@ impl ProxyConfig {
                 }
             }
         }
-        let base = src.path().parent().unwrap_or(Path::new(".")).to_path_buf();
         let error_pages = load_error_pages(&raw.error_pages, &base, &mut err);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -1245,6 +1267,27 @@ fn validate_route(
     })
 }
 
+/// Loads a pool's CA (relative to the config file) and checks its server name.
+fn load_upstream_tls(
+    raw: &RawUpstreamTls,
+    base: &Path,
+    field: &str,
+    err: &mut impl FnMut(String, String),
+) -> Option<crate::tls::UpstreamTls> {
+    use crate::tls::{UpstreamTls, UpstreamTlsError};
+    match UpstreamTls::load(&base.join(&raw.ca), raw.server_name.as_deref()) {
+        Ok(tls) => Some(tls),
+        Err(UpstreamTlsError::Ca(e)) => {
+            err(format!("{field}.tls.ca"), e);
+            None
+        }
+        Err(UpstreamTlsError::ServerName(e)) => {
+            err(format!("{field}.tls.server_name"), e);
+            None
+        }
+    }
+}
+
 /// Loads a listener's certificates; each bad file is reported on its own field.
 fn load_tls(raw: &RawTls, field: &str, err: &mut impl FnMut(String, String)) -> Option<Tls> {
     if raw.certificates.is_empty() {
@@ -1416,6 +1459,37 @@ respond = { body = "eu" }
         assert_eq!(e.0[0].field, "error_pages.200", "{e}");
         assert_eq!(e.0[1].field, "error_pages.504", "{e}");
         assert!(e.0[1].message.contains("missing.html"), "{e}");
+    }
+
+    #[test]
+    fn a_pools_tls_needs_a_readable_ca_with_certificates_and_a_valid_server_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let with_tls = |table: &str| GOOD.replace("[pools.web]\n", &format!("[pools.web]\n[pools.web.tls]\n{table}\n"));
+        let load_at = |text: String| ProxyConfig::from_source(&Source::from_text(&path, &text));
+
+        let e = load_at(with_tls("ca = \"missing-ca.pem\"")).unwrap_err();
+        assert_eq!(e.0[0].field, "pools.web.tls.ca", "{e}");
+        assert!(e.0[0].message.contains("missing-ca.pem"), "{e}");
+        std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").unwrap();
+        let e = load_at(with_tls("ca = \"empty.pem\"")).unwrap_err();
+        assert_eq!(e.0[0].field, "pools.web.tls.ca", "{e}");
+        assert!(e.0[0].message.contains("no certificate"), "{e}");
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["ca.internal".to_string()]).unwrap().self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let e = load_at(with_tls("ca = \"ca.pem\"\nserver_name = \"not a name\"")).unwrap_err();
+        assert_eq!(e.0[0].field, "pools.web.tls.server_name", "{e}");
+        let e = load_at(with_tls("ca = \"ca.pem\"\nverify = false")).unwrap_err();
+        assert!(e.to_string().contains("verify"), "{e}");
+        // Relative to the config file; health checks follow the pool's TLS.
+        let text = with_tls("ca = \"ca.pem\"\nserver_name = \"web.internal\"")
+            .replace("[[pools.web.servers]]", "[pools.web.health]\npath = \"/healthz\"\n[[pools.web.servers]]");
+        let config = load_at(text).unwrap();
+        let tls = config.pools[0].tls.as_ref().unwrap();
+        assert_eq!(tls.ca, dir.path().join("ca.pem"));
+        assert_eq!(config.pools[0].health.as_ref().unwrap().tls.as_ref(), Some(tls));
     }
 
     #[test]

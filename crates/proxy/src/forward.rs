@@ -408,7 +408,7 @@ async fn send_to(
             }
             continue;
         }
-        let mut connection = match server.connect(pool.config.connect_timeout).await {
+        let mut connection = match server.connect(pool.config.connect_timeout, pool.config.tls.as_ref()).await {
             Ok(connection) => connection,
             Err(e) => return Err(SendError::NotSent(req, e.to_string())),
         };

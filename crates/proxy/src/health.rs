@@ -1,7 +1,8 @@
 //! Active health checks, as HAProxy's `check inter rise fall` with `option httpchk`: every
 //! interval, `GET path` on a new connection, with the configured Host; 2xx and 3xx pass, or
 //! the statuses of `expect_status` (HAProxy's `http-check expect status`); with
-//! `kind = "tcp"`, a connect passes. A server that is up goes down
+//! `kind = "tcp"`, a connect passes. A pool with `tls` is checked over TLS, its certificate
+//! verified (HAProxy's `check-ssl`, implied by `ssl` on its servers). A server that is up goes down
 //! after `fall` failures in a row, and a server that is down comes back after `rise` passes.
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::client::connect_tcp;
+use crate::client::connect;
 use crate::config::{Health, HealthKind};
 use crate::upstream::ServerState;
 
@@ -93,8 +94,9 @@ pub async fn watch(pool: String, server: Arc<ServerState>, health: Health) {
 /// One check: `Err` says why it failed, as HAProxy's logs do.
 pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> {
     let attempt = async {
-        let mut stream =
-            connect_tcp(server.config.address, health.timeout).await.map_err(|e| format!("connect: {e}"))?;
+        let mut stream = connect(server.config.address, health.timeout, health.tls.as_ref())
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         if health.kind == HealthKind::Tcp {
             return Ok(());
         }

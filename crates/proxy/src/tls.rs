@@ -309,6 +309,97 @@ impl tokio::io::AsyncWrite for Coalescing {
     }
 }
 
+/// TLS to a pool's servers (HAProxy's `server … ssl verify required ca-file … sni …`): every
+/// server's certificate is verified against the pool's CA, for `server_name` when the config
+/// gives one, else for the server's IP address. ALPN offers HTTP/1.1 only, the one protocol
+/// the proxy speaks upstream; sessions resume, so a pool's new connections skip the full
+/// handshake.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    connector: tokio_rustls::TlsConnector,
+    server_name: Option<ServerName<'static>>,
+    /// Where the CA came from, for the config's Debug.
+    pub ca: PathBuf,
+    /// What the CA file held: a reload that rotates the CA in place is a change.
+    ca_digest: u64,
+}
+
+/// Equal when they verify the same way: same CA certificates, same name.
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.ca_digest == other.ca_digest && self.server_name == other.server_name
+    }
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls").field("ca", &self.ca).field("server_name", &self.server_name).finish()
+    }
+}
+
+/// What is wrong with a pool's `tls` table, and in which of its fields.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpstreamTlsError {
+    Ca(String),
+    ServerName(String),
+}
+
+impl UpstreamTls {
+    /// Reads the CA certificates (PEM) servers are verified against.
+    pub fn load(ca: &Path, server_name: Option<&str>) -> Result<UpstreamTls, UpstreamTlsError> {
+        let server_name = server_name
+            .map(|name| {
+                ServerName::try_from(name.to_string())
+                    .map_err(|_| UpstreamTlsError::ServerName(format!("`{name}` is not a DNS name or an IP address")))
+            })
+            .transpose()?;
+        let pem = read(ca).map_err(UpstreamTlsError::Ca)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert =
+                cert.map_err(|e| UpstreamTlsError::Ca(format!("{}: not PEM certificates: {e}", ca.display())))?;
+            roots.add(cert).map_err(|e| {
+                UpstreamTlsError::Ca(format!("{}: a certificate cannot be used as a CA: {e}", ca.display()))
+            })?;
+        }
+        if roots.is_empty() {
+            return Err(UpstreamTlsError::Ca(format!("{}: no certificate in the file", ca.display())));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| UpstreamTlsError::Ca(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let ca_digest = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            pem.hash(&mut hasher);
+            hasher.finish()
+        };
+        Ok(UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
+            ca: ca.to_path_buf(),
+            ca_digest,
+        })
+    }
+
+    /// The handshake on a connected socket to the server at `address`.
+    pub async fn connect(
+        &self,
+        tcp: tokio::net::TcpStream,
+        address: std::net::SocketAddr,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => ServerName::IpAddress(address.ip().into()),
+        };
+        self.connector.connect(name, tcp).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,10 +75,13 @@ impl PoolState {
     /// The pool of a reloaded config, keeping what the running one knows about its servers:
     /// a server unchanged in the file keeps its state whole (health, counters, idle
     /// connections); a changed one keeps its health, its admin state and a weight set at run
-    /// time. Changes made through the runtime API thus survive a reload.
+    /// time. Changes made through the runtime API thus survive a reload. A change of the
+    /// pool's TLS leaves the old idle connections behind.
     pub fn carried_over(config: config::Pool, old: Option<&PoolState>) -> Self {
         // Servers kept whole still signal the old pool's queue: it carries over too.
         let freed = old.map(|o| o.freed.clone()).unwrap_or_default();
+        // Idle connections were made with the old pool's TLS (or none): kept only if it is the same.
+        let same_tls = old.is_some_and(|o| o.config.tls == config.tls);
         let servers = config
             .servers
             .iter()
@@ -86,7 +89,7 @@ impl PoolState {
                 let previous = old
                     .and_then(|o| o.servers.iter().find(|x| x.config.name == s.name && x.config.address == s.address));
                 match previous {
-                    Some(p) if p.config == *s => p.clone(),
+                    Some(p) if p.config == *s && same_tls => p.clone(),
                     Some(p) => Arc::new(ServerState::new(s.clone(), freed.clone()).with_state_of(p)),
                     None => Arc::new(ServerState::new(s.clone(), freed.clone())),
                 }
@@ -416,8 +419,8 @@ impl ServerState {
         self.lock_idle().len()
     }
 
-    /// Opens a new connection, within `timeout`.
-    pub async fn connect(&self, timeout: Duration) -> io::Result<Connection> {
-        Connection::open(self.config.address, timeout).await
+    /// Opens a new connection, within `timeout` (and TLS, for a pool with `tls`).
+    pub async fn connect(&self, timeout: Duration, tls: Option<&crate::tls::UpstreamTls>) -> io::Result<Connection> {
+        Connection::open(self.config.address, timeout, tls).await
     }
 }

@@ -2,7 +2,9 @@
 //! the certificate, ALPN picks h2, HTTP redirects to HTTPS, HSTS is sent, sessions resume
 //! (TLS 1.3 tickets, TLS 1.2), the server's order of cipher suites wins unless the client
 //! puts ChaCha20 first, a reload swaps the certificate for new connections, and a bad
-//! certificate file is a config error naming it.
+//! certificate file is a config error naming it. Upstream, a pool with `tls` speaks HTTPS to
+//! its servers (a real rustls server here), verifies their certificates, keeps the
+//! connections alive and checks health over TLS.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -360,4 +362,167 @@ fn certificates_reload_under_load_without_a_failed_request() {
     let der = |pem: &[u8]| CertificateDer::from_pem_slice(pem).unwrap().to_vec();
     assert_eq!(served, der(&new));
     assert_ne!(served, der(&first));
+}
+
+/// An HTTPS server (rustls, TLS 1.3 tickets sent after each handshake as by default) that
+/// answers every request on a connection with `connection N` (N counts its connections from
+/// 1) and records the request lines it was sent; stopped when dropped.
+struct TlsOrigin {
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsOrigin {
+    fn start(address: SocketAddr, dir: &Path, stem: &str) -> TlsOrigin {
+        let chain =
+            CertificateDer::pem_file_iter(dir.join(format!("{stem}.pem"))).unwrap().map(Result::unwrap).collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(format!("{stem}-key.pem"))).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let listener = std::net::TcpListener::bind(address).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let serve = async {
+                    for n in 1.. {
+                        let Ok((tcp, _)) = listener.accept().await else { continue };
+                        let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                        tokio::spawn(async move {
+                            let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                            let mut buf = Vec::new();
+                            let mut chunk = [0u8; 4096];
+                            loop {
+                                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                                    match tls.read(&mut chunk).await {
+                                        Ok(0) | Err(_) => return,
+                                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                                    }
+                                    continue;
+                                };
+                                let head: Vec<u8> = buf.drain(..end + 4).collect();
+                                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
+                                seen.lock().unwrap().push(line);
+                                let body = format!("connection {n}");
+                                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                                if tls.write_all(answer.as_bytes()).await.is_err() || tls.flush().await.is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stopped => {}
+                }
+            })
+        });
+        TlsOrigin { requests, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// The request lines received, health checks left out.
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().iter().filter(|l| !l.contains("/healthz")).cloned().collect()
+    }
+}
+
+impl Drop for TlsOrigin {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One GET over a new connection; the whole answer.
+fn get(address: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn a_pool_with_tls_speaks_https_to_its_servers_checks_them_over_it_and_keeps_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(dir.path(), "origin", &["origin.internal"]);
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let _origin = TlsOrigin::start("127.211.7.2:8443".parse().unwrap(), dir.path(), "origin");
+    // The CA is named relative to the config file; checks every 50 ms take the server out
+    // at the first failure, so a check that could not speak TLS would turn requests to 503.
+    let config = "name = \"edge\"\n[[listeners]]\nname = \"www\"\nbind = \"127.211.7.1:8080\"\n\
+        [[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n\
+        [pools.web]\n[pools.web.tls]\nca = \"ca.pem\"\nserver_name = \"origin.internal\"\n\
+        [pools.web.health]\npath = \"/healthz\"\ninterval_ms = 50\nfall = 1\nrise = 1\n\
+        [[pools.web.servers]]\nname = \"o1\"\naddress = \"127.211.7.2:8443\"\n";
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let _proxy = Proxy::start_file(&path);
+    std::thread::sleep(Duration::from_millis(400));
+
+    let answers: Vec<String> = (0..5).map(|i| get("127.211.7.1:8080", &format!("/page/{i}"))).collect();
+    for answer in &answers {
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // One TLS connection served them all: kept alive in the pool, not dropped for the
+    // session tickets that arrived on it after the handshake.
+    let first = answers[0].rsplit("\r\n\r\n").next().unwrap().to_string();
+    assert!(first.starts_with("connection "), "{first}");
+    for answer in &answers {
+        assert!(answer.ends_with(&first), "a new connection for a request: {answer}");
+    }
+    assert_eq!(_origin.requests(), (0..5).map(|i| format!("GET /page/{i} HTTP/1.1")).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_server_whose_certificate_does_not_verify_is_never_sent_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(dir.path(), "origin", &["origin.internal"]);
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    std::fs::write(dir.path().join("other-ca.pem"), Ca::new().pem).unwrap();
+    let origin = TlsOrigin::start("127.211.8.2:8443".parse().unwrap(), dir.path(), "origin");
+    let pool = |name: &str, ca: &str, server_name: &str| {
+        format!(
+            "[pools.{name}]\n[pools.{name}.tls]\nca = \"{ca}\"\nserver_name = \"{server_name}\"\n\
+             [[pools.{name}.servers]]\nname = \"o1\"\naddress = \"127.211.8.2:8443\"\n"
+        )
+    };
+    let config = format!(
+        "name = \"edge\"\n[[listeners]]\nname = \"www\"\nbind = \"127.211.8.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/name\"\npool = \"wrong_name\"\n\
+         [[listeners.routes]]\nprefix = \"/ca\"\npool = \"other_ca\"\n\
+         [[listeners.routes]]\nprefix = \"/\"\npool = \"right\"\n{}{}{}",
+        pool("wrong_name", "ca.pem", "elsewhere.internal"),
+        pool("other_ca", "other-ca.pem", "origin.internal"),
+        pool("right", "ca.pem", "origin.internal"),
+    );
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let _proxy = Proxy::start_file(&path);
+
+    for path in ["/name", "/ca"] {
+        let answer = get("127.211.8.1:8080", path);
+        assert!(answer.starts_with("HTTP/1.1 502"), "{path}: {answer}");
+    }
+    assert!(origin.requests().is_empty(), "sent over TLS that did not verify: {:?}", origin.requests());
+    // The same server, verified as it should be, is reachable.
+    assert!(get("127.211.8.1:8080", "/").starts_with("HTTP/1.1 200"));
+    assert_eq!(origin.requests(), ["GET / HTTP/1.1"]);
 }
