@@ -442,18 +442,18 @@ impl AsyncWrite for UpstreamStream {
     }
 }
 
-/// A connection to a server within `timeout`, TLS handshake included when `tls` is given.
+/// A connection to `server` within `timeout`, TLS handshake included when `tls` is given.
 pub async fn connect(
-    address: SocketAddr,
+    server: &crate::config::Server,
     timeout: Duration,
     tls: Option<&crate::tls::UpstreamTls>,
 ) -> io::Result<UpstreamStream> {
     let deadline = Instant::now() + timeout;
-    let tcp = connect_tcp(address, timeout).await?;
+    let tcp = connect_tcp(server.address, timeout).await?;
     let Some(tls) = tls else {
         return Ok(UpstreamStream::Plain(tcp));
     };
-    match tokio::time::timeout_at(deadline, tls.connect(tcp, address)).await {
+    match tokio::time::timeout_at(deadline, tls.connect(tcp, server)).await {
         Ok(Ok(stream)) => Ok(UpstreamStream::Tls(Box::new(stream))),
         Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("TLS: {e}"))),
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
@@ -481,11 +481,11 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     /// Opens a connection within `timeout` (TLS to the server when `tls` is given).
     pub async fn open(
-        address: SocketAddr,
+        server: &crate::config::Server,
         timeout: Duration,
         tls: Option<&crate::tls::UpstreamTls>,
     ) -> io::Result<Connection> {
-        let stream = connect(address, timeout, tls).await?;
+        let stream = connect(server, timeout, tls).await?;
         Ok(Connection {
             stream,
             buf: BytesMut::with_capacity(READ_BUFFER),

@@ -101,7 +101,8 @@
 //! [pools.web.health]
 //! kind = "http"                    # or "tcp": a connect passes
 //! path = "/healthz"
-//! host = "www.foobar.com"          # optional Host of the check (default: the server's address)
+//! host = "www.foobar.com"          # optional Host of the check (default: the server's
+//!                                  # address as written)
 //! expect_status = [200]            # optional: these pass (default: any 2xx or 3xx), as
 //!                                  # HAProxy's http-check expect status
 //! interval_ms = 1000
@@ -110,7 +111,8 @@
 //! fall = 3
 //! [[pools.web.servers]]
 //! name = "server-01"
-//! address = "127.0.2.1:8080"
+//! address = "127.0.2.1:8080"       # or "web-01.internal:8080": resolved when the config is
+//!                                  # loaded, and again at each reload (HAProxy's init-addr)
 //! weight = 1                       # 0 to 256; 0 takes no new requests
 //! backup = false                   # true: only used when every other server is down
 //! maxconn = 0                      # at most this many requests at once; more wait in the
@@ -437,7 +439,8 @@ fn default_fall() -> u32 {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     name: String,
-    address: SocketAddr,
+    /// `ip:port`, or `host:port` resolved at load.
+    address: String,
     #[serde(default = "default_weight")]
     weight: u32,
     #[serde(default)]
@@ -823,7 +826,8 @@ pub enum HealthKind {
 pub struct Health {
     pub kind: HealthKind,
     pub path: String,
-    /// The check's Host header; `None`: the server's address.
+    /// The check's Host header; `None`: the server's address as written (`host:port` or
+    /// `ip:port`).
     pub host: Option<String>,
     /// The statuses that pass; `None`: any 2xx or 3xx.
     pub expect_status: Option<Vec<u16>>,
@@ -839,6 +843,9 @@ pub struct Health {
 pub struct Server {
     pub name: String,
     pub address: SocketAddr,
+    /// The host name the address was resolved from, when the config gave one: the default
+    /// name for TLS and for health checks' Host.
+    pub host: Option<String>,
     pub weight: u32,
     pub backup: bool,
     /// At most this many requests at once; more wait in the pool's queue.
@@ -853,6 +860,12 @@ impl ProxyConfig {
     }
 
     pub fn from_source(src: &Source) -> Result<ProxyConfig, ConfigErrors> {
+        Self::from_source_resolving(src, &system_resolver)
+    }
+
+    /// As [`ProxyConfig::from_source`], server host names resolved by `resolve` (tests and
+    /// fuzzing, which must not ask the network).
+    pub fn from_source_resolving(src: &Source, resolve: Resolver<'_>) -> Result<ProxyConfig, ConfigErrors> {
         let raw: RawConfig = src.parse()?;
         let mut errors = Vec::new();
         let mut err = |field: String, msg: String| errors.push(src.error_at(&field, msg));
@@ -970,6 +983,7 @@ impl ProxyConfig {
                 err(format!("{field}.passive.failures"), "must be at least 1".into());
             }
             let mut names = BTreeSet::new();
+            let mut addresses = Vec::new();
             for (j, s) in p.servers.iter().enumerate() {
                 if s.name.is_empty() || !s.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
                     err(
@@ -980,8 +994,12 @@ impl ProxyConfig {
                 if !names.insert(s.name.as_str()) {
                     err(format!("{field}.servers[{j}].name"), format!("server `{}` is in this pool twice", s.name));
                 }
-                if s.address.port() == 0 {
-                    err(format!("{field}.servers[{j}].address"), "port 0 is not a server's port".into());
+                match server_address(&s.address, resolve) {
+                    Ok((address, _)) if address.port() == 0 => {
+                        err(format!("{field}.servers[{j}].address"), "port 0 is not a server's port".into())
+                    }
+                    Ok(resolved) => addresses.push(resolved),
+                    Err(e) => err(format!("{field}.servers[{j}].address"), e),
                 }
                 if s.weight > MAX_WEIGHT {
                     err(
@@ -1049,9 +1067,11 @@ impl ProxyConfig {
                 servers: p
                     .servers
                     .iter()
-                    .map(|s| Server {
+                    .zip(addresses)
+                    .map(|(s, (address, host))| Server {
                         name: s.name.clone(),
-                        address: s.address,
+                        address,
+                        host,
                         weight: s.weight,
                         backup: s.backup,
                         maxconn: (s.maxconn > 0).then_some(s.maxconn),
@@ -1265,6 +1285,40 @@ fn validate_route(
         access: restricted.then(|| Arc::new(access)),
         rate_limit,
     })
+}
+
+/// Turns a host name and port into addresses.
+pub type Resolver<'a> = &'a dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>>;
+
+/// The system's resolver (`/etc/hosts`, then DNS, as nsswitch says).
+pub fn system_resolver(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map(Iterator::collect)
+}
+
+/// A server's `address`: an IP address and port, or a host name and port resolved now to the
+/// first address the resolver gives, as HAProxy resolves server names when it starts (its
+/// default `init-addr libc`) and nginx when it loads; a reload resolves them again.
+fn server_address(text: &str, resolve: Resolver<'_>) -> Result<(SocketAddr, Option<String>), String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok((address, None));
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("`{text}` needs a port: ip:port or host:port"));
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(format!("`{port}` is not a port"));
+    };
+    let name_char = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_';
+    if host.is_empty() || host.len() > 253 || !host.bytes().all(name_char) {
+        return Err(format!("`{host}` is neither an IP address nor a host name"));
+    }
+    match resolve(host, port) {
+        Ok(addresses) => match addresses.first() {
+            Some(address) => Ok((*address, Some(host.to_string()))),
+            None => Err(format!("`{host}` has no address")),
+        },
+        Err(e) => Err(format!("`{host}` does not resolve: {e}")),
+    }
 }
 
 /// Loads a pool's CA (relative to the config file) and checks its server name.
@@ -1490,6 +1544,40 @@ respond = { body = "eu" }
         let tls = config.pools[0].tls.as_ref().unwrap();
         assert_eq!(tls.ca, dir.path().join("ca.pem"));
         assert_eq!(config.pools[0].health.as_ref().unwrap().tls.as_ref(), Some(tls));
+    }
+
+    #[test]
+    fn server_host_names_are_resolved_at_load_and_a_name_that_does_not_resolve_is_named() {
+        let resolve = |host: &str, port: u16| match host {
+            "web-01.internal" => {
+                Ok(vec![SocketAddr::from(([127, 0, 0, 7], port)), SocketAddr::from(([127, 0, 0, 8], port))])
+            }
+            "empty.internal" => Ok(vec![]),
+            _ => Err(std::io::Error::other("Name or service not known")),
+        };
+        let with_address = |address: &str| GOOD.replace("127.0.0.1:9001", address);
+        let load = |text: String| ProxyConfig::from_source_resolving(&Source::from_text("p.toml", &text), &resolve);
+        let config = load(with_address("web-01.internal:9001")).unwrap();
+        let server = &config.pools[0].servers[0];
+        assert_eq!(server.address, "127.0.0.7:9001".parse().unwrap(), "the first address, as getaddrinfo orders them");
+        assert_eq!(server.host.as_deref(), Some("web-01.internal"));
+        assert_eq!(load(with_address("[::1]:9001")).unwrap().pools[0].servers[0].host, None);
+        for (address, says) in [
+            ("nowhere.internal:9001", "`nowhere.internal` does not resolve: Name or service not known"),
+            ("empty.internal:9001", "`empty.internal` has no address"),
+            ("web-01.internal", "`web-01.internal` needs a port"),
+            ("web-01.internal:http", "`http` is not a port"),
+            ("web 01:9001", "`web 01` is neither an IP address nor a host name"),
+            ("web-01.internal:0", "port 0"),
+        ] {
+            let e = load(with_address(address)).unwrap_err();
+            assert_eq!(e.0[0].field, "pools.web.servers[0].address", "{e}");
+            assert!(e.0[0].message.contains(says), "{address}: {e}");
+        }
+        // The system's resolver reads /etc/hosts first: no network asked.
+        let (address, host) = server_address("localhost:9001", &system_resolver).unwrap();
+        assert!(address.ip().is_loopback() && address.port() == 9001, "{address}");
+        assert_eq!(host.as_deref(), Some("localhost"));
     }
 
     #[test]

@@ -94,15 +94,15 @@ pub async fn watch(pool: String, server: Arc<ServerState>, health: Health) {
 /// One check: `Err` says why it failed, as HAProxy's logs do.
 pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> {
     let attempt = async {
-        let mut stream = connect(server.config.address, health.timeout, health.tls.as_ref())
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let mut stream =
+            connect(&server.config, health.timeout, health.tls.as_ref()).await.map_err(|e| format!("connect: {e}"))?;
         if health.kind == HealthKind::Tcp {
             return Ok(());
         }
-        let request = match &health.host {
-            Some(host) => check_request(&health.path, host),
-            None => check_request(&health.path, &server.config.address),
+        let request = match (&health.host, &server.config.host) {
+            (Some(host), _) => check_request(&health.path, host),
+            (None, Some(name)) => check_request(&health.path, &format_args!("{name}:{}", server.config.address.port())),
+            (None, None) => check_request(&health.path, &server.config.address),
         };
         stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
         let mut head = [0u8; 64];

@@ -250,7 +250,10 @@ impl Proxy {
             return Err("this proxy was not started from a config file; nothing to reload".into());
         };
         let result = async {
-            let config = ProxyConfig::load(&path).map_err(|e| e.to_string())?;
+            // Off the event loop: resolving servers' host names may wait on DNS.
+            let file = path.clone();
+            let load = tokio::task::spawn_blocking(move || ProxyConfig::load(&file));
+            let config = load.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
             let access_log = open_access_log(&config, Some(&old)).map_err(|e| e.to_string())?;
             // Bind what is new before anything changes, so a busy address fails the reload whole.
             let mut fresh = Vec::new();

@@ -311,7 +311,7 @@ impl tokio::io::AsyncWrite for Coalescing {
 
 /// TLS to a pool's servers (HAProxy's `server … ssl verify required ca-file … sni …`): every
 /// server's certificate is verified against the pool's CA, for `server_name` when the config
-/// gives one, else for the server's IP address. ALPN offers HTTP/1.1 only, the one protocol
+/// gives one, else for the host name of the server's address, else for its IP address. ALPN offers HTTP/1.1 only, the one protocol
 /// the proxy speaks upstream; sessions resume, so a pool's new connections skip the full
 /// handshake.
 #[derive(Clone)]
@@ -386,15 +386,18 @@ impl UpstreamTls {
         })
     }
 
-    /// The handshake on a connected socket to the server at `address`.
+    /// The handshake on a connected socket to `server`.
     pub async fn connect(
         &self,
         tcp: tokio::net::TcpStream,
-        address: std::net::SocketAddr,
+        server: &crate::config::Server,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let name = match &self.server_name {
-            Some(name) => name.clone(),
-            None => ServerName::IpAddress(address.ip().into()),
+        let name = match (&self.server_name, &server.host) {
+            (Some(name), _) => name.clone(),
+            (None, Some(host)) => {
+                ServerName::try_from(host.clone()).unwrap_or_else(|_| ServerName::IpAddress(server.address.ip().into()))
+            }
+            (None, None) => ServerName::IpAddress(server.address.ip().into()),
         };
         self.connector.connect(name, tcp).await
     }

@@ -421,6 +421,6 @@ impl ServerState {
 
     /// Opens a new connection, within `timeout` (and TLS, for a pool with `tls`).
     pub async fn connect(&self, timeout: Duration, tls: Option<&crate::tls::UpstreamTls>) -> io::Result<Connection> {
-        Connection::open(self.config.address, timeout, tls).await
+        Connection::open(&self.config, timeout, tls).await
     }
 }

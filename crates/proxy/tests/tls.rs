@@ -526,3 +526,27 @@ fn a_server_whose_certificate_does_not_verify_is_never_sent_a_request() {
     assert!(get("127.211.8.1:8080", "/").starts_with("HTTP/1.1 200"));
     assert_eq!(origin.requests(), ["GET / HTTP/1.1"]);
 }
+
+#[test]
+fn a_server_named_by_host_name_is_verified_for_that_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(dir.path(), "origin", &["origin.internal"]);
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let origin = TlsOrigin::start("127.211.9.2:8443".parse().unwrap(), dir.path(), "origin");
+    // No server_name: the certificate is verified for the host name the address was given as.
+    let config = "name = \"edge\"\n[[listeners]]\nname = \"www\"\nbind = \"127.211.9.1:8080\"\n\
+        [[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n\
+        [pools.web]\n[pools.web.tls]\nca = \"ca.pem\"\n\
+        [[pools.web.servers]]\nname = \"o1\"\naddress = \"origin.internal:8443\"\n";
+    let path = dir.path().join("proxy.toml");
+    let resolve = |host: &str, port: u16| match host {
+        "origin.internal" => Ok(vec![SocketAddr::from(([127, 211, 9, 2], port))]),
+        _ => Err(std::io::Error::other("unknown host")),
+    };
+    let config = ProxyConfig::from_source_resolving(&Source::from_text(&path, config), &resolve).unwrap();
+    let _proxy = Proxy::start_with(config);
+    let answer = get("127.211.9.1:8080", "/by-name");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(origin.requests(), ["GET /by-name HTTP/1.1"]);
+}
