@@ -31,6 +31,9 @@
 //! name = "www"
 //! bind = "127.0.1.10:8080"
 //! trust_forwarded = false          # true behind another proxy: keep its X-Forwarded-*
+//! accept_proxy = false             # true behind a layer-4 balancer that sends the PROXY
+//!                                  # protocol (v1 or v2; HAProxy's accept-proxy): the client
+//!                                  # is the one it names; a connection without it is closed
 //! max_header_bytes = 65536         # request line and headers; more is 431
 //! max_headers = 100                # more is 431
 //! max_body_bytes = 0               # 0: no limit; more is 413 (nginx's client_max_body_size)
@@ -229,6 +232,8 @@ struct RawListener {
     bind: SocketAddr,
     #[serde(default)]
     trust_forwarded: bool,
+    #[serde(default)]
+    accept_proxy: bool,
     #[serde(default = "default_max_header_bytes")]
     max_header_bytes: usize,
     #[serde(default = "default_max_headers")]
@@ -571,6 +576,8 @@ pub struct Listener {
     pub name: String,
     pub bind: SocketAddr,
     pub trust_forwarded: bool,
+    /// Connections open with a PROXY protocol header (v1 or v2) naming the client.
+    pub accept_proxy: bool,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     /// `None`: no limit.
@@ -921,6 +928,7 @@ impl ProxyConfig {
                 name: l.name.clone(),
                 bind: l.bind,
                 trust_forwarded: l.trust_forwarded,
+                accept_proxy: l.accept_proxy,
                 max_header_bytes: l.max_header_bytes,
                 max_headers: l.max_headers,
                 max_body_bytes: (l.max_body_bytes > 0).then_some(l.max_body_bytes),

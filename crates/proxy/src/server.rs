@@ -439,6 +439,7 @@ async fn accept_loop(
                 max_header_bytes: l.max_header_bytes,
                 max_headers: l.max_headers,
                 client_timeout: l.client_timeout,
+                accept_proxy: l.accept_proxy,
             };
             (limits, tls, l.max_connections)
         }),
@@ -449,7 +450,7 @@ async fn accept_loop(
         if let Some(limit) = limit {
             open.wait_below(limit, address).await;
         }
-        let (stream, client) = match socket.accept().await {
+        let (mut stream, mut client) = match socket.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: wait instead of spinning.
@@ -469,6 +470,13 @@ async fn accept_loop(
             let _alive = alive;
             let _slot = slot;
             let (limits, tls, _) = settings.unwrap_or((ClientLimits::ADMIN, None, None));
+            if limits.accept_proxy {
+                match crate::proxy_protocol::read(&mut stream, limits.client_timeout.min(PROXY_HEADER_TIMEOUT)).await {
+                    Ok(Some(source)) => client = source,
+                    Ok(None) => {}
+                    Err(e) => return tracing::info!(%client, error = %e, "connection closed"),
+                }
+            }
             let service = service_fn(move |req| {
                 let proxy = proxy.clone();
                 async move {
@@ -520,6 +528,10 @@ fn refusal(route: &crate::config::Route, client: std::net::IpAddr) -> Option<Res
     Some(response)
 }
 
+/// How long a connection may take to send its PROXY protocol header (HAProxy bounds it by
+/// `timeout client`): the balancer in front writes it at once.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What a client connection is held to, from its listener as it was when it was accepted.
 #[derive(Debug, Clone, Copy)]
 struct ClientLimits {
@@ -528,12 +540,18 @@ struct ClientLimits {
     /// hyper's header read timeout: a request's headers, and the wait for the next request
     /// on an idle keep-alive connection.
     client_timeout: Duration,
+    /// Each connection opens with a PROXY protocol header naming the client.
+    accept_proxy: bool,
 }
 
 impl ClientLimits {
     /// The admin listener's.
-    const ADMIN: ClientLimits =
-        ClientLimits { max_header_bytes: 64 * 1024, max_headers: 100, client_timeout: Duration::from_secs(30) };
+    const ADMIN: ClientLimits = ClientLimits {
+        max_header_bytes: 64 * 1024,
+        max_headers: 100,
+        client_timeout: Duration::from_secs(30),
+        accept_proxy: false,
+    };
 }
 
 /// Serves one connection, HTTP/2 or HTTP/1.1, until it ends or shutdown asks it to finish.

@@ -1458,3 +1458,61 @@ fn an_idle_http2_connection_is_closed_after_the_client_timeout_and_a_busy_one_is
         assert!(ended.is_ok(), "the idle connection stayed open");
     });
 }
+
+/// Sends `parts` one after the other (a pause between them, so a header can arrive cut in
+/// two), then reads the whole answer.
+fn send_in_parts(address: SocketAddr, parts: &[&[u8]]) -> String {
+    let mut s = TcpStream::connect(address).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        s.write_all(part).unwrap();
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn behind_a_layer_4_balancer_the_proxy_protocol_names_the_client() {
+    let s1 = addr("127.210.38.11:9000");
+    let _upstream = Upstream::start("s1", s1);
+    let config = config(38, &[("s1", s1)], "")
+        .replace("bind = \"127.210.38.1:8080\"\n", "bind = \"127.210.38.1:8080\"\naccept_proxy = true\n")
+        .replace(
+            "[[listeners.routes]]\nprefix = \"/\"",
+            "[[listeners.routes]]\nprefix = \"/private\"\npool = \"web\"\ndeny = [\"198.51.100.0/24\"]\n\
+             [[listeners.routes]]\nprefix = \"/\"",
+        );
+    let _proxy = Proxy::start(&config);
+    let lb = addr("127.210.38.1:8080");
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: www.foobar.com\r\nConnection: close\r\n\r\n");
+
+    // Version 1: the client is the address it names, for the server and for `deny`.
+    let v1 = b"PROXY TCP4 198.51.100.7 127.210.38.1 51234 8080\r\n";
+    let answer = send_in_parts(lb, &[v1, request("/page").as_bytes()]);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("/page xff=198.51.100.7 "), "{answer}");
+    let answer = send_in_parts(lb, &[&[v1.as_slice(), request("/private").as_bytes()].concat()]);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+
+    // Version 2 over IPv6, its header cut in two on the wire and followed by the request.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+    v2.extend_from_slice(&"2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    v2.extend_from_slice(&"2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    v2.extend_from_slice(&[0x9c, 0x40, 0x1f, 0x90]);
+    let answer = send_in_parts(lb, &[&v2[..10], &[&v2[10..], request("/six").as_bytes()].concat()]);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("/six xff=2001:db8::7 "), "{answer}");
+
+    // LOCAL (the balancer's own health check): the socket's peer stands.
+    let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+    let answer = send_in_parts(lb, &[&[local.as_slice(), request("/local").as_bytes()].concat()]);
+    assert!(answer.contains("/local xff=127.0.0.1 "), "{answer}");
+
+    // A client that speaks first, with no header or a broken one, is not served: it cannot
+    // name itself.
+    assert_eq!(send_in_parts(lb, &[request("/page").as_bytes()]), "");
+    let broken = format!("PROXY TCP4 10.0.0.1\r\n{}", request("/page"));
+    assert_eq!(send_in_parts(lb, &[broken.as_bytes()]), "");
+}
