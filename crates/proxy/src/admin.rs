@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use crate::body::ProxyBody;
 use crate::config::MAX_WEIGHT;
 use crate::forward::error_response;
-use crate::server::Proxy;
+use crate::server::{Proxy, Runtime};
 use crate::upstream::{AdminState, PoolState, LATENCY_BUCKETS};
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -57,8 +57,8 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Respon
                 false => return unavailable(format!("down: {}\n", down.join(", "))),
             }
         }
-        "/metrics" => (metrics(pools, &runtime.config.listeners), "text/plain; version=0.0.4; charset=utf-8"),
-        "/stats" | "/" => (stats(&runtime.config.name, pools), "text/plain; charset=utf-8"),
+        "/metrics" => (metrics(&runtime), "text/plain; version=0.0.4; charset=utf-8"),
+        "/stats" | "/" => (stats(&runtime), "text/plain; charset=utf-8"),
         "/api/servers" => (servers_json(pools), "application/json"),
         "/ha" => match &proxy.ha {
             Some(ha) => (
@@ -185,7 +185,8 @@ fn unavailable(body: String) -> Response<ProxyBody> {
     response
 }
 
-pub fn metrics(pools: &[Arc<PoolState>], listeners: &[crate::config::Listener]) -> String {
+pub(crate) fn metrics(runtime: &Runtime) -> String {
+    let (pools, listeners) = (&runtime.pools, &runtime.config.listeners);
     let mut out = String::new();
     let workers = tokio::runtime::Handle::try_current().map(|h| h.metrics().num_workers()).unwrap_or(1);
     let _ = writeln!(
@@ -302,7 +303,44 @@ pub fn metrics(pools: &[Arc<PoolState>], listeners: &[crate::config::Listener]) 
         }
     }
     rate_limit_metrics(&mut out, listeners);
+    listener_metrics(&mut out, runtime);
     out
+}
+
+/// Per listener, as HAProxy's frontend counters.
+fn listener_metrics(out: &mut String, runtime: &Runtime) {
+    let listeners = || runtime.config.listeners.iter().zip(&runtime.listeners);
+    let families: [(&str, &str, &str); 5] = [
+        ("webstack_proxy_listener_connections", "gauge", "Client connections open now."),
+        ("webstack_proxy_listener_connections_total", "counter", "Client connections accepted."),
+        (
+            "webstack_proxy_listener_requests_total",
+            "counter",
+            "Requests answered, the proxy's own answers (404, 403, 429, 503...) included.",
+        ),
+        ("webstack_proxy_listener_responses_total", "counter", "Answers by status class, the proxy's own included."),
+        ("webstack_proxy_listener_tls_handshake_failures_total", "counter", "TLS handshakes that failed or timed out."),
+    ];
+    for (name, kind, help) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (listener, stats) in listeners() {
+            let labels = format!("listener=\"{}\"", listener.name);
+            let value = match name {
+                "webstack_proxy_listener_connections" => stats.open.count.load(Ordering::Relaxed) as u64,
+                "webstack_proxy_listener_connections_total" => stats.accepted.load(Ordering::Relaxed),
+                "webstack_proxy_listener_requests_total" => stats.requests.load(Ordering::Relaxed),
+                "webstack_proxy_listener_responses_total" => {
+                    for (class, count) in CLASSES.iter().zip(&stats.responses) {
+                        let _ = writeln!(out, "{name}{{{labels},class=\"{class}\"}} {}", count.load(Ordering::Relaxed));
+                    }
+                    continue;
+                }
+                _ if listener.tls.is_none() => continue,
+                _ => stats.tls_failures.load(Ordering::Relaxed),
+            };
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
 }
 
 /// Requests refused for their route's rate, per listener and route.
@@ -325,8 +363,31 @@ fn rate_limit_metrics(out: &mut String, listeners: &[crate::config::Listener]) {
     }
 }
 
-fn stats(name: &str, pools: &[Arc<PoolState>]) -> String {
-    let mut out = format!("webstack proxy {name}\n\n");
+fn stats(runtime: &Runtime) -> String {
+    let pools = &runtime.pools;
+    let mut out = format!("webstack proxy {}\n\n", runtime.config.name);
+    let _ = writeln!(
+        out,
+        "{:<18} {:<22} {:>8} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8}",
+        "listener", "address", "conns", "conns-total", "requests", "2xx", "3xx", "4xx", "5xx"
+    );
+    for (listener, s) in runtime.config.listeners.iter().zip(&runtime.listeners) {
+        let class = |i: usize| s.responses[i].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{:<18} {:<22} {:>8} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8}",
+            listener.name,
+            listener.bind.to_string(),
+            s.open.count.load(Ordering::Relaxed),
+            s.accepted.load(Ordering::Relaxed),
+            s.requests.load(Ordering::Relaxed),
+            class(1),
+            class(2),
+            class(3),
+            class(4),
+        );
+    }
+    out.push('\n');
     for pool in pools {
         let up = pool.servers.iter().filter(|s| s.is_up()).count();
         let queued = pool.queued.load(Ordering::Relaxed);

@@ -44,7 +44,47 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Runtime {
     pub config: ProxyConfig,
     pub pools: Vec<Arc<PoolState>>,
+    /// One per listener of `config`, in its order; a listener whose address stays across a
+    /// reload keeps its counters.
+    pub listeners: Vec<Arc<ListenerStats>>,
     pub access_log: Option<AccessLog>,
+}
+
+/// What a listener has seen (HAProxy's frontend counters: current and total sessions,
+/// requests, responses by class, SSL handshake failures). Every answer counts, the proxy's
+/// own (404, 403, 429, 503…) included, so a site's error rate shows here even when no
+/// request reached a server.
+#[derive(Default)]
+pub(crate) struct ListenerStats {
+    pub open: OpenConnections,
+    pub accepted: AtomicU64,
+    pub requests: AtomicU64,
+    pub responses: [AtomicU64; 5],
+    pub tls_failures: AtomicU64,
+}
+
+impl ListenerStats {
+    fn count_response(&self, status: StatusCode) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The listeners' counters of a (re)loaded config: those of an address already served are
+/// carried over.
+fn listener_stats(config: &ProxyConfig, old: Option<&Runtime>) -> Vec<Arc<ListenerStats>> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            let kept = old.and_then(|o| {
+                let i = o.config.listeners.iter().position(|x| x.bind == l.bind)?;
+                o.listeners.get(i).cloned()
+            });
+            kept.unwrap_or_default()
+        })
+        .collect()
 }
 
 /// The running proxy: the current [`Runtime`], and what a reload changes (sockets, health
@@ -86,7 +126,8 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io:
     let pools = config.pools.iter().map(|p| Arc::new(PoolState::new(p.clone()))).collect();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    let runtime = Runtime { config, pools, access_log };
+    let listeners = listener_stats(&config, None);
+    let runtime = Runtime { config, pools, listeners, access_log };
     let flusher = runtime.access_log.clone().map(|log| tokio::spawn(log.flush_every(Duration::from_millis(500))));
     let control = Control { acceptors: HashMap::new(), checkers: Vec::new(), flusher, alive_tx: Some(alive_tx) };
     let ha_config = runtime.config.ha.clone();
@@ -270,7 +311,8 @@ impl Proxy {
                     Arc::new(PoolState::carried_over(p.clone(), previous.map(|o| o.as_ref())))
                 })
                 .collect();
-            Ok::<_, String>((Runtime { config, pools, access_log }, fresh))
+            let listeners = listener_stats(&config, Some(&old));
+            Ok::<_, String>((Runtime { config, pools, listeners, access_log }, fresh))
         }
         .await;
         let (runtime, fresh) = match result {
@@ -384,15 +426,15 @@ fn steer_new_connections_here(socket: &socket2::Socket) {
 /// A listener's client connections now, for its `max_connections`: while at the limit it
 /// accepts nothing, and the kernel's backlog holds new connections (HAProxy's frontend maxconn).
 #[derive(Default)]
-struct OpenConnections {
-    count: std::sync::atomic::AtomicUsize,
+pub(crate) struct OpenConnections {
+    pub count: std::sync::atomic::AtomicUsize,
     closed: tokio::sync::Notify,
 }
 
 impl OpenConnections {
-    fn enter(this: &Arc<OpenConnections>) -> OpenConnection {
-        this.count.fetch_add(1, Ordering::AcqRel);
-        OpenConnection(this.clone())
+    fn enter(stats: &Arc<ListenerStats>) -> OpenConnection {
+        stats.open.count.fetch_add(1, Ordering::AcqRel);
+        OpenConnection(stats.clone())
     }
 
     async fn wait_below(&self, limit: usize, address: SocketAddr) {
@@ -412,12 +454,12 @@ impl OpenConnections {
 }
 
 /// One client connection counted while this lives.
-struct OpenConnection(Arc<OpenConnections>);
+struct OpenConnection(Arc<ListenerStats>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::AcqRel);
-        self.0.closed.notify_one();
+        self.0.open.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.open.closed.notify_one();
     }
 }
 
@@ -429,7 +471,15 @@ async fn accept_loop(
     stop_rx: watch::Receiver<bool>,
     alive_tx: mpsc::Sender<()>,
 ) {
-    let open = Arc::new(OpenConnections::default());
+    // The runtime's counters for this address (kept across reloads), or the admin's own.
+    let stats = match serves {
+        Serves::Site => {
+            let runtime = proxy.runtime();
+            let i = runtime.config.listeners.iter().position(|l| l.bind == address);
+            i.and_then(|i| runtime.listeners.get(i).cloned()).unwrap_or_default()
+        }
+        Serves::Admin => Arc::default(),
+    };
     // Read once per connection: a reload applies to the connections that follow it (the limit
     // from the next one on).
     let settings_now = || match serves {
@@ -448,7 +498,7 @@ async fn accept_loop(
     let mut limit = settings_now().and_then(|(_, _, limit)| limit);
     loop {
         if let Some(limit) = limit {
-            open.wait_below(limit, address).await;
+            stats.open.wait_below(limit, address).await;
         }
         let (mut stream, mut client) = match socket.accept().await {
             Ok(accepted) => accepted,
@@ -465,7 +515,8 @@ async fn accept_loop(
         let proxy = proxy.clone();
         let stop_rx = stop_rx.clone();
         let alive = alive_tx.clone();
-        let slot = OpenConnections::enter(&open);
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let slot = OpenConnections::enter(&stats);
         tokio::spawn(async move {
             let _alive = alive;
             let _slot = slot;
@@ -493,11 +544,13 @@ async fn accept_loop(
             if let Some(tls) = tls {
                 let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, %client, "TLS handshake failed");
+                    failed => {
+                        _slot.0.tls_failures.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(Err(e)) = failed {
+                            tracing::debug!(error = %e, %client, "TLS handshake failed");
+                        }
                         return;
                     }
-                    Err(_) => return,
                 };
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 let stream = WriteTimeout::new(stream, limits.client_timeout);
@@ -724,12 +777,18 @@ async fn route(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let Some(listener) = shared.config.listeners.iter().find(|l| l.bind == address) else {
+    let Some(index) = shared.config.listeners.iter().position(|l| l.bind == address) else {
         // A connection opened before a reload removed its listener.
         return error_response(StatusCode::SERVICE_UNAVAILABLE);
     };
+    let listener = &shared.config.listeners[index];
+    let stats = shared.listeners.get(index);
     if let Some(port) = listener.redirect_https_port {
-        return redirect_to_https(&req, port);
+        let response = redirect_to_https(&req, port);
+        if let Some(stats) = stats {
+            stats.count_response(response.status());
+        }
+        return response;
     }
     let request_id = ensure_request_id(req.headers_mut());
     // What the log line needs, kept before the request moves on (clones of shared buffers).
@@ -802,6 +861,9 @@ async fn route(
             server: server.map(|s| s.config.name.as_str()),
             request_id: request_id.to_str().unwrap_or("-"),
         });
+    }
+    if let Some(stats) = stats {
+        stats.count_response(response.status());
     }
     response
 }

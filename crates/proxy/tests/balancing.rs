@@ -1516,3 +1516,52 @@ fn behind_a_layer_4_balancer_the_proxy_protocol_names_the_client() {
     let broken = format!("PROXY TCP4 10.0.0.1\r\n{}", request("/page"));
     assert_eq!(send_in_parts(lb, &[broken.as_bytes()]), "");
 }
+
+#[test]
+fn listener_counters_count_every_answer_and_outlive_a_reload() {
+    let s1 = addr("127.210.39.11:9000");
+    let _upstream = Upstream::start("s1", s1);
+    let text = config(39, &[("s1", s1)], "").replace(
+        "[[listeners.routes]]\nprefix = \"/\"",
+        "[[listeners.routes]]\nprefix = \"/private\"\npool = \"web\"\ndeny = [\"127.0.0.0/8\"]\n\
+         [[listeners.routes]]\nprefix = \"/\"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, text).unwrap();
+    let _proxy = Proxy::start_file(&path);
+    let (lb, admin) = (addr("127.210.39.1:8080"), addr("127.210.39.1:8404"));
+
+    for _ in 0..3 {
+        assert_eq!(get(lb, "/page").status, 200);
+    }
+    // Refused by the proxy itself: no server counts these, the listener does.
+    for _ in 0..2 {
+        assert_eq!(get(lb, "/private").status, 403);
+    }
+    let expected = [
+        "webstack_proxy_listener_requests_total{listener=\"www\"} 5\n",
+        "webstack_proxy_listener_responses_total{listener=\"www\",class=\"2xx\"} 3\n",
+        "webstack_proxy_listener_responses_total{listener=\"www\",class=\"4xx\"} 2\n",
+        // The five, and the test's own connection that waited for the proxy to listen.
+        "webstack_proxy_listener_connections_total{listener=\"www\"} 6\n",
+        "webstack_proxy_listener_connections{listener=\"www\"} 0\n",
+    ];
+    for needle in expected {
+        wait_for_metric(admin, needle);
+    }
+    let metrics = get(admin, "/metrics").body;
+    assert!(metrics.contains("webstack_proxy_requests_total{pool=\"web\",server=\"s1\"} 3\n"), "{metrics}");
+    assert!(!metrics.contains("tls_handshake_failures_total{listener=\"www\"}"), "a plain listener: {metrics}");
+    let stats = get(admin, "/stats").body;
+    let row = stats.lines().find(|l| l.starts_with("www ")).unwrap_or_else(|| panic!("{stats}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["www", "127.210.39.1:8080", "0", "6", "5", "3", "0", "2", "0"]
+    );
+
+    // A reload keeps the counters of a listener whose address stays.
+    assert_eq!(post(admin, "/reload").status, 200);
+    assert_eq!(get(lb, "/page").status, 200);
+    wait_for_metric(admin, "webstack_proxy_listener_requests_total{listener=\"www\"} 6\n");
+}

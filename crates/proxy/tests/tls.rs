@@ -164,6 +164,33 @@ fn sni_alpn_hsts_and_redirects() {
     let post =
         redirect("POST /order HTTP/1.1\r\nHost: www.foobar.com\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     assert!(post.starts_with("HTTP/1.1 308"), "{post}");
+
+    // Plain HTTP to the TLS port is a failed handshake, as the client that refused the
+    // certificate above was: the listener counts both; the plain listener counts its redirects.
+    let mut wrong = std::net::TcpStream::connect(tls).unwrap();
+    wrong.write_all(b"GET / HTTP/1.1\r\nHost: www.foobar.com\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = wrong.read_to_end(&mut out);
+    let metrics = || {
+        let mut s = std::net::TcpStream::connect("127.211.1.1:8404").unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let wanted = [
+        "webstack_proxy_listener_tls_handshake_failures_total{listener=\"tls\"} 2\n",
+        "webstack_proxy_listener_responses_total{listener=\"plain\",class=\"3xx\"} 2\n",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = metrics();
+        if wanted.iter().all(|w| now.contains(w)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{now}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
