@@ -90,6 +90,8 @@
 //! connect_timeout_ms = 1000
 //! first_byte_timeout_ms = 30000    # from sending the request to the response's headers
 //! idle_timeout_ms = 60000          # longest silence while a response body streams
+//! tunnel_timeout_ms = 3600000      # a WebSocket (any upgraded connection) silent both ways
+//!                                  # this long is closed (HAProxy's timeout tunnel)
 //! queue_timeout_ms = 1000          # how long a request waits for a server under its maxconn
 //!                                  # (HAProxy's timeout queue; default: connect_timeout_ms)
 //! [pools.web.tls]                 # optional: HTTPS to the servers (HAProxy's server … ssl
@@ -363,6 +365,8 @@ struct RawPool {
     first_byte_timeout_ms: u64,
     #[serde(default = "default_idle_timeout")]
     idle_timeout_ms: u64,
+    #[serde(default = "default_tunnel_timeout")]
+    tunnel_timeout_ms: u64,
     /// How long a request waits for a server under its `maxconn` (HAProxy's `timeout queue`);
     /// absent: the connect timeout, as in HAProxy.
     queue_timeout_ms: Option<u64>,
@@ -401,6 +405,10 @@ fn default_first_byte_timeout() -> u64 {
 }
 fn default_idle_timeout() -> u64 {
     60_000
+}
+/// An hour, what HAProxy users commonly give `timeout tunnel` for WebSockets.
+fn default_tunnel_timeout() -> u64 {
+    3_600_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -813,6 +821,8 @@ pub struct Pool {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    /// An upgraded connection (WebSocket) silent both ways this long is closed.
+    pub tunnel_timeout: Duration,
     /// How long a request waits in the queue when every server is at its `maxconn`.
     pub queue_timeout: Duration,
     pub passive: Option<Passive>,
@@ -972,10 +982,14 @@ impl ProxyConfig {
             if p.idle_timeout_ms == 0 {
                 err(format!("{field}.idle_timeout_ms"), "must be more than 0".into());
             }
+            if p.tunnel_timeout_ms == 0 {
+                err(format!("{field}.tunnel_timeout_ms"), "must be more than 0".into());
+            }
             let durations = [
                 ("connect_timeout_ms", Some(p.connect_timeout_ms)),
                 ("first_byte_timeout_ms", Some(p.first_byte_timeout_ms)),
                 ("idle_timeout_ms", Some(p.idle_timeout_ms)),
+                ("tunnel_timeout_ms", Some(p.tunnel_timeout_ms)),
                 ("queue_timeout_ms", p.queue_timeout_ms),
                 ("slow_start_ms", Some(p.slow_start_ms)),
                 ("passive.cooldown_ms", p.passive.as_ref().map(|x| x.cooldown_ms)),
@@ -1065,6 +1079,7 @@ impl ProxyConfig {
                 connect_timeout: Duration::from_millis(p.connect_timeout_ms),
                 first_byte_timeout: Duration::from_millis(p.first_byte_timeout_ms),
                 idle_timeout: Duration::from_millis(p.idle_timeout_ms),
+                tunnel_timeout: Duration::from_millis(p.tunnel_timeout_ms),
                 queue_timeout: Duration::from_millis(p.queue_timeout_ms.unwrap_or(p.connect_timeout_ms)),
                 passive: p
                     .passive

@@ -17,6 +17,7 @@ use crate::balancer::{self, Algorithm, Pick};
 use crate::body::{ProxyBody, RequestBody, UpstreamBody};
 use crate::client::{self, BodyWriteError, Connection, Framing, RequestFraming, ResponseHead};
 use crate::config::Listener;
+use crate::stall::{idle_for, Activity};
 use crate::upstream::{InFlight, PoolState, ServerState};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -451,7 +452,7 @@ async fn send_to(
     let keep_alive = head.keep_alive && body_failure.is_none();
     if head.status == StatusCode::SWITCHING_PROTOCOLS {
         return match client_upgrade.take() {
-            Some(client_side) => Ok(tunnel(head, connection, client_side, flight)),
+            Some(client_side) => Ok(tunnel(head, connection, client_side, flight, pool.config.tunnel_timeout)),
             None => Err(SendError::Failed("101 answer to a request that asked no upgrade".into(), None)),
         };
     }
@@ -461,7 +462,13 @@ async fn send_to(
 /// A 101 answer: the client and the server now talk their own protocol (WebSocket) through
 /// a tunnel that copies bytes both ways until either side closes. The upstream connection
 /// is the tunnel's, never pooled again.
-fn tunnel(head: ResponseHead, connection: Connection, client_side: OnUpgrade, flight: InFlight) -> Response<ProxyBody> {
+fn tunnel(
+    head: ResponseHead,
+    connection: Connection,
+    client_side: OnUpgrade,
+    flight: InFlight,
+    idle_limit: Duration,
+) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::empty());
     *response.status_mut() = head.status;
     *response.headers_mut() = head.headers;
@@ -471,7 +478,7 @@ fn tunnel(head: ResponseHead, connection: Connection, client_side: OnUpgrade, fl
     }
     tokio::spawn(async move {
         let _flight = flight;
-        let (mut server, early) = connection.into_tunnel();
+        let (server, early) = connection.into_tunnel();
         let mut client = match client_side.await {
             Ok(upgraded) => TokioIo::new(upgraded),
             Err(e) => return tracing::info!(error = %e, "upgrade failed"),
@@ -482,8 +489,16 @@ fn tunnel(head: ResponseHead, connection: Connection, client_side: OnUpgrade, fl
                 return tracing::debug!(error = %e, "upgraded connection ended");
             }
         }
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-            tracing::debug!(error = %e, "upgraded connection ended");
+        let moved = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut client = Activity::new(client, moved.clone());
+        let mut server = Activity::new(server, moved.clone());
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut server) => if let Err(e) = copied {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            },
+            () = idle_for(&moved, idle_limit) => {
+                tracing::info!(silent_ms = idle_limit.as_millis() as u64, "upgraded connection closed: silent both ways");
+            }
         }
     });
     response

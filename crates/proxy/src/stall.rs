@@ -4,11 +4,14 @@
 //! socket full) for longer than its listener's `client_timeout_ms` gets its connection closed,
 //! as HAProxy's `timeout client` does, instead of holding the response's upstream connection
 //! for ever. The request body uses it for a client that stops sending. The common path (no
-//! wait) costs one branch.
+//! wait) costs one branch. [`Activity`] and [`idle_for`] end a tunnel (an upgraded
+//! connection) that went silent both ways.
 
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -114,6 +117,61 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// One side of a tunnel, counting the bytes read from it into a count both sides share.
+pub struct Activity<S> {
+    inner: S,
+    moved: Arc<AtomicU64>,
+}
+
+impl<S> Activity<S> {
+    pub fn new(inner: S, moved: Arc<AtomicU64>) -> Activity<S> {
+        Activity { inner, moved }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            self.moved.fetch_add(read as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Returns once `moved` has not changed for `limit` (looked at every quarter of it, so a
+/// silent tunnel ends between 1 and 1.25 times the limit: one timer per tunnel, no clock read
+/// per byte).
+pub async fn idle_for(moved: &AtomicU64, limit: Duration) {
+    let step = limit / 4;
+    let mut last = moved.load(Ordering::Relaxed);
+    let mut quiet = Duration::ZERO;
+    while quiet < limit {
+        tokio::time::sleep(step).await;
+        let now = moved.load(Ordering::Relaxed);
+        match now == last {
+            true => quiet += step,
+            false => (last, quiet) = (now, Duration::ZERO),
+        }
     }
 }
 

@@ -1565,3 +1565,49 @@ fn listener_counters_count_every_answer_and_outlive_a_reload() {
     assert_eq!(get(lb, "/page").status, 200);
     wait_for_metric(admin, "webstack_proxy_listener_requests_total{listener=\"www\"} 6\n");
 }
+
+#[test]
+fn a_tunnel_silent_both_ways_for_its_timeout_is_closed_and_a_busy_one_is_not() {
+    let upstream = addr("127.210.40.11:9000");
+    let listener = std::net::TcpListener::bind(upstream).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).unwrap();
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        // Echo until the proxy closes the tunnel.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => s.write_all(&buf[..n]).unwrap(),
+            }
+        }
+    });
+    let _proxy = Proxy::start(&pool_config(40, "tunnel_timeout_ms = 400\n", &[("ws", upstream, "")]));
+    let mut c = TcpStream::connect(addr("127.210.40.1:8080")).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = c.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+
+    // Busy for three times the timeout: a message every 100 ms keeps it open.
+    let started = Instant::now();
+    let mut last_echo = Instant::now();
+    while started.elapsed() < Duration::from_millis(1200) {
+        std::thread::sleep(Duration::from_millis(100));
+        c.write_all(b"ping").unwrap();
+        let mut echoed = [0u8; 4];
+        c.read_exact(&mut echoed).unwrap();
+        assert_eq!(&echoed, b"ping", "the tunnel closed while in use");
+        last_echo = Instant::now();
+    }
+    // Then silent: closed 400 to 500 ms after the last byte, not at once and not never.
+    assert_eq!(c.read(&mut buf).unwrap_or(0), 0, "the silent tunnel stayed open");
+    let silent = last_echo.elapsed();
+    assert!(
+        silent >= Duration::from_millis(380) && silent < Duration::from_secs(4),
+        "closed after {silent:?} of silence"
+    );
+    server.join().unwrap();
+}
