@@ -9,11 +9,13 @@ with each figure's ratio to HAProxy's.
 
 Scenarios (--scenarios): proxy (the load balancer), static (a 16 KiB file from disk, against
 nginx), tls (TLS keep-alive), handshake (a new TLS connection per request), h2 (HTTP/2 over TLS
-with h2load). Every TLS scenario uses the same ECDSA P-256 certificate from `webstack cert`.
+with h2load), tls-origin (plain HTTP in, HTTPS to the origins: re-encryption, each origin's
+certificate verified against the CA; at 64 connections). Every TLS scenario uses the same
+ECDSA P-256 certificate from `webstack cert`.
 Handshakes also run HAProxy told to prefer webstack's TLS 1.3 suite (haproxy-aes128): each
 proxy's defaults are the comparison, and that row shows what the suite alone is worth.
 
-Usage: bench/proxy_bench.py [--runs 3] [--seconds 10] [--conns 64,256] [--scenarios proxy,static,tls,handshake,h2]
+Usage: bench/proxy_bench.py [--runs 3] [--seconds 10] [--conns 64,256] [--scenarios proxy,static,tls,handshake,h2,tls-origin]
 (every scenario by default, as `make bench` runs it)
 """
 
@@ -30,6 +32,9 @@ import time
 
 NET = "127.0.9"  # the benchmark's own loopback range
 ORIGINS = [f"{NET}.{i}:8081" for i in (11, 12, 13)]
+# The same origins over HTTPS, for tls-origin; their certificate names ORIGIN_NAME.
+TLS_ORIGINS = [f"{NET}.{i}:8444" for i in (11, 12, 13)]
+ORIGIN_NAME = "server-01.foobar.com"
 PROXY = f"{NET}.1:8080"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -164,6 +169,11 @@ def origin_config(work):
         f"  server {{ listen {o}; access_log off; keepalive_requests 1000000; location / {{ return 200 'hello'; }} }}"
         for o in ORIGINS
     )
+    servers += "\n" + "\n".join(
+        f"  server {{ listen {o} ssl; ssl_certificate {work}/site.pem; ssl_certificate_key {work}/site-key.pem; "
+        f"ssl_protocols TLSv1.2 TLSv1.3; access_log off; keepalive_requests 1000000; location / {{ return 200 'hello'; }} }}"
+        for o in TLS_ORIGINS
+    )
     return f"""worker_processes 1;
 daemon off;
 pid {work}/origin.pid;
@@ -180,8 +190,12 @@ http {{
 SAME_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 
-def haproxy_config(work, tls=False, suites=None):
-    servers = "\n".join(f"  server o{i} {o}" for i, o in enumerate(ORIGINS, 1))
+def haproxy_config(work, tls=False, suites=None, origin_tls=False):
+    verify = f" ssl verify required ca-file {work}/ca.pem sni str({ORIGIN_NAME}) verifyhost {ORIGIN_NAME}"
+    servers = "\n".join(
+        f"  server o{i} {o}" + (verify if origin_tls else "")
+        for i, o in enumerate(TLS_ORIGINS if origin_tls else ORIGINS, 1)
+    )
     bind = f"{PROXY}" + (f" ssl crt {work}/haproxy.pem alpn h2,http/1.1" if tls else "")
     ciphersuites = f"\n  ssl-default-bind-ciphersuites {suites}" if suites else ""
     return f"""global
@@ -203,14 +217,18 @@ backend web
 """
 
 
-def nginx_config(work, tls=False, static=False):
-    servers = "\n".join(f"    server {o};" for o in ORIGINS)
+def nginx_config(work, tls=False, static=False, origin_tls=False):
+    servers = "\n".join(f"    server {o};" for o in (TLS_ORIGINS if origin_tls else ORIGINS))
     listen = f"{PROXY} ssl http2" if tls else PROXY
     # nginx 1.22 (Debian 12) offers TLS 1.3 only when told to; without it the client resumes
     # TLS 1.2 sessions, which skip the key exchange, and the comparison is not like for like.
     certs = (f"ssl_certificate {work}/site.pem; ssl_certificate_key {work}/site-key.pem; "
              "ssl_protocols TLSv1.2 TLSv1.3;") if tls else ""
-    location = f"root {work}/www;" if static else """proxy_pass http://web;
+    upstream_tls = (f"proxy_ssl_verify on; proxy_ssl_trusted_certificate {work}/ca.pem; "
+                    f"proxy_ssl_name {ORIGIN_NAME}; proxy_ssl_server_name on; proxy_ssl_session_reuse on;")
+    scheme = "https" if origin_tls else "http"
+    location = f"root {work}/www;" if static else f"""proxy_pass {scheme}://web;
+      {upstream_tls if origin_tls else ""}
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"""
@@ -239,8 +257,11 @@ http {{
 """
 
 
-def webstack_config(work, tls=False, static=False):
-    servers = "".join(f'[[pools.web.servers]]\nname = "o{i}"\naddress = "{o}"\n' for i, o in enumerate(ORIGINS, 1))
+def webstack_config(work, tls=False, static=False, origin_tls=False):
+    origins = TLS_ORIGINS if origin_tls else ORIGINS
+    servers = "".join(f'[[pools.web.servers]]\nname = "o{i}"\naddress = "{o}"\n' for i, o in enumerate(origins, 1))
+    if origin_tls:
+        servers = f'[pools.web.tls]\nca = "{work}/ca.pem"\nserver_name = "{ORIGIN_NAME}"\n' + servers
     certs = f"""[listeners.tls]
 [[listeners.tls.certificates]]
 cert = "{work}/site.pem"
@@ -270,13 +291,15 @@ def proxies(work, webstack, scenario):
     """The command of each proxy for a scenario; HAProxy serves no files, so not `static`."""
     tls = scenario["tls"]
     static = scenario.get("static", False)
+    origin_tls = scenario.get("origin_tls", False)
     tag = scenario["name"]
     chosen = {
-        "webstack": [webstack, "proxy", "--config", write(work, f"webstack-{tag}.toml", webstack_config(work, tls, static))],
-        "nginx": ["nginx", "-c", write(work, f"nginx-{tag}.conf", nginx_config(work, tls, static)), "-e", os.path.join(work, "nginx-e.log")],
+        "webstack": [webstack, "proxy", "--config", write(work, f"webstack-{tag}.toml", webstack_config(work, tls, static, origin_tls))],
+        "nginx": ["nginx", "-c", write(work, f"nginx-{tag}.conf", nginx_config(work, tls, static, origin_tls)), "-e", os.path.join(work, "nginx-e.log")],
     }
     if not static:
-        chosen["haproxy"] = ["haproxy", "-f", write(work, f"haproxy-{tag}.cfg", haproxy_config(work, tls))]
+        config = haproxy_config(work, tls, origin_tls=origin_tls)
+        chosen["haproxy"] = ["haproxy", "-f", write(work, f"haproxy-{tag}.cfg", config)]
     if tag == "handshake":
         # Like for like on the suite, which sets the cost of each handshake's key schedule:
         # HAProxy told to prefer what webstack prefers by default.
@@ -292,6 +315,8 @@ SCENARIOS = {
     "tls": {"name": "tls", "tls": True, "path": "/", "client": "wrk", "what": "TLS 1.3 keep-alive, ECDSA P-256"},
     "handshake": {"name": "handshake", "tls": True, "path": "/", "client": "wrk-close", "what": "a new TLS connection per request"},
     "h2": {"name": "h2", "tls": True, "path": "/", "client": "h2load", "what": "HTTP/2 over TLS, 10 streams per connection"},
+    "tls-origin": {"name": "tls-origin", "tls": False, "origin_tls": True, "path": "/", "client": "wrk", "conns": [64],
+                   "what": "plain HTTP in, HTTPS to the origins (verified), keep-alive"},
 }
 
 
@@ -348,7 +373,7 @@ def prepare_files(work, webstack):
     certs = os.path.join(work, "certs-state")
     topology = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "webstack.toml")
     subprocess.run([webstack, "cert", "--topology", topology, "--state-dir", certs], check=True, capture_output=True)
-    for name in ("site.pem", "site-key.pem"):
+    for name in ("site.pem", "site-key.pem", "ca.pem"):
         shutil.copy(os.path.join(certs, "certs", name), os.path.join(work, name))
     with open(os.path.join(work, "haproxy.pem"), "w") as out:
         for name in ("site.pem", "site-key.pem"):
@@ -372,7 +397,7 @@ def main():
     ap.add_argument("--conns", default="64,256")
     ap.add_argument("--webstack", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "webstack"))
     ap.add_argument("--only", default="webstack,haproxy,nginx,haproxy-aes128")
-    ap.add_argument("--scenarios", default="proxy,static,tls,handshake,h2", help="comma-separated: " + ", ".join(SCENARIOS))
+    ap.add_argument("--scenarios", default="proxy,static,tls,handshake,h2,tls-origin", help="comma-separated: " + ", ".join(SCENARIOS))
     args = ap.parse_args()
     for tool in ("wrk", "haproxy", "nginx", "taskset", "h2load"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
@@ -381,17 +406,19 @@ def main():
     # nginx workers may run as nobody: the work dir must be readable by them.
     work = tempfile.mkdtemp(prefix="webstack-bench-")
     os.chmod(work, 0o755)
+    # The origins' HTTPS servers use the certificate made here.
+    prepare_files(work, args.webstack)
     origin = start(["nginx", "-c", write(work, "origin.conf", origin_config(work)), "-e", os.path.join(work, "origin-e.log")], 0)
     try:
-        for o in ORIGINS:
+        for o in ORIGINS + TLS_ORIGINS:
             wait_listening(o)
-        prepare_files(work, args.webstack)
         table = []
         for scenario in [SCENARIOS[s.strip()] for s in args.scenarios.split(",")]:
             chosen = {n: c for n, c in proxies(work, args.webstack, scenario).items() if n in args.only.split(",")}
             # The reference: HAProxy, or nginx where HAProxy has no part (files from disk).
             reference = "haproxy" if "haproxy" in chosen else "nginx"
-            for conns in [int(c) for c in args.conns.split(",")]:
+            wanted = [int(c) for c in args.conns.split(",")]
+            for conns in [c for c in wanted if c in scenario.get("conns", wanted)]:
                 # Runs interleave the proxies, so a noisy minute hurts each of them alike.
                 results = {name: [] for name in chosen}
                 for run in range(args.runs):
