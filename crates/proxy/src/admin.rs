@@ -3,8 +3,11 @@
 //! `/stats`, a plain page of every pool and server like HAProxy's stats page, `GET
 //! /api/servers` (JSON), and the runtime API: `POST /reload`, `POST
 //! /api/servers/POOL/SERVER/state/{ready,drain,maint}`, `POST /api/servers/POOL/SERVER/weight/N`.
+//! Reading is open to the `allow`ed (anyone by default); the runtime API answers only the
+//! `change_from` addresses (this host by default), others get a 403.
 
 use std::fmt::Write;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use std::sync::Arc;
@@ -21,11 +24,19 @@ use crate::upstream::{AdminState, PoolState, LATENCY_BUCKETS};
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
+pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>, client: IpAddr) -> Response<ProxyBody> {
     let runtime = proxy.runtime();
     let pools = &runtime.pools;
     let path = req.uri().path();
+    let access = &runtime.config.admin_access;
+    if !access.may_read(client) {
+        return error_response(StatusCode::FORBIDDEN);
+    }
     if req.method() == Method::POST {
+        if !access.may_change(client) {
+            let why = "changes through the admin listener are taken only from its change_from addresses (by default, this host)\n";
+            return text(StatusCode::FORBIDDEN, why.into());
+        }
         return match path {
             "/reload" => match proxy.reload().await {
                 Ok(summary) => text(StatusCode::OK, format!("{summary}\n")),

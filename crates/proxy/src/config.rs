@@ -7,6 +7,9 @@
 //!                                  # per CPU. Read at start; a reload keeps the running count.
 //! [admin]
 //! bind = "127.0.1.1:8404"          # /healthz, /ready, /metrics, /stats, /ha
+//! allow = ["10.0.0.0/8"]           # optional: only these clients use it at all (default: any)
+//! change_from = ["127.0.0.0/8", "::1"]   # who may reload and change servers (POST): by
+//!                                  # default this host only (HAProxy's stats admin if LOCALHOST)
 //! [ha]                             # optional: a load-balancer pair sharing a VIP
 //! id = 1                           # distinct per node; ties of priority go to the higher id
 //! priority = 200                   # 1..254, the highest is MASTER
@@ -164,6 +167,14 @@ const MAX_WORKERS: usize = 256;
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     bind: SocketAddr,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default = "default_change_from")]
+    change_from: Vec<String>,
+}
+
+fn default_change_from() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1".into()]
 }
 
 #[derive(Debug, Deserialize)]
@@ -479,6 +490,8 @@ pub struct ProxyConfig {
     /// Threads serving connections, resolved (`0` in the file: one per CPU).
     pub workers: usize,
     pub admin: Option<SocketAddr>,
+    /// Who may read the admin listener, and who may change things through it.
+    pub admin_access: AdminAccess,
     pub access_log: Option<AccessLogConfig>,
     /// Load-balancer redundancy: listeners on the VIP are bound only while MASTER.
     pub ha: Option<HaConfig>,
@@ -577,6 +590,33 @@ pub struct Passive {
     pub failures: u32,
     /// When the pool has no active check, how long a server stays out.
     pub cooldown: Duration,
+}
+
+/// Who may use the admin listener. Reading (metrics, stats) is open unless `allow` narrows
+/// it; changing (reload, drain, weights) is for `change_from` alone, this host by default:
+/// the admin address is often reachable by the monitoring host, and a scraper must not be
+/// able to drain the site.
+#[derive(Debug, Clone)]
+pub struct AdminAccess {
+    pub allow: Vec<crate::access::Cidr>,
+    pub change_from: Vec<crate::access::Cidr>,
+}
+
+impl Default for AdminAccess {
+    fn default() -> Self {
+        let loopback = default_change_from().iter().filter_map(|c| crate::access::Cidr::parse(c).ok()).collect();
+        AdminAccess { allow: Vec::new(), change_from: loopback }
+    }
+}
+
+impl AdminAccess {
+    pub fn may_read(&self, client: std::net::IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|c| c.contains(client))
+    }
+
+    pub fn may_change(&self, client: std::net::IpAddr) -> bool {
+        self.may_read(client) && self.change_from.iter().any(|c| c.contains(client))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1127,6 +1167,20 @@ impl ProxyConfig {
                 }
             }
         }
+        let admin_access = raw.admin.as_ref().map_or_else(AdminAccess::default, |a| {
+            let blocks =
+                |list: &[String], key: &str, err: &mut dyn FnMut(String, String)| -> Vec<crate::access::Cidr> {
+                    list.iter()
+                        .filter_map(|text| {
+                            crate::access::Cidr::parse(text).map_err(|e| err(format!("admin.{key}"), e)).ok()
+                        })
+                        .collect()
+                };
+            AdminAccess {
+                allow: blocks(&a.allow, "allow", &mut err),
+                change_from: blocks(&a.change_from, "change_from", &mut err),
+            }
+        });
         let error_pages = load_error_pages(&raw.error_pages, &base, &mut err);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -1155,7 +1209,8 @@ impl ProxyConfig {
                 0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
                 n => n,
             },
-            admin: raw.admin.map(|a| a.bind),
+            admin: raw.admin.as_ref().map(|a| a.bind),
+            admin_access,
             access_log: raw.access_log.map(|a| AccessLogConfig { path: a.path, format: a.format }),
             listeners,
             pools,
@@ -1601,6 +1656,22 @@ respond = { body = "eu" }
         let (address, host) = server_address("localhost:9001", &system_resolver).unwrap();
         assert!(address.ip().is_loopback() && address.port() == 9001, "{address}");
         assert_eq!(host.as_deref(), Some("localhost"));
+    }
+
+    #[test]
+    fn the_admin_api_takes_changes_from_this_host_only_unless_told_otherwise() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let with_admin = |table: &str| format!("{GOOD}[admin]\nbind = \"127.0.0.1:8404\"\n{table}\n");
+        let open = load(&with_admin("")).unwrap().admin_access;
+        assert!(open.may_read(ip("192.0.2.7")) && !open.may_change(ip("192.0.2.7")));
+        assert!(open.may_change(ip("127.0.0.1")) && open.may_change(ip("127.3.2.1")) && open.may_change(ip("::1")));
+        let narrowed =
+            load(&with_admin("allow = [\"10.0.0.0/8\"]\nchange_from = [\"10.0.0.5\"]")).unwrap().admin_access;
+        assert!(narrowed.may_change(ip("10.0.0.5")) && !narrowed.may_change(ip("127.0.0.1")));
+        assert!(narrowed.may_read(ip("10.9.9.9")) && !narrowed.may_read(ip("192.0.2.7")));
+        let e = load(&with_admin("change_from = [\"10.0.0.1/8\"]")).unwrap_err();
+        assert_eq!(e.0[0].field, "admin.change_from", "{e}");
+        assert!(e.0[0].message.contains("host bits"), "{e}");
     }
 
     #[test]

@@ -534,7 +534,7 @@ async fn accept_loop(
                     let response = match serves {
                         // Boxed: the admin answer's future is large and rare; unboxed it would
                         // make every proxied request's future (moved per request) as large.
-                        Serves::Admin => Box::pin(admin::handle(&proxy, req)).await,
+                        Serves::Admin => Box::pin(admin::handle(&proxy, req, client.ip())).await,
                         Serves::Site => route(&proxy.runtime(), address, client, req).await,
                     };
                     Ok::<_, Infallible>(response)

@@ -1611,3 +1611,54 @@ fn a_tunnel_silent_both_ways_for_its_timeout_is_closed_and_a_busy_one_is_not() {
     );
     server.join().unwrap();
 }
+
+/// An HTTP/1.1 request from `from` (a loopback address of the test's choosing) to `to`.
+fn request_from(from: &str, to: SocketAddr, raw: &str) -> Answer {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let text = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let mut s = socket.connect(to).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Answer { status, head: head.to_string(), body: body.to_string() }
+}
+
+#[test]
+fn the_admin_listener_takes_changes_only_from_change_from_and_readers_only_from_allow() {
+    let s1 = addr("127.210.41.11:9000");
+    let _upstream = Upstream::start("s1", s1);
+    let text = config(41, &[("s1", s1)], "").replace(
+        "[admin]\nbind = \"127.210.41.1:8404\"\n",
+        "[admin]\nbind = \"127.210.41.1:8404\"\nallow = [\"127.210.41.0/24\", \"127.0.0.1\"]\nchange_from = [\"127.0.0.1\"]\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, text).unwrap();
+    let _proxy = Proxy::start_file(&path);
+    let admin = addr("127.210.41.1:8404");
+    let drain =
+        "POST /api/servers/web/s1/state/drain HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let metrics = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+    // A monitoring host in `allow` reads, but cannot drain a server nor reload.
+    let scraper = "127.210.41.50";
+    assert_eq!(request_from(scraper, admin, metrics).status, 200);
+    let refused = request_from(scraper, admin, drain);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body.contains("change_from"), "{}", refused.body);
+    let reload = "POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(request_from(scraper, admin, reload).status, 403);
+    assert!(get(admin, "/stats").body.contains("ready"), "the refused drain changed nothing");
+    // Outside `allow`: nothing at all.
+    assert_eq!(request_from("127.99.0.1", admin, metrics).status, 403);
+    // From this host's 127.0.0.1, as listed: the change is made.
+    assert_eq!(request_from("127.0.0.1", admin, drain).status, 200);
+    assert!(get(admin, "/stats").body.contains("drain"));
+}
