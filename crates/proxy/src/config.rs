@@ -101,8 +101,10 @@
 //!                                  # verify required ca-file … sni …); checks use it too
 //! ca = "ca.pem"                    # the CA (PEM) their certificates must chain to, relative
 //!                                  # to this file
-//! server_name = "web.internal"     # optional: SNI and the name verified (default: the
-//!                                  # server's IP address, which its certificate must hold)
+//! server_name = "web.internal"     # optional: SNI and the name verified (default: the host
+//!                                  # name of the server's address, else its IP address)
+//! cert = "lb.pem"                  # optional, with key: shown to servers that ask for a
+//! key = "lb-key.pem"               # client certificate (mutual TLS; HAProxy's crt)
 //! [pools.web.passive]
 //! failures = 3                     # connect failures or 5xx in a row take a server out
 //! cooldown_ms = 10000              # back after this when the pool has no active check
@@ -392,6 +394,9 @@ struct RawPool {
 struct RawUpstreamTls {
     ca: PathBuf,
     server_name: Option<String>,
+    /// The proxy's own certificate, for servers that ask for one (mutual TLS).
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 fn default_compress_min_bytes() -> u64 {
@@ -1407,7 +1412,15 @@ fn load_upstream_tls(
     err: &mut impl FnMut(String, String),
 ) -> Option<crate::tls::UpstreamTls> {
     use crate::tls::{UpstreamTls, UpstreamTlsError};
-    match UpstreamTls::load(&base.join(&raw.ca), raw.server_name.as_deref()) {
+    let client = match (&raw.cert, &raw.key) {
+        (Some(cert), Some(key)) => Some(CertFiles { cert: base.join(cert), key: base.join(key) }),
+        (None, None) => None,
+        _ => {
+            err(format!("{field}.tls"), "give both `cert` and `key` (mutual TLS), or neither".into());
+            return None;
+        }
+    };
+    match UpstreamTls::load(&base.join(&raw.ca), raw.server_name.as_deref(), client.as_ref()) {
         Ok(tls) => Some(tls),
         Err(UpstreamTlsError::Ca(e)) => {
             err(format!("{field}.tls.ca"), e);
@@ -1415,6 +1428,10 @@ fn load_upstream_tls(
         }
         Err(UpstreamTlsError::ServerName(e)) => {
             err(format!("{field}.tls.server_name"), e);
+            None
+        }
+        Err(UpstreamTlsError::ClientCertificate { in_key_file, message }) => {
+            err(format!("{field}.tls.{}", if in_key_file { "key" } else { "cert" }), message);
             None
         }
     }

@@ -320,7 +320,8 @@ pub struct UpstreamTls {
     server_name: Option<ServerName<'static>>,
     /// Where the CA came from, for the config's Debug.
     pub ca: PathBuf,
-    /// What the CA file held: a reload that rotates the CA in place is a change.
+    /// What the CA file (and the client certificate) held: a reload that rotates either in
+    /// place is a change.
     ca_digest: u64,
 }
 
@@ -342,11 +343,35 @@ impl std::fmt::Debug for UpstreamTls {
 pub enum UpstreamTlsError {
     Ca(String),
     ServerName(String),
+    /// The client certificate: in its key file, or in its chain.
+    ClientCertificate {
+        in_key_file: bool,
+        message: String,
+    },
+}
+
+/// The certificate the proxy shows servers that ask for one (HAProxy's `crt` on a server).
+#[derive(Debug)]
+struct ClientCertificate(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCertificate {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 impl UpstreamTls {
-    /// Reads the CA certificates (PEM) servers are verified against.
-    pub fn load(ca: &Path, server_name: Option<&str>) -> Result<UpstreamTls, UpstreamTlsError> {
+    /// Reads the CA certificates (PEM) servers are verified against, and the certificate to
+    /// show servers that ask the proxy for one (mutual TLS).
+    pub fn load(
+        ca: &Path,
+        server_name: Option<&str>,
+        client_files: Option<&CertFiles>,
+    ) -> Result<UpstreamTls, UpstreamTlsError> {
         let server_name = server_name
             .map(|name| {
                 ServerName::try_from(name.to_string())
@@ -365,19 +390,30 @@ impl UpstreamTls {
         if roots.is_empty() {
             return Err(UpstreamTlsError::Ca(format!("{}: no certificate in the file", ca.display())));
         }
+        let client = client_files
+            .map(|files| {
+                load(files)
+                    .map_err(|e| UpstreamTlsError::ClientCertificate { in_key_file: e.in_key_file, message: e.message })
+            })
+            .transpose()?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| UpstreamTlsError::Ca(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            .with_root_certificates(roots);
+        // What the config verifies with and shows: a reload that changes any of it is a change.
         let ca_digest = {
             use std::hash::{Hash, Hasher};
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             pem.hash(&mut hasher);
+            client.as_ref().map(|c| c.cert.iter().map(|d| d.to_vec()).collect::<Vec<_>>()).hash(&mut hasher);
             hasher.finish()
         };
+        let mut config = match client {
+            Some(certified) => builder.with_client_cert_resolver(Arc::new(ClientCertificate(Arc::new(certified)))),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(UpstreamTls {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
             server_name,

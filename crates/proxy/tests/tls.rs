@@ -401,16 +401,27 @@ struct TlsOrigin {
 }
 
 impl TlsOrigin {
-    fn start(address: SocketAddr, dir: &Path, stem: &str) -> TlsOrigin {
+    /// `clients_from`: a CA (PEM) every client must show a certificate of (mutual TLS).
+    fn start(address: SocketAddr, dir: &Path, stem: &str, clients_from: Option<&str>) -> TlsOrigin {
         let chain =
             CertificateDer::pem_file_iter(dir.join(format!("{stem}.pem"))).unwrap().map(Result::unwrap).collect();
         let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(format!("{stem}-key.pem"))).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
             .unwrap();
+        let builder = match clients_from {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = builder.with_single_cert(chain, key).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = requests.clone();
@@ -490,7 +501,7 @@ fn a_pool_with_tls_speaks_https_to_its_servers_checks_them_over_it_and_keeps_con
     let ca = Ca::new();
     ca.issue(dir.path(), "origin", &["origin.internal"]);
     std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
-    let _origin = TlsOrigin::start("127.211.7.2:8443".parse().unwrap(), dir.path(), "origin");
+    let _origin = TlsOrigin::start("127.211.7.2:8443".parse().unwrap(), dir.path(), "origin", None);
     // The CA is named relative to the config file; checks every 50 ms take the server out
     // at the first failure, so a check that could not speak TLS would turn requests to 503.
     let config = "name = \"edge\"\n[[listeners]]\nname = \"www\"\nbind = \"127.211.7.1:8080\"\n\
@@ -524,7 +535,7 @@ fn a_server_whose_certificate_does_not_verify_is_never_sent_a_request() {
     ca.issue(dir.path(), "origin", &["origin.internal"]);
     std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
     std::fs::write(dir.path().join("other-ca.pem"), Ca::new().pem).unwrap();
-    let origin = TlsOrigin::start("127.211.8.2:8443".parse().unwrap(), dir.path(), "origin");
+    let origin = TlsOrigin::start("127.211.8.2:8443".parse().unwrap(), dir.path(), "origin", None);
     let pool = |name: &str, ca: &str, server_name: &str| {
         format!(
             "[pools.{name}]\n[pools.{name}.tls]\nca = \"{ca}\"\nserver_name = \"{server_name}\"\n\
@@ -560,7 +571,7 @@ fn a_server_named_by_host_name_is_verified_for_that_name() {
     let ca = Ca::new();
     ca.issue(dir.path(), "origin", &["origin.internal"]);
     std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
-    let origin = TlsOrigin::start("127.211.9.2:8443".parse().unwrap(), dir.path(), "origin");
+    let origin = TlsOrigin::start("127.211.9.2:8443".parse().unwrap(), dir.path(), "origin", None);
     // No server_name: the certificate is verified for the host name the address was given as.
     let config = "name = \"edge\"\n[[listeners]]\nname = \"www\"\nbind = \"127.211.9.1:8080\"\n\
         [[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n\
@@ -576,4 +587,42 @@ fn a_server_named_by_host_name_is_verified_for_that_name() {
     let answer = get("127.211.9.1:8080", "/by-name");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(origin.requests(), ["GET /by-name HTTP/1.1"]);
+}
+
+#[test]
+fn a_server_that_asks_for_a_client_certificate_gets_the_pools() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(dir.path(), "origin", &["origin.internal"]);
+    ca.issue(dir.path(), "lb", &["lb.internal"]);
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let origin = TlsOrigin::start("127.211.10.2:8443".parse().unwrap(), dir.path(), "origin", Some(&ca.pem));
+    let pool = |name: &str, client: &str| {
+        format!(
+            "[pools.{name}]\n[pools.{name}.tls]\nca = \"ca.pem\"\nserver_name = \"origin.internal\"\n{client}\n\
+             [[pools.{name}.servers]]\nname = \"o1\"\naddress = \"127.211.10.2:8443\"\n"
+        )
+    };
+    let config = format!(
+        "name = \"edge\"\n[[listeners]]\nname = \"www\"\nbind = \"127.211.10.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/anonymous\"\npool = \"anonymous\"\n\
+         [[listeners.routes]]\nprefix = \"/\"\npool = \"mutual\"\n{}{}",
+        pool("mutual", "cert = \"lb.pem\"\nkey = \"lb-key.pem\""),
+        pool("anonymous", ""),
+    );
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, &config).unwrap();
+    let _proxy = Proxy::start_file(&path);
+
+    let answer = get("127.211.10.1:8080", "/with-certificate");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = get("127.211.10.1:8080", "/anonymous");
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert_eq!(origin.requests(), ["GET /with-certificate HTTP/1.1"]);
+
+    // Half a pair is a config error on the pool's tls table.
+    let half = config.replace("key = \"lb-key.pem\"", "");
+    std::fs::write(&path, half).unwrap();
+    let e = ProxyConfig::load(&path).unwrap_err();
+    assert_eq!(e.0[0].field, "pools.mutual.tls", "{e}");
 }
