@@ -176,6 +176,7 @@ fn servers_json(pools: &[Arc<PoolState>]) -> String {
                         "in_flight": s.in_flight.load(Ordering::Relaxed),
                         "maxconn": s.config.maxconn,
                         "requests": s.requests.load(Ordering::Relaxed),
+                        "last_check": s.last_check(),
                     })
                 })
                 .collect();
@@ -405,7 +406,7 @@ fn stats(runtime: &Runtime) -> String {
         let _ = writeln!(out, "pool {} ({up}/{} up, {queued} queued)", pool.config.name, pool.servers.len());
         let _ = writeln!(
             out,
-            "  {:<16} {:<22} {:<5} {:<6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}",
+            "  {:<16} {:<22} {:<5} {:<6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}  last check",
             "server",
             "address",
             "state",
@@ -422,7 +423,7 @@ fn stats(runtime: &Runtime) -> String {
         for s in &pool.servers {
             let _ = writeln!(
                 out,
-                "  {:<16} {:<22} {:<5} {:<6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}",
+                "  {:<16} {:<22} {:<5} {:<6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}  {}",
                 s.config.name,
                 s.config.address.to_string(),
                 if s.is_up() { "UP" } else { "DOWN" },
@@ -435,6 +436,7 @@ fn stats(runtime: &Runtime) -> String {
                 s.in_flight.load(Ordering::Relaxed),
                 s.config.maxconn.map_or_else(|| "-".to_string(), |m| m.to_string()),
                 s.idle_count(),
+                s.last_check(),
             );
         }
         out.push('\n');

@@ -149,6 +149,10 @@ fn note_failure(pool: &PoolState, server: &Arc<ServerState>, reason: &str) {
     if !server.record_failure(passive.failures) {
         return;
     }
+    server.record_check(format!(
+        "taken out by passive health: {} failures in a row, the last: {reason}",
+        passive.failures
+    ));
     tracing::warn!(
         pool = pool.config.name,
         server = server.config.name,

@@ -67,7 +67,13 @@ pub async fn watch(pool: String, server: Arc<ServerState>, health: Health) {
     loop {
         ticker.tick().await;
         verdicts.follow(server.is_up());
+        let started = std::time::Instant::now();
         let result = check(&server, &health).await;
+        let took = started.elapsed().as_millis();
+        server.record_check(match &result {
+            Ok(()) => format!("passed in {took} ms"),
+            Err(reason) => format!("failed in {took} ms: {reason}"),
+        });
         let passed = result.is_ok();
         if let Some(up) = verdicts.record(passed, health.rise, health.fall) {
             server.set_up(up);

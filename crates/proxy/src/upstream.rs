@@ -252,6 +252,9 @@ pub struct ServerState {
     pub bytes_out: AtomicU64,
     /// The pool's queue, told when a request ends here (only with a `maxconn`).
     freed: Arc<Notify>,
+    /// What the last health check found, or why passive health took the server out
+    /// (HAProxy's LastChk): the stats page says why a server is DOWN.
+    last_check: Mutex<String>,
 }
 
 /// Bucket bounds of [`LatencyHistogram`], in seconds (Prometheus `le` labels).
@@ -297,7 +300,18 @@ impl ServerState {
             retries: AtomicU64::new(0),
             latency: LatencyHistogram::default(),
             bytes_out: AtomicU64::new(0),
+            last_check: Mutex::new(String::new()),
         }
+    }
+
+    /// Records what the last check (or passive health) found.
+    pub fn record_check(&self, outcome: String) {
+        *self.last_check.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = outcome;
+    }
+
+    /// What the last check found; empty before the first.
+    pub fn last_check(&self) -> String {
+        self.last_check.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     pub fn is_up(&self) -> bool {
@@ -311,6 +325,7 @@ impl ServerState {
 
     fn with_state_of(self, old: &ServerState) -> Self {
         self.up.store(old.is_up(), Ordering::Relaxed);
+        self.record_check(old.last_check());
         self.set_admin(old.admin());
         if old.weight() != old.config.weight {
             self.set_weight(old.weight());

@@ -262,13 +262,20 @@ fn health_checks_take_a_server_out_and_bring_it_back() {
     }
     assert_eq!(get(admin, "/ready").status, 503);
     assert_eq!(get(admin, "/healthz").status, 200, "one server up is enough for /healthz");
-    assert!(get(admin, "/stats").body.contains("DOWN"));
+    // The stats page and the API say why, as HAProxy's LastChk does.
+    let stats = get(admin, "/stats").body;
+    let row = stats.lines().find(|l| l.trim_start().starts_with("s2 ")).unwrap_or_else(|| panic!("{stats}"));
+    assert!(row.contains("DOWN") && row.contains("failed in ") && row.contains(": status 503"), "{row}");
+    assert!(get(admin, "/api/servers").body.contains("status 503"));
 
     ups[1].health.store(200, Ordering::SeqCst);
     wait_for("webstack_proxy_server_up{pool=\"web\",server=\"s2\"} 1");
     let served: Vec<String> = (0..4).filter_map(|_| get(lb, "/").header("x-served-by")).collect();
     assert!(served.iter().any(|s| s == "s2"), "{served:?}");
     assert_eq!(get(admin, "/ready").status, 200);
+    let stats = get(admin, "/stats").body;
+    let row = stats.lines().find(|l| l.trim_start().starts_with("s2 ")).unwrap_or_else(|| panic!("{stats}"));
+    assert!(row.contains(" UP ") && row.contains("passed in "), "{row}");
 }
 
 #[test]
@@ -483,6 +490,8 @@ fn passive_health_takes_out_a_failing_server_and_the_cooldown_brings_it_back() {
     assert_eq!(statuses, [200, 500, 200, 500], "s2 fails twice before it is out");
     let after: Vec<String> = (0..6).map(|_| served_by(lb, "/", "")).collect();
     assert!(after.iter().all(|s| s == "s1"), "{after:?}");
+    let stats = get(addr("127.210.10.1:8404"), "/stats").body;
+    assert!(stats.contains("taken out by passive health: 2 failures in a row, the last: answered 500"), "{stats}");
     u2.status.store(200, Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(600));
     let back: Vec<String> = (0..4).map(|_| served_by(lb, "/", "")).collect();
