@@ -138,6 +138,15 @@ pub struct TlsSettings {
     pub redirect_http: bool,
     #[serde(default)]
     pub hsts_max_age: u64,
+    /// HTTPS from the edge to the web servers too (default on), when the stack made the
+    /// certificate: its local CA is what the edge verifies them against.
+    pub to_servers: Option<bool>,
+}
+
+impl TlsSettings {
+    pub fn to_servers(&self) -> bool {
+        self.to_servers.unwrap_or(true)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -585,6 +594,49 @@ mod tests {
         assert!(app.config.contains("database = \"sqlite:///var/lib/webstack/foobar.db\""), "{}", app.config);
         let single = t.plan("single", Path::new("/var/lib/webstack"), &secrets, None).unwrap();
         assert!(single.components().any(|(_, c)| c.component == Component::Db));
+    }
+
+    #[test]
+    fn the_edge_speaks_https_to_the_web_servers_when_the_stack_made_the_certificate() {
+        let secrets = crate::Secrets {
+            db_admin_password: "a".into(),
+            db_app_password: "b".into(),
+            db_repl_password: "c".into(),
+            ha_key: "k".repeat(32),
+            shop_admin_password: "d".into(),
+        };
+        let state = Path::new("/var/lib/webstack");
+        let made = crate::SiteCertificate {
+            cert: state.join("certs/site.pem"),
+            key: state.join("certs/site-key.pem"),
+            ca: Some(state.join("certs/ca.pem")),
+        };
+        let config_of = |t: &Topology, certificate: &crate::SiteCertificate, host: &str, component: Component| {
+            let plan = t.plan("secured", state, &secrets, Some(certificate)).unwrap();
+            let (_, c) = plan.components().find(|(h, c)| h.name == host && c.component == component).unwrap();
+            c.config.clone()
+        };
+        let t = load(REPO_TOPOLOGY).unwrap();
+        let edge = config_of(&t, &made, "lb-01", Component::Edge);
+        assert!(
+            edge.contains("[pools.web.tls]\nca = \"/var/lib/webstack/certs/ca.pem\"\nserver_name = \"www.foobar.com\""),
+            "{edge}"
+        );
+        let web = config_of(&t, &made, "server-01", Component::Web);
+        assert!(
+            web.contains("[[listeners.tls.certificates]]")
+                && web.contains("cert = \"/var/lib/webstack/certs/site.pem\""),
+            "{web}"
+        );
+
+        // The site's own certificate (no local CA to verify the servers with), or told not to:
+        // plain HTTP between them, as before.
+        let own = crate::SiteCertificate { ca: None, ..made.clone() };
+        assert!(!config_of(&t, &own, "lb-01", Component::Edge).contains("[pools.web.tls]"));
+        assert!(!config_of(&t, &own, "server-01", Component::Web).contains("[listeners.tls"));
+        let off = load(&REPO_TOPOLOGY.replace("to_servers = true", "to_servers = false")).unwrap();
+        assert!(!config_of(&off, &made, "lb-01", Component::Edge).contains("[pools.web.tls]"));
+        assert!(!config_of(&off, &made, "server-01", Component::Web).contains("[listeners.tls"));
     }
 
     #[test]

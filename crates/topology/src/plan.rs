@@ -28,6 +28,10 @@ pub struct Secrets {
 pub struct SiteCertificate {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The local CA that issued it, when the stack made it: what the edge verifies the web
+    /// servers against when it speaks HTTPS to them.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 /// Everything the supervisor needs to run one profile; written as `plan.json` in the state dir.
@@ -95,7 +99,7 @@ impl Topology {
         generated: impl FnOnce() -> Result<SiteCertificate, String>,
     ) -> Result<SiteCertificate, String> {
         match (&self.tls.cert, &self.tls.key) {
-            (Some(cert), Some(key)) => Ok(SiteCertificate { cert: cert.clone(), key: key.clone() }),
+            (Some(cert), Some(key)) => Ok(SiteCertificate { cert: cert.clone(), key: key.clone(), ca: None }),
             _ => generated(),
         }
     }

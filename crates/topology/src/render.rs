@@ -69,6 +69,14 @@ impl Context<'_> {
         }
     }
 
+    /// The CA the edge verifies the web servers against when it speaks HTTPS to them: only in
+    /// a profile with an edge, whose certificate the stack made (`tls.to_servers`, default on).
+    fn servers_ca(&self) -> Option<&Path> {
+        let has_edge = self.hosts_with(Component::Edge).next().is_some();
+        let ca = self.certificate.and_then(|c| c.ca.as_deref())?;
+        (has_edge && self.topology.tls.to_servers()).then_some(ca)
+    }
+
     fn hosts_with(&self, component: Component) -> impl Iterator<Item = &&Host> {
         self.hosts.iter().filter(move |h| h.components.contains(&component))
     }
@@ -93,6 +101,7 @@ impl Context<'_> {
                     // A server failing requests is out before its next health check.
                     passive: Some(Passive { failures: 3 }),
                     health: Some(t.edge_health.clone()),
+                    tls: self.servers_ca().map(|ca| PoolTls { ca: ca.to_path_buf(), server_name: t.site_name.clone() }),
                     servers,
                 },
             )]
@@ -181,7 +190,14 @@ impl Context<'_> {
                 trust_forwarded: self.hosts_with(Component::Edge).next().is_some(),
                 redirect_https_port: None,
                 compress: true,
-                tls: None,
+                // HTTPS from the edge, with the site's certificate (it names every host too).
+                tls: self.servers_ca().zip(self.certificate).map(|(_, certificate)| ListenerTls {
+                    hsts_max_age: None,
+                    certificates: vec![CertificatePair {
+                        cert: certificate.cert.clone(),
+                        key: certificate.key.clone(),
+                    }],
+                }),
                 routes: vec![
                     Route {
                         prefix: "/static/".into(),
@@ -201,6 +217,7 @@ impl Context<'_> {
                     passive: None,
                     // The app is local and the only server: notice quickly that it is back.
                     health: Some(HealthCheck { interval_ms: 500, rise: 1, fall: 2, ..HealthCheck::default() }),
+                    tls: None,
                     servers: vec![Server {
                         name: "app".into(),
                         address: SocketAddr::new(host.address.into(), t.ports.app),
@@ -410,7 +427,15 @@ struct Pool {
     passive: Option<Passive>,
     #[serde(skip_serializing_if = "Option::is_none")]
     health: Option<HealthCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<PoolTls>,
     servers: Vec<Server>,
+}
+
+#[derive(Serialize)]
+struct PoolTls {
+    ca: PathBuf,
+    server_name: String,
 }
 
 #[derive(Serialize)]

@@ -23,7 +23,7 @@ pub fn ensure(dir: &Path, names: &[String]) -> Result<LocalCa> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ca_cert = dir.join("ca.pem");
     let ca_key = dir.join("ca-key.pem");
-    let site = SiteCertificate { cert: dir.join("site.pem"), key: dir.join("site-key.pem") };
+    let site = SiteCertificate { cert: dir.join("site.pem"), key: dir.join("site-key.pem"), ca: Some(ca_cert.clone()) };
     let names_file = dir.join("site.names");
     let wanted = names.join("\n");
     let current = std::fs::read_to_string(&names_file).unwrap_or_default();

@@ -1,6 +1,6 @@
 //! The `secured` profile: two load balancers share the VIP (one MASTER, one BACKUP), HTTP
-//! answers with a redirect to HTTPS, HTTPS carries HSTS, and killing the MASTER's edge
-//! moves the site to the BACKUP.
+//! answers with a redirect to HTTPS, HTTPS carries HSTS, the edge speaks HTTPS to the web
+//! servers, and killing the MASTER's edge moves the site to the BACKUP.
 
 mod support;
 
@@ -57,6 +57,17 @@ fn secured_profile_runs_a_load_balancer_pair_and_https_only() {
     let (head, err) = curl_https(&stack);
     assert!(head.starts_with("http/2 200"), "{head}{err}");
     assert!(head.contains("strict-transport-security: max-age=31536000"), "{head}");
+
+    // Between the load balancer and the servers it is HTTPS too: a web server takes no plain
+    // HTTP, and answers HTTPS with the site's certificate, which the local CA vouches for.
+    assert!(get("127.219.2.1:8080".parse().unwrap(), "/").is_err(), "a web server answered plain HTTP");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "--cacert"])
+        .arg(stack.state_dir().join("certs/ca.pem"))
+        .args(["--resolve", "www.foobar.com:8080:127.219.2.1", "https://www.foobar.com:8080/healthz"])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{}", String::from_utf8_lossy(&out.stderr));
 
     // Drill: the MASTER's edge dies; the BACKUP takes the VIP.
     stack.run_ok(&["kill", "lb-01/edge"]);
