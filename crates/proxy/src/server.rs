@@ -799,8 +799,10 @@ fn route<'a>(
     let index = shared.config.listeners.iter().position(|l| l.bind == address);
     let listener = index.map(|i| &shared.config.listeners[i]);
     let stats = index.and_then(|i| shared.listeners.get(i));
-    let request_id = ensure_request_id(req.headers_mut());
-    let logged: Option<Box<Logged>> = shared.access_log.as_ref().and(listener).map(|_| {
+    // A listener that only redirects to HTTPS routes nothing: no id, log fields or encoding.
+    let routing = listener.filter(|l| l.redirect_https_port.is_none());
+    let request_id = routing.map(|_| ensure_request_id(req.headers_mut()));
+    let logged: Option<Box<Logged>> = shared.access_log.as_ref().and(routing).map(|_| {
         let h = req.headers();
         Box::new((
             req.method().clone(),
@@ -810,7 +812,7 @@ fn route<'a>(
             h.get(USER_AGENT).cloned(),
         ))
     });
-    let compress = match listener.is_some_and(|l| l.compress) {
+    let compress = match routing.is_some_and(|l| l.compress) {
         true => compression::negotiate(req.headers()).map(|e| (e, req.method().clone())),
         false => None,
     };
@@ -861,9 +863,8 @@ fn route<'a>(
             }
             Target::Static(files, prefix, ref req) => (static_files::serve(files, prefix, req).await, None, None),
         };
-        let Some(listener) = listener else { return response };
         // The redirect to HTTPS is the listener's whole job: nothing else applies to it.
-        if listener.redirect_https_port.is_none() {
+        if let (Some(listener), Some(request_id)) = (routing, &request_id) {
             crate::forward::apply_error_page(&shared.config.error_pages, &mut response);
             response = match compress {
                 Some((encoding, method)) => {

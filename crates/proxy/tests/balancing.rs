@@ -703,22 +703,7 @@ fn http2_with_prior_knowledge_is_served_and_forwarded_as_http1() {
 #[test]
 fn websocket_upgrades_pass_through_as_a_tunnel() {
     let upstream = addr("127.210.17.11:9000");
-    let listener = std::net::TcpListener::bind(upstream).unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 4096];
-        let n = s.read(&mut buf).unwrap();
-        let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
-        assert!(request.contains("upgrade: websocket") && request.contains("connection: upgrade"), "{request}");
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
-        // Echo what comes through the tunnel until the client closes.
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => s.write_all(&buf[..n]).unwrap(),
-            }
-        }
-    });
+    let server = echoing_upgrade_server(upstream);
     let _proxy = Proxy::start(&pool_config(17, "", &[("ws", upstream, "")]));
     let mut c = TcpStream::connect(addr("127.210.17.1:8080")).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -735,7 +720,28 @@ fn websocket_upgrades_pass_through_as_a_tunnel() {
         assert_eq!(echoed, message);
     }
     drop(c);
-    server.join().unwrap();
+    let request = server.join().unwrap();
+    assert!(request.contains("upgrade: websocket") && request.contains("connection: upgrade"), "{request}");
+}
+
+/// A server that answers its one connection's request with 101 and then echoes what comes
+/// through the tunnel until the other side closes; the request it got, lowercased.
+fn echoing_upgrade_server(address: SocketAddr) -> std::thread::JoinHandle<String> {
+    let listener = std::net::TcpListener::bind(address).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        let request = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => s.write_all(&buf[..n]).unwrap(),
+            }
+        }
+        request
+    })
 }
 
 #[test]
@@ -1578,20 +1584,7 @@ fn listener_counters_count_every_answer_and_outlive_a_reload() {
 #[test]
 fn a_tunnel_silent_both_ways_for_its_timeout_is_closed_and_a_busy_one_is_not() {
     let upstream = addr("127.210.40.11:9000");
-    let listener = std::net::TcpListener::bind(upstream).unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf).unwrap();
-        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
-        // Echo until the proxy closes the tunnel.
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => s.write_all(&buf[..n]).unwrap(),
-            }
-        }
-    });
+    let server = echoing_upgrade_server(upstream);
     let _proxy = Proxy::start(&pool_config(40, "tunnel_timeout_ms = 400\n", &[("ws", upstream, "")]));
     let mut c = TcpStream::connect(addr("127.210.40.1:8080")).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -10,14 +10,22 @@ use support::{get, Stack};
 
 const SUBNET: &str = "127.219.0.0/16";
 
-fn curl_https(stack: &Stack) -> (String, String) {
+/// curl of `url` over HTTPS, trusting the stack's CA, the name sent to `resolve`'s address;
+/// what `output` asks it to print (lowercased), and its errors.
+fn curl_verified(stack: &Stack, resolve: &str, url: &str, output: &[&str]) -> (String, String) {
     let out = std::process::Command::new("curl")
-        .args(["-sS", "-D", "-", "-o", "/dev/null", "--max-time", "2", "--cacert"])
+        .args(["-sS", "-o", "/dev/null", "--max-time", "2"])
+        .args(output)
+        .arg("--cacert")
         .arg(stack.state_dir().join("certs/ca.pem"))
-        .args(["--resolve", "www.foobar.com:8443:127.219.1.10", "https://www.foobar.com:8443/"])
+        .args(["--resolve", resolve, url])
         .output()
         .expect("curl");
     (String::from_utf8_lossy(&out.stdout).to_ascii_lowercase(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn curl_https(stack: &Stack) -> (String, String) {
+    curl_verified(stack, "www.foobar.com:8443:127.219.1.10", "https://www.foobar.com:8443/", &["-D", "-"])
 }
 
 fn edge_role(stack: &Stack, host: usize) -> String {
@@ -61,13 +69,13 @@ fn secured_profile_runs_a_load_balancer_pair_and_https_only() {
     // Between the load balancer and the servers it is HTTPS too: a web server takes no plain
     // HTTP, and answers HTTPS with the site's certificate, which the local CA vouches for.
     assert!(get("127.219.2.1:8080".parse().unwrap(), "/").is_err(), "a web server answered plain HTTP");
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "--cacert"])
-        .arg(stack.state_dir().join("certs/ca.pem"))
-        .args(["--resolve", "www.foobar.com:8080:127.219.2.1", "https://www.foobar.com:8080/healthz"])
-        .output()
-        .expect("curl");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, err) = curl_verified(
+        &stack,
+        "www.foobar.com:8080:127.219.2.1",
+        "https://www.foobar.com:8080/healthz",
+        &["-w", "%{http_code}"],
+    );
+    assert_eq!(code, "200", "{err}");
 
     // Drill: the MASTER's edge dies; the BACKUP takes the VIP.
     stack.run_ok(&["kill", "lb-01/edge"]);
