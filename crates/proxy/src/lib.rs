@@ -17,6 +17,7 @@ pub mod compression;
 pub mod config;
 pub mod forward;
 pub mod health;
+pub mod preemption;
 pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod redundancy;

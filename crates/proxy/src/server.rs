@@ -796,6 +796,7 @@ fn route<'a>(
     mut req: Request<Incoming>,
 ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
     let started = Instant::now();
+    crate::preemption::count_request();
     let index = shared.config.listeners.iter().position(|l| l.bind == address);
     let listener = index.map(|i| &shared.config.listeners[i]);
     let stats = index.and_then(|i| shared.listeners.get(i));
