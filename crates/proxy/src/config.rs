@@ -309,6 +309,8 @@ struct RawRoute {
     #[serde(default)]
     deny: Vec<String>,
     rate_limit: Option<RawRateLimit>,
+    /// With `pool`: the matched path is replaced by this on the way to the server.
+    replace_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -752,6 +754,9 @@ pub struct Route {
     pub access: Option<Arc<crate::access::Access>>,
     /// Requests per client address; `None`: no limit. A reload starts it afresh.
     pub rate_limit: Option<Arc<crate::rate_limit::RateLimit>>,
+    /// What the matched path becomes on the way to the pool (nginx's `proxy_pass` with a
+    /// URI, HAProxy's `replace-path`); `None`: the path goes on as it came.
+    pub replace_prefix: Option<Arc<str>>,
 }
 
 /// Headers a route sets (replacing any) and removes, on requests and on responses.
@@ -1359,6 +1364,18 @@ fn validate_route(
         let burst = limit.burst.unwrap_or(rate.ceil() as u32);
         Some(Arc::new(crate::rate_limit::RateLimit::new(rate, burst)))
     });
+    let replace_prefix = r.replace_prefix.as_deref().and_then(|to| {
+        let field = format!("{field}.replace_prefix");
+        if !matches!(target, RouteTarget::Pool(_)) {
+            err(field, "only a route to a pool sends requests on".into());
+            return None;
+        }
+        if !to.starts_with('/') || to.contains(['?', '#']) || to.parse::<http::uri::PathAndQuery>().is_err() {
+            err(field, format!("`{to}` is not a path: it starts with / and has no query"));
+            return None;
+        }
+        Some(Arc::from(to))
+    });
     Some(Route {
         host,
         path,
@@ -1367,6 +1384,7 @@ fn validate_route(
         headers: any.then(|| Arc::new(rules)),
         access: restricted.then(|| Arc::new(access)),
         rate_limit,
+        replace_prefix,
     })
 }
 
@@ -1556,6 +1574,25 @@ respond = { body = "eu" }
         assert!(e.to_string().contains("frames or routes the message"), "{e}");
         let e = load(&route(r#"response_headers = { remove = ["bad header"] }"#)).unwrap_err();
         assert!(e.to_string().contains("is not a header name"), "{e}");
+    }
+
+    #[test]
+    fn replace_prefix_needs_a_pool_and_a_path() {
+        let c = load(&with_api_route(r#"replace_prefix = "/v2/""#)).unwrap();
+        assert_eq!(c.listeners[0].routes[0].replace_prefix.as_deref(), Some("/v2/"));
+        for (bad, says) in
+            [("\"v2/\"", "is not a path"), ("\"/v2?x=1\"", "is not a path"), ("\"/a b\"", "is not a path")]
+        {
+            let e = load(&with_api_route(&format!("replace_prefix = {bad}"))).unwrap_err();
+            assert_eq!(e.0[0].field, "listeners[0].routes[1].replace_prefix", "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        let e = load(&GOOD.replace(
+            "prefix = \"/api/\"\npool = \"web\"",
+            "prefix = \"/api/\"\nrespond = { body = \"x\" }\nreplace_prefix = \"/\"",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("only a route to a pool sends requests on"), "{e}");
     }
 
     #[test]

@@ -523,6 +523,29 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
+/// Replaces the first `matched` bytes of the request's path (what its route matched) with
+/// `replacement`, keeping the query. Where a replacement ending in / meets a rest starting
+/// with one, one slash stays: `/api` → `/` makes `/api/users` `/users`, not `//users`.
+pub fn replace_path_prefix<B>(req: &mut Request<B>, matched: usize, replacement: &str) -> Result<(), http::Error> {
+    let rest = req.uri().path().get(matched..).unwrap_or("");
+    let rest = match replacement.ends_with('/') {
+        true => rest.strip_prefix('/').unwrap_or(rest),
+        false => rest,
+    };
+    let query = req.uri().query();
+    let mut path = String::with_capacity(replacement.len() + rest.len() + query.map_or(0, |q| q.len() + 1));
+    path.push_str(replacement);
+    path.push_str(rest);
+    if let Some(query) = query {
+        path.push('?');
+        path.push_str(query);
+    }
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.path_and_query = Some(path.parse()?);
+    *req.uri_mut() = http::Uri::from_parts(parts)?;
+    Ok(())
+}
+
 /// An HTTP/2 request names its target in absolute form and its host in :authority; an
 /// HTTP/1.1 upstream wants origin form and a Host header.
 fn to_origin_form<B>(req: &mut Request<B>) {
@@ -722,6 +745,23 @@ pub fn apply_error_page(pages: &[(StatusCode, crate::config::ErrorPage)], respon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_routes_prefix_is_replaced_keeping_the_rest_and_the_query() {
+        let replaced = |uri: &str, matched: &str, to: &str| {
+            let mut req = Request::builder().uri(uri).body(()).unwrap();
+            replace_path_prefix(&mut req, matched.len(), to).unwrap();
+            req.uri().to_string()
+        };
+        assert_eq!(replaced("/api/users?page=2", "/api/", "/"), "/users?page=2");
+        assert_eq!(replaced("/api/users", "/api", "/"), "/users", "one slash where they meet");
+        assert_eq!(replaced("/api", "/api", "/"), "/");
+        assert_eq!(replaced("/old/a/b", "/old/", "/new/"), "/new/a/b");
+        assert_eq!(replaced("/status", "/status", "/healthz"), "/healthz");
+        assert_eq!(replaced("/v1/x", "/v1", "/v2"), "/v2/x");
+        // HTTP/2's absolute form keeps its scheme and authority.
+        assert_eq!(replaced("https://shop.example/api/cart", "/api/", "/"), "https://shop.example/cart");
+    }
 
     #[test]
     fn strips_hop_by_hop_and_sets_forwarded_headers() {

@@ -905,6 +905,11 @@ fn target_on<'a>(
             if let Some(rules) = &route.headers {
                 rules.apply_to_request(req.headers_mut());
             }
+            if let Some(to) = &route.replace_prefix {
+                if crate::forward::replace_path_prefix(&mut req, route.path.len(), to).is_err() {
+                    return (Target::Answer(error_response(StatusCode::BAD_REQUEST)), Some(route));
+                }
+            }
             Target::Forward(Box::pin(forward(pool, req, client, listener)), pool)
         }
         RouteTarget::Static(files) => Target::Static(files, &route.path, req),

@@ -1228,6 +1228,35 @@ fn routes_set_and_remove_headers_both_ways() {
 }
 
 #[test]
+fn replace_prefix_rewrites_the_path_the_server_sees() {
+    let origin = addr("127.210.42.11:9000");
+    let heads = recording_origin(origin);
+    let config = format!(
+        "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.42.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/api/\"\npool = \"web\"\nreplace_prefix = \"/\"\n\
+         [[listeners.routes]]\nprefix = \"/old\"\npool = \"web\"\nreplace_prefix = \"/new/\"\n\
+         [[listeners.routes]]\nexact = \"/status\"\npool = \"web\"\nreplace_prefix = \"/healthz\"\n\
+         [[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n\
+         [pools.web]\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{origin}\"\n"
+    );
+    let _proxy = Proxy::start(&config);
+    let proxy = addr("127.210.42.1:8080");
+    let request_line = |target: &str| {
+        let answer = request(proxy, &format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+        assert_eq!(answer.status, 200, "{target}");
+        let head = heads.lock().unwrap().last().cloned().unwrap_or_default();
+        head.lines().next().unwrap_or_default().to_string()
+    };
+    assert_eq!(request_line("/api/users?page=2"), "get /users?page=2 http/1.1");
+    assert_eq!(request_line("/api/"), "get / http/1.1");
+    assert_eq!(request_line("/old/a/b"), "get /new/a/b http/1.1", "one slash where they meet");
+    assert_eq!(request_line("/status"), "get /healthz http/1.1");
+    assert_eq!(request_line("/status/more"), "get /status/more http/1.1", "an exact route matches only itself");
+    assert_eq!(request_line("/other"), "get /other http/1.1", "routes without it pass the path on");
+    assert_eq!(request_line("http://x/api/cart"), "get /cart http/1.1", "absolute form too");
+}
+
+#[test]
 fn allow_and_deny_pick_clients_by_address() {
     let config = "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.30.1:8080\"\n\
          [[listeners.routes]]\nprefix = \"/\"\nrespond = { body = \"public\" }\ndeny = [\"127.210.30.66\"]\n\
