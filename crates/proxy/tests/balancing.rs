@@ -1199,18 +1199,27 @@ fn recording_origin(address: SocketAddr) -> Arc<std::sync::Mutex<Vec<String>>> {
     heads
 }
 
+/// A proxy config with one listener on `bind`, its `routes`, and the pool `web` of one
+/// server, `origin`.
+fn one_origin_site(bind: &str, routes: &str, origin: SocketAddr) -> String {
+    format!(
+        "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"{bind}\"\n{routes}\
+         [pools.web]\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{origin}\"\n"
+    )
+}
+
 #[test]
 fn routes_set_and_remove_headers_both_ways() {
     let origin = addr("127.210.29.11:9000");
     let heads = recording_origin(origin);
-    let config = format!(
-        "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.29.1:8080\"\n\
-         [[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n\
-         request_headers = {{ set = {{ \"X-Env\" = \"prod\" }}, remove = [\"X-Debug\"] }}\n\
-         response_headers = {{ set = {{ \"X-Frame-Options\" = \"DENY\" }}, remove = [\"Server\", \"X-Powered-By\"] }}\n\
-         [[listeners.routes]]\nexact = \"/robots.txt\"\nrespond = {{ body = \"User-agent: *\" }}\n\
-         response_headers = {{ set = {{ \"Cache-Control\" = \"max-age=60\" }} }}\n\
-         [pools.web]\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{origin}\"\n"
+    let config = one_origin_site(
+        "127.210.29.1:8080",
+        "[[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n\
+         request_headers = { set = { \"X-Env\" = \"prod\" }, remove = [\"X-Debug\"] }\n\
+         response_headers = { set = { \"X-Frame-Options\" = \"DENY\" }, remove = [\"Server\", \"X-Powered-By\"] }\n\
+         [[listeners.routes]]\nexact = \"/robots.txt\"\nrespond = { body = \"User-agent: *\" }\n\
+         response_headers = { set = { \"Cache-Control\" = \"max-age=60\" } }\n",
+        origin,
     );
     let _proxy = Proxy::start(&config);
     let proxy = addr("127.210.29.1:8080");
@@ -1231,13 +1240,13 @@ fn routes_set_and_remove_headers_both_ways() {
 fn replace_prefix_rewrites_the_path_the_server_sees() {
     let origin = addr("127.210.42.11:9000");
     let heads = recording_origin(origin);
-    let config = format!(
-        "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.42.1:8080\"\n\
-         [[listeners.routes]]\nprefix = \"/api/\"\npool = \"web\"\nreplace_prefix = \"/\"\n\
+    let config = one_origin_site(
+        "127.210.42.1:8080",
+        "[[listeners.routes]]\nprefix = \"/api/\"\npool = \"web\"\nreplace_prefix = \"/\"\n\
          [[listeners.routes]]\nprefix = \"/old\"\npool = \"web\"\nreplace_prefix = \"/new/\"\n\
          [[listeners.routes]]\nexact = \"/status\"\npool = \"web\"\nreplace_prefix = \"/healthz\"\n\
-         [[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n\
-         [pools.web]\n[[pools.web.servers]]\nname = \"o\"\naddress = \"{origin}\"\n"
+         [[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n",
+        origin,
     );
     let _proxy = Proxy::start(&config);
     let proxy = addr("127.210.42.1:8080");
