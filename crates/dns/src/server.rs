@@ -49,13 +49,24 @@ async fn serve_udp(socket: UdpSocket, zone: Arc<Zone>, health: Health) {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else { continue };
         if let Some(mut answer) = zone.answer_bytes(&buf[..n], is_up(&health)) {
             if answer.len() > UDP_LIMIT {
-                // Too big for UDP: the truncated header tells the resolver to ask over TCP.
-                answer.truncate(12);
-                answer[2] |= 0x02;
+                // Too big for UDP: the question alone with TC set tells the resolver to ask over TCP.
+                let Some(truncated) = truncated(&answer) else { continue };
+                answer = truncated;
             }
             let _ = socket.send_to(&answer, from).await;
         }
     }
+}
+
+/// `answer` cut down to its header and question, with the TC bit: a well-formed message
+/// whose counts match what it holds (a bare header would still count the records cut off).
+fn truncated(answer: &[u8]) -> Option<Vec<u8>> {
+    let mut message = hickory_proto::op::Message::from_vec(answer).ok()?;
+    message.answers.clear();
+    message.authorities.clear();
+    message.additionals.clear();
+    message.metadata.truncation = true;
+    message.to_vec().ok()
 }
 
 async fn serve_tcp(listener: TcpListener, zone: Arc<Zone>, health: Health) {
@@ -113,5 +124,31 @@ async fn check_addresses(config: DnsConfig, health: Health) {
                 tracing::warn!(address = %ip, up, "record address health changed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Message, OpCode, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    use std::str::FromStr;
+
+    #[test]
+    fn a_truncated_answer_keeps_its_question_and_counts_only_what_it_holds() {
+        let name = Name::from_str("many.foobar.com.").unwrap();
+        let mut full = Message::response(77, OpCode::Query);
+        full.add_query(Query::query(name.clone(), RecordType::A));
+        full.add_answers(
+            (1..=40).map(|i| Record::from_rdata(name.clone(), 30, RData::A(A(Ipv4Addr::new(127, 0, 8, i))))),
+        );
+        let bytes = full.to_vec().unwrap();
+        assert!(bytes.len() > UDP_LIMIT);
+        let cut = Message::from_vec(&truncated(&bytes).unwrap()).expect("well-formed");
+        assert!(cut.metadata.truncation);
+        assert_eq!(cut.metadata.id, 77);
+        assert_eq!(cut.queries.len(), 1);
+        assert!(cut.answers.is_empty());
     }
 }

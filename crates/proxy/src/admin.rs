@@ -168,7 +168,7 @@ fn servers_json(pools: &[Arc<PoolState>]) -> String {
                 .map(|s| {
                     serde_json::json!({
                         "name": s.config.name,
-                        "address": s.config.address.to_string(),
+                        "address": s.address().to_string(),
                         "up": s.is_up(),
                         "admin": s.admin().name(),
                         "weight": s.weight(),
@@ -425,7 +425,7 @@ fn stats(runtime: &Runtime) -> String {
                 out,
                 "  {:<16} {:<22} {:<5} {:<6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}  {}",
                 s.config.name,
-                s.config.address.to_string(),
+                s.address().to_string(),
                 if s.is_up() { "UP" } else { "DOWN" },
                 s.admin().name(),
                 s.weight(),

@@ -442,18 +442,20 @@ impl AsyncWrite for UpstreamStream {
     }
 }
 
-/// A connection to `server` within `timeout`, TLS handshake included when `tls` is given.
+/// A connection to `address` within `timeout`, TLS handshake included when `tls` is given.
+/// `host` is the name the server's address was written with, if any (TLS's default name).
 pub async fn connect(
-    server: &crate::config::Server,
+    address: SocketAddr,
+    host: Option<&str>,
     timeout: Duration,
     tls: Option<&crate::tls::UpstreamTls>,
 ) -> io::Result<UpstreamStream> {
     let deadline = Instant::now() + timeout;
-    let tcp = connect_tcp(server.address, timeout).await?;
+    let tcp = connect_tcp(address, timeout).await?;
     let Some(tls) = tls else {
         return Ok(UpstreamStream::Plain(tcp));
     };
-    match tokio::time::timeout_at(deadline, tls.connect(tcp, server)).await {
+    match tokio::time::timeout_at(deadline, tls.connect(tcp, address, host)).await {
         Ok(Ok(stream)) => Ok(UpstreamStream::Tls(Box::new(stream))),
         Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("TLS: {e}"))),
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
@@ -470,6 +472,8 @@ pub struct Connection {
     /// One timer for the connection's life, moved on for each wait: pushing a registered
     /// tokio timer later is an atomic store, where a new timer is a wheel insertion.
     timer: Pin<Box<Sleep>>,
+    /// The server's address generation it was opened under (see `ServerState`).
+    pub(crate) generation: u32,
 }
 
 impl std::fmt::Debug for Connection {
@@ -481,16 +485,18 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     /// Opens a connection within `timeout` (TLS to the server when `tls` is given).
     pub async fn open(
-        server: &crate::config::Server,
+        address: SocketAddr,
+        host: Option<&str>,
         timeout: Duration,
         tls: Option<&crate::tls::UpstreamTls>,
     ) -> io::Result<Connection> {
-        let stream = connect(server, timeout, tls).await?;
+        let stream = connect(address, host, timeout, tls).await?;
         Ok(Connection {
             stream,
             buf: BytesMut::with_capacity(READ_BUFFER),
             out: Vec::with_capacity(1024),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            generation: 0,
         })
     }
 

@@ -29,6 +29,12 @@
 //! [access_log]
 //! path = "/var/log/webstack/access.log"   # "-" for stderr
 //! format = "combined"              # or "json"
+//! [resolvers]                      # optional (HAProxy's resolvers section): servers written
+//!                                  # with a host name are resolved through these nameservers
+//!                                  # at load and asked again while the proxy runs
+//! nameservers = ["10.0.0.2:53"]    # ip or ip:port, tried in order (default: /etc/resolv.conf's)
+//! hold_valid_ms = 10000            # how often each name is asked (HAProxy's hold valid)
+//! timeout_ms = 1000                # how long one nameserver has to answer
 //!
 //! [[listeners]]
 //! name = "www"
@@ -122,7 +128,10 @@
 //! [[pools.web.servers]]
 //! name = "server-01"
 //! address = "127.0.2.1:8080"       # or "web-01.internal:8080": resolved when the config is
-//!                                  # loaded, and again at each reload (HAProxy's init-addr)
+//!                                  # loaded, and again at each reload (HAProxy's init-addr);
+//!                                  # with [resolvers], also every hold_valid_ms: the server
+//!                                  # follows its name, and takes no requests while DNS says
+//!                                  # the name has no address
 //! weight = 1                       # 0 to 256; 0 takes no new requests
 //! backup = false                   # true: only used when every other server is down
 //! maxconn = 0                      # at most this many requests at once; more wait in the
@@ -156,6 +165,26 @@ struct RawConfig {
     /// Status code → file, relative to this config file.
     #[serde(default)]
     error_pages: BTreeMap<String, PathBuf>,
+    resolvers: Option<RawResolvers>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResolvers {
+    /// `ip:port`, or `ip` for port 53; none: those of /etc/resolv.conf.
+    #[serde(default)]
+    nameservers: Vec<String>,
+    #[serde(default = "default_hold_valid")]
+    hold_valid_ms: u64,
+    #[serde(default = "default_resolve_timeout")]
+    timeout_ms: u64,
+}
+
+fn default_hold_valid() -> u64 {
+    10_000
+}
+fn default_resolve_timeout() -> u64 {
+    1_000
 }
 
 fn one_worker() -> usize {
@@ -506,6 +535,18 @@ pub struct ProxyConfig {
     pub pools: Vec<Pool>,
     /// Pages the proxy sends instead of its own short ones, by status.
     pub error_pages: Vec<(http::StatusCode, ErrorPage)>,
+    /// Nameservers that server host names are resolved through, at load and again at run time.
+    pub resolvers: Option<Resolvers>,
+}
+
+/// HAProxy's `resolvers` section: where and how often server host names are asked again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolvers {
+    pub nameservers: Vec<SocketAddr>,
+    /// How often each name is asked (HAProxy's `hold valid`).
+    pub hold_valid: Duration,
+    /// How long one nameserver has to answer.
+    pub timeout: Duration,
 }
 
 /// A page of the operator's for an error the proxy answers itself (HAProxy's `errorfile`,
@@ -926,16 +967,29 @@ impl ProxyConfig {
         Self::from_source(&source)
     }
 
+    /// Validates a config; server host names are resolved through the `[resolvers]`
+    /// nameservers when it has them, else through the system's resolver.
     pub fn from_source(src: &Source) -> Result<ProxyConfig, ConfigErrors> {
-        Self::from_source_resolving(src, &system_resolver)
+        Self::validate(src, None)
     }
 
     /// As [`ProxyConfig::from_source`], server host names resolved by `resolve` (tests and
     /// fuzzing, which must not ask the network).
     pub fn from_source_resolving(src: &Source, resolve: Resolver<'_>) -> Result<ProxyConfig, ConfigErrors> {
+        Self::validate(src, Some(resolve))
+    }
+
+    fn validate(src: &Source, given: Option<Resolver<'_>>) -> Result<ProxyConfig, ConfigErrors> {
         let raw: RawConfig = src.parse()?;
         let mut errors = Vec::new();
         let mut err = |field: String, msg: String| errors.push(src.error_at(&field, msg));
+
+        let resolvers = raw.resolvers.as_ref().map(|r| validate_resolvers(r, &mut err));
+        let through_nameservers = |host: &str, port: u16| match &resolvers {
+            Some(r) => resolve_through(r, host, port),
+            None => system_resolver(host, port),
+        };
+        let resolve: Resolver<'_> = given.unwrap_or(&through_nameservers);
 
         if raw.workers > MAX_WORKERS {
             err("workers".into(), format!("{} is more than {MAX_WORKERS}; 0 means one per CPU", raw.workers));
@@ -1213,6 +1267,7 @@ impl ProxyConfig {
         Ok(ProxyConfig {
             source: Some(src.path().to_path_buf()),
             error_pages,
+            resolvers,
             ha,
             name: raw.name,
             workers: match raw.workers {
@@ -1394,6 +1449,49 @@ pub type Resolver<'a> = &'a dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>
 /// The system's resolver (`/etc/hosts`, then DNS, as nsswitch says).
 pub fn system_resolver(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
     std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map(Iterator::collect)
+}
+
+/// Reads the `[resolvers]` table: nameservers as `ip` or `ip:port`, those of
+/// /etc/resolv.conf when it lists none; intervals above zero.
+fn validate_resolvers(raw: &RawResolvers, err: &mut impl FnMut(String, String)) -> Resolvers {
+    let mut nameservers = Vec::new();
+    for (i, text) in raw.nameservers.iter().enumerate() {
+        match text.parse::<SocketAddr>().or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        {
+            Ok(address) if address.port() != 0 => nameservers.push(address),
+            _ => err(format!("resolvers.nameservers[{i}]"), format!("`{text}` is not an ip or ip:port")),
+        }
+    }
+    if raw.nameservers.is_empty() {
+        let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        nameservers = crate::resolvers::system_nameservers(&conf);
+        if nameservers.is_empty() {
+            err("resolvers.nameservers".into(), "none given, and /etc/resolv.conf names none".into());
+        }
+    }
+    for (key, value) in [("hold_valid_ms", raw.hold_valid_ms), ("timeout_ms", raw.timeout_ms)] {
+        if value == 0 {
+            err(format!("resolvers.{key}"), "must be more than 0".into());
+        }
+        at_most_a_week(value, format!("resolvers.{key}"), err);
+    }
+    Resolvers {
+        nameservers,
+        hold_valid: Duration::from_millis(raw.hold_valid_ms),
+        timeout: Duration::from_millis(raw.timeout_ms),
+    }
+}
+
+/// A host name resolved through the `[resolvers]` nameservers, as [`system_resolver`] does
+/// through the system's.
+fn resolve_through(resolvers: &Resolvers, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    use crate::resolvers::{resolve, Answer};
+    match resolve(host, &resolvers.nameservers, resolvers.timeout) {
+        Ok(Answer::Addresses(ips)) => Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect()),
+        Ok(Answer::NoAddress) => Ok(Vec::new()),
+        Ok(Answer::NoSuchName) => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no such name (NXDOMAIN)")),
+        Err(e) => Err(std::io::Error::other(e)),
+    }
 }
 
 /// A server's `address`: an IP address and port, or a host name and port resolved now to the
@@ -1629,6 +1727,28 @@ respond = { body = "eu" }
         assert_eq!(e.0[0].field, "listeners[0].routes[1].rate_limit.requests_per_second", "{e}");
         let e = load(&with_api_route("rate_limit = { per_second = 5 }")).unwrap_err();
         assert!(e.to_string().contains("per_second"), "{e}");
+    }
+
+    #[test]
+    fn resolvers_need_nameservers_and_intervals_and_are_what_names_resolve_through() {
+        let with = |table: &str| format!("{GOOD}[resolvers]\n{table}\n");
+        let c = load(&with("nameservers = [\"127.0.0.53\", \"[::1]:5353\"]")).unwrap();
+        let r = c.resolvers.expect("resolvers");
+        assert_eq!(r.nameservers, ["127.0.0.53:53".parse().unwrap(), "[::1]:5353".parse().unwrap()]);
+        assert_eq!((r.hold_valid, r.timeout), (Duration::from_secs(10), Duration::from_secs(1)), "HAProxy's defaults");
+
+        let e = load(&with("nameservers = [\"ns-01\"]\nhold_valid_ms = 0")).unwrap_err();
+        assert_eq!(e.0[0].field, "resolvers.nameservers[0]", "{e}");
+        assert_eq!(e.0[1].field, "resolvers.hold_valid_ms", "{e}");
+        assert!(load(&with("nameserver = [\"127.0.0.53\"]")).unwrap_err().to_string().contains("nameserver"));
+
+        // A name is asked of the nameservers, not of the system: nothing answers on this port,
+        // so the load fails and says why, naming the server's field.
+        let named = GOOD.replace("127.0.0.1:9001", "web-01.webstack.test:9001");
+        let text = format!("{named}[resolvers]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_ms = 300\n");
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.0[0].field, "pools.web.servers[0].address", "{e}");
+        assert!(e.0[0].message.contains("web-01.webstack.test` does not resolve"), "{e}");
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub async fn watch(pool: String, server: Arc<ServerState>, health: Health) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        if !server.is_resolved() {
+            // Nothing to check until DNS gives the name an address again.
+            continue;
+        }
         verdicts.follow(server.is_up());
         let started = std::time::Instant::now();
         let result = check(&server, &health).await;
@@ -100,15 +104,17 @@ pub async fn watch(pool: String, server: Arc<ServerState>, health: Health) {
 /// One check: `Err` says why it failed, as HAProxy's logs do.
 pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> {
     let attempt = async {
-        let mut stream =
-            connect(&server.config, health.timeout, health.tls.as_ref()).await.map_err(|e| format!("connect: {e}"))?;
+        let address = server.address();
+        let mut stream = connect(address, server.config.host.as_deref(), health.timeout, health.tls.as_ref())
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         if health.kind == HealthKind::Tcp {
             return Ok(());
         }
         let request = match (&health.host, &server.config.host) {
             (Some(host), _) => check_request(&health.path, host),
-            (None, Some(name)) => check_request(&health.path, &format_args!("{name}:{}", server.config.address.port())),
-            (None, None) => check_request(&health.path, &server.config.address),
+            (None, Some(name)) => check_request(&health.path, &format_args!("{name}:{}", address.port())),
+            (None, None) => check_request(&health.path, &address),
         };
         stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
         let mut head = [0u8; 64];

@@ -21,6 +21,7 @@ pub mod preemption;
 pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod redundancy;
+pub mod resolvers;
 pub mod server;
 pub mod stall;
 pub mod static_files;

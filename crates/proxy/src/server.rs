@@ -143,7 +143,8 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io:
         for ((address, serves), socket) in bound {
             proxy.spawn_acceptor(&mut control, address, serves, socket);
         }
-        control.checkers = spawn_checkers(&proxy.current.load().pools);
+        let runtime = proxy.current.load();
+        control.checkers = spawn_checkers(&runtime.pools, runtime.config.resolvers.as_ref());
     }
     tracing::info!(name = proxy.current.load().config.name, "proxy is serving");
 
@@ -207,9 +208,17 @@ fn open_access_log(config: &ProxyConfig, previous: Option<&Runtime>) -> io::Resu
     AccessLog::open(&c.path, c.format).map(Some)
 }
 
-fn spawn_checkers(pools: &[Arc<PoolState>]) -> Vec<JoinHandle<()>> {
+/// The health checks of every pool, and the DNS watch of every server named by host name
+/// when the config has `[resolvers]`.
+fn spawn_checkers(pools: &[Arc<PoolState>], resolvers: Option<&crate::config::Resolvers>) -> Vec<JoinHandle<()>> {
     let mut checkers = Vec::new();
     for pool in pools {
+        for server in pool.servers.iter() {
+            if let (Some(r), Some(host)) = (resolvers, &server.config.host) {
+                let (name, server, host, r) = (pool.config.name.clone(), server.clone(), host.clone(), r.clone());
+                checkers.push(tokio::spawn(crate::resolvers::watch(name, server, host, r)));
+            }
+        }
         if let Some(h) = &pool.config.health {
             let count = pool.servers.len();
             for (i, server) in pool.servers.iter().enumerate() {
@@ -349,7 +358,8 @@ impl Proxy {
         for c in control.checkers.drain(..) {
             c.abort();
         }
-        control.checkers = spawn_checkers(&self.current.load().pools);
+        let runtime = self.current.load();
+        control.checkers = spawn_checkers(&runtime.pools, runtime.config.resolvers.as_ref());
         if log_changed {
             if let Some(f) = control.flusher.take() {
                 f.abort();

@@ -422,18 +422,19 @@ impl UpstreamTls {
         })
     }
 
-    /// The handshake on a connected socket to `server`.
+    /// The handshake on a connected socket to `address`, written in the config as `host` if named.
     pub async fn connect(
         &self,
         tcp: tokio::net::TcpStream,
-        server: &crate::config::Server,
+        address: std::net::SocketAddr,
+        host: Option<&str>,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let name = match (&self.server_name, &server.host) {
+        let name = match (&self.server_name, host) {
             (Some(name), _) => name.clone(),
             (None, Some(host)) => {
-                ServerName::try_from(host.clone()).unwrap_or_else(|_| ServerName::IpAddress(server.address.ip().into()))
+                ServerName::try_from(host.to_string()).unwrap_or_else(|_| ServerName::IpAddress(address.ip().into()))
             }
-            (None, None) => ServerName::IpAddress(server.address.ip().into()),
+            (None, None) => ServerName::IpAddress(address.ip().into()),
         };
         self.connector.connect(name, tcp).await
     }

@@ -2,6 +2,7 @@
 //! connections per server.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -86,10 +87,15 @@ impl PoolState {
             .servers
             .iter()
             .map(|s| {
-                let previous = old
-                    .and_then(|o| o.servers.iter().find(|x| x.config.name == s.name && x.config.address == s.address));
+                // Matched on where it is now: DNS at run time may have moved it since its load.
+                let previous =
+                    old.and_then(|o| o.servers.iter().find(|x| x.config.name == s.name && x.address() == s.address));
                 match previous {
-                    Some(p) if p.config == *s && same_tls => p.clone(),
+                    Some(p) if same_but_address(&p.config, s) && same_tls => {
+                        // Resolved again at this load: it has an address, whatever DNS said before.
+                        p.follow_addresses(&[s.address.ip()], s.address.port());
+                        p.clone()
+                    }
                     Some(p) => Arc::new(ServerState::new(s.clone(), freed.clone()).with_state_of(p)),
                     None => Arc::new(ServerState::new(s.clone(), freed.clone())),
                 }
@@ -125,6 +131,12 @@ impl PoolState {
     pub fn view<'a>(&'a self, tried: &'a [usize]) -> ServersView<'a> {
         ServersView { servers: &self.servers, tried }
     }
+}
+
+/// Whether two configs of a server differ at most in the address loaded (the live one was
+/// compared already).
+fn same_but_address(a: &config::Server, b: &config::Server) -> bool {
+    *a == config::Server { address: a.address, ..b.clone() }
 }
 
 fn build_balancer(config: &config::Pool, servers: &[Arc<ServerState>]) -> Balancer {
@@ -231,6 +243,12 @@ pub struct ServerState {
     pub config: config::Server,
     /// The name as a header value, made once: X-Served-By costs no allocation per response.
     pub name_header: http::HeaderValue,
+    /// Where connections go: the config's address, until DNS at run time says otherwise.
+    address: ArcSwap<SocketAddr>,
+    /// Bumped when the address changes: a connection opened before is not kept idle.
+    address_generation: AtomicU32,
+    /// False while DNS says the server's name has no address: it takes no requests.
+    resolved: AtomicBool,
     up: AtomicBool,
     admin: AtomicU8,
     weight: AtomicU32,
@@ -287,6 +305,9 @@ impl ServerState {
             weight: AtomicU32::new(config.weight),
             // Validated names are header-safe; the fallback only guards against a future change.
             name_header: http::HeaderValue::from_str(&config.name).unwrap_or(http::HeaderValue::from_static("-")),
+            address: ArcSwap::from_pointee(config.address),
+            address_generation: AtomicU32::new(0),
+            resolved: AtomicBool::new(true),
             config,
             up: AtomicBool::new(true),
             admin: AtomicU8::new(AdminState::Ready as u8),
@@ -314,8 +335,46 @@ impl ServerState {
         self.last_check.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
+    /// Up by its checks, and with an address.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed) && self.resolved.load(Ordering::Relaxed)
+    }
+
+    /// The address connections go to now.
+    pub fn address(&self) -> SocketAddr {
+        **self.address.load()
+    }
+
+    /// False while DNS says the server's name has no address.
+    pub fn is_resolved(&self) -> bool {
+        self.resolved.load(Ordering::Relaxed)
+    }
+
+    /// Follows a DNS answer: keeps the current address if it is among `ips`, else takes the
+    /// first (with `port`) and lets go of connections to the old one. Returns the old address
+    /// when it changed.
+    pub fn follow_addresses(&self, ips: &[std::net::IpAddr], port: u16) -> Option<SocketAddr> {
+        self.resolved.store(true, Ordering::Relaxed);
+        let current = self.address();
+        let first = *ips.first()?;
+        if ips.contains(&current.ip()) && current.port() == port {
+            return None;
+        }
+        self.address.store(Arc::new(SocketAddr::new(first, port)));
+        self.address_generation.fetch_add(1, Ordering::Relaxed);
+        self.lock_idle().clear();
+        Some(current)
+    }
+
+    /// DNS says the name has no address: no requests until it has one. Returns true when
+    /// this takes the server out.
+    pub fn lose_address(&self, why: String) -> bool {
+        let was = self.resolved.swap(false, Ordering::Relaxed);
+        if was {
+            self.lock_idle().clear();
+            self.record_check(why);
+        }
+        was
     }
 
     /// Below its `maxconn` (always, without one).
@@ -324,7 +383,7 @@ impl ServerState {
     }
 
     fn with_state_of(self, old: &ServerState) -> Self {
-        self.up.store(old.is_up(), Ordering::Relaxed);
+        self.up.store(old.up.load(Ordering::Relaxed), Ordering::Relaxed);
         self.record_check(old.last_check());
         self.set_admin(old.admin());
         if old.weight() != old.config.weight {
@@ -421,7 +480,8 @@ impl ServerState {
 
     /// Hands back a connection whose last response ended cleanly.
     pub fn put_idle(&self, connection: Connection) {
-        if !connection.is_clean() || !self.is_up() {
+        let moved = connection.generation != self.address_generation.load(Ordering::Relaxed);
+        if !connection.is_clean() || !self.is_up() || moved {
             return;
         }
         let mut idle = self.lock_idle();
@@ -436,6 +496,52 @@ impl ServerState {
 
     /// Opens a new connection, within `timeout` (and TLS, for a pool with `tls`).
     pub async fn connect(&self, timeout: Duration, tls: Option<&crate::tls::UpstreamTls>) -> io::Result<Connection> {
-        Connection::open(&self.config, timeout, tls).await
+        let generation = self.address_generation.load(Ordering::Relaxed);
+        let mut connection = Connection::open(self.address(), self.config.host.as_deref(), timeout, tls).await?;
+        connection.generation = generation;
+        Ok(connection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named_server() -> ServerState {
+        let config = config::Server {
+            name: "web".into(),
+            address: "198.18.0.1:8080".parse().unwrap(),
+            host: Some("web.internal".into()),
+            weight: 1,
+            backup: false,
+            maxconn: None,
+        };
+        ServerState::new(config, Arc::new(Notify::new()))
+    }
+
+    #[test]
+    fn a_server_keeps_its_address_while_dns_gives_it_and_moves_when_not() {
+        let s = named_server();
+        let ip = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(s.follow_addresses(&[ip("198.18.0.2"), ip("198.18.0.1")], 8080), None, "still among them");
+        assert_eq!(s.address(), "198.18.0.1:8080".parse().unwrap());
+        assert_eq!(
+            s.follow_addresses(&[ip("198.18.0.3"), ip("198.18.0.2")], 8080),
+            Some("198.18.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(s.address(), "198.18.0.3:8080".parse().unwrap(), "the first given");
+        assert_eq!(s.config.address, "198.18.0.1:8080".parse().unwrap(), "the config keeps what was loaded");
+    }
+
+    #[test]
+    fn a_name_without_address_takes_the_server_out_until_it_has_one() {
+        let s = named_server();
+        assert!(s.takes_new_requests());
+        assert!(s.lose_address("DNS: web.internal: no such name".into()));
+        assert!(!s.lose_address("again".into()), "taken out once");
+        assert!(!s.is_up() && !s.takes_new_requests() && !s.takes_pinned_requests());
+        assert_eq!(s.last_check(), "DNS: web.internal: no such name", "the stats page says why");
+        s.follow_addresses(&["198.18.0.1".parse().unwrap()], 8080);
+        assert!(s.takes_new_requests(), "back with its address, health unchanged");
     }
 }
