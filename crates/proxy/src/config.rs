@@ -121,6 +121,11 @@
 //!                                  # address as written)
 //! expect_status = [200]            # optional: these pass (default: any 2xx or 3xx), as
 //!                                  # HAProxy's http-check expect status
+//! expect_body = "\"db\":\"up\""      # optional: and only if the body (its first 16 KiB)
+//!                                  # holds this text (HAProxy's http-check expect string)
+//! method = "GET"                   # or HEAD, OPTIONS (HAProxy's option httpchk METHOD)
+//! port = 8081                      # optional: check this port of each server instead of
+//!                                  # the one traffic goes to (HAProxy's check port)
 //! interval_ms = 1000
 //! timeout_ms = 1000
 //! rise = 2
@@ -468,6 +473,10 @@ struct RawHealth {
     path: String,
     host: Option<String>,
     expect_status: Option<Vec<u16>>,
+    expect_body: Option<String>,
+    #[serde(default = "default_health_method")]
+    method: String,
+    port: Option<u16>,
     #[serde(default = "default_interval")]
     interval_ms: u64,
     #[serde(default = "default_interval")]
@@ -484,6 +493,9 @@ fn default_health_kind() -> HealthKind {
 
 fn default_health_path() -> String {
     "/healthz".into()
+}
+fn default_health_method() -> String {
+    "GET".into()
 }
 fn default_interval() -> u64 {
     1000
@@ -939,6 +951,12 @@ pub struct Health {
     pub host: Option<String>,
     /// The statuses that pass; `None`: any 2xx or 3xx.
     pub expect_status: Option<Vec<u16>>,
+    /// Text the answer's body must contain to pass.
+    pub expect_body: Option<String>,
+    /// GET, HEAD or OPTIONS.
+    pub method: String,
+    /// The port checks go to, when not the server's own.
+    pub port: Option<u16>,
     pub interval: Duration,
     pub timeout: Duration,
     pub rise: u32,
@@ -1157,6 +1175,25 @@ impl ProxyConfig {
                         err(format!("{field}.health.{key}"), "must be more than 0".into());
                     }
                 }
+                if !["GET", "HEAD", "OPTIONS"].contains(&h.method.as_str()) {
+                    err(format!("{field}.health.method"), format!("`{}`: a check is GET, HEAD or OPTIONS", h.method));
+                }
+                if h.port == Some(0) {
+                    err(format!("{field}.health.port"), "port 0 is not a port to check".into());
+                }
+                match &h.expect_body {
+                    Some(_) if h.kind == HealthKind::Tcp => {
+                        err(format!("{field}.health.expect_body"), "a tcp check reads no answer".into())
+                    }
+                    Some(_) if h.method == "HEAD" => {
+                        err(format!("{field}.health.expect_body"), "an answer to HEAD has no body".into())
+                    }
+                    Some(text) if text.is_empty() || text.len() > crate::health::CHECK_BODY_LIMIT => err(
+                        format!("{field}.health.expect_body"),
+                        format!("must be 1 to {} bytes", crate::health::CHECK_BODY_LIMIT),
+                    ),
+                    _ => {}
+                }
                 for (key, value) in [("rise", h.rise), ("fall", h.fall)] {
                     if value == 0 {
                         err(format!("{field}.health.{key}"), "must be at least 1".into());
@@ -1167,6 +1204,9 @@ impl ProxyConfig {
                     path: h.path.clone(),
                     host: h.host.clone(),
                     expect_status: h.expect_status.clone(),
+                    expect_body: h.expect_body.clone(),
+                    method: h.method.clone(),
+                    port: h.port,
                     interval: Duration::from_millis(h.interval_ms),
                     timeout: Duration::from_millis(h.timeout_ms),
                     rise: h.rise,
@@ -1906,5 +1946,22 @@ respond = { body = "eu" }
         let e = load(&text).unwrap_err().to_string();
         assert!(e.contains("pools.web.health.expect_status: 700 is not an HTTP status"), "{e}");
         assert!(e.contains("pools.web.health.host: `a b` is not a host name"), "{e}");
+        let text = format!("{GOOD}[pools.web.health]\nmethod = \"POST\"\nport = 0\n");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains("pools.web.health.method: `POST`: a check is GET, HEAD or OPTIONS"), "{e}");
+        assert!(e.contains("pools.web.health.port: port 0"), "{e}");
+        for (options, why) in [
+            ("kind = \"tcp\"\nexpect_body = \"up\"", "a tcp check reads no answer"),
+            ("method = \"HEAD\"\nexpect_body = \"up\"", "an answer to HEAD has no body"),
+            ("expect_body = \"\"", "must be 1 to"),
+        ] {
+            let e = load(&format!("{GOOD}[pools.web.health]\n{options}\n")).unwrap_err().to_string();
+            assert!(e.contains(&format!("pools.web.health.expect_body: {why}")), "{e}");
+        }
+        let c = load(&format!("{GOOD}[pools.web.health]\nexpect_body = \"up\"\nport = 8081\nmethod = \"HEAD\"\n"));
+        assert!(c.is_err(), "HEAD with a body to expect");
+        let c = load(&format!("{GOOD}[pools.web.health]\nexpect_body = \"up\"\nport = 8081\n")).unwrap();
+        let h = c.pools[0].health.as_ref().unwrap();
+        assert_eq!((h.method.as_str(), h.port, h.expect_body.as_deref()), ("GET", Some(8081), Some("up")));
     }
 }

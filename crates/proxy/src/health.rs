@@ -1,10 +1,14 @@
 //! Active health checks, as HAProxy's `check inter rise fall` with `option httpchk`: every
-//! interval, `GET path` on a new connection, with the configured Host; 2xx and 3xx pass, or
-//! the statuses of `expect_status` (HAProxy's `http-check expect status`); with
-//! `kind = "tcp"`, a connect passes. A pool with `tls` is checked over TLS, its certificate
-//! verified (HAProxy's `check-ssl`, implied by `ssl` on its servers). A server that is up goes down
-//! after `fall` failures in a row, and a server that is down comes back after `rise` passes.
+//! interval, `GET path` (or `method`) on a new connection, with the configured Host, to the
+//! server's address or another of its ports (`port`, HAProxy's `check port`); 2xx and 3xx
+//! pass, or the statuses of `expect_status` (HAProxy's `http-check expect status`), and with
+//! `expect_body` only an answer whose body holds that text (`http-check expect string`);
+//! with `kind = "tcp"`, a connect passes. A pool with `tls` is checked over TLS, its
+//! certificate verified (HAProxy's `check-ssl`, implied by `ssl` on its servers). A server
+//! that is up goes down after `fall` failures in a row, and a server that is down comes back
+//! after `rise` passes.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,31 +109,31 @@ pub async fn watch(pool: String, server: Arc<ServerState>, health: Health) {
 pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> {
     let attempt = async {
         let address = server.address();
-        let mut stream = connect(address, server.config.host.as_deref(), health.timeout, health.tls.as_ref())
+        // HAProxy's `check port`: the check may go to another port of the same address.
+        let target = health.port.map_or(address, |port| SocketAddr::new(address.ip(), port));
+        let mut stream = connect(target, server.config.host.as_deref(), health.timeout, health.tls.as_ref())
             .await
             .map_err(|e| format!("connect: {e}"))?;
         if health.kind == HealthKind::Tcp {
             return Ok(());
         }
         let request = match (&health.host, &server.config.host) {
-            (Some(host), _) => check_request(&health.path, host),
-            (None, Some(name)) => check_request(&health.path, &format_args!("{name}:{}", address.port())),
-            (None, None) => check_request(&health.path, &address),
+            (Some(host), _) => check_request(&health.method, &health.path, host),
+            (None, Some(name)) => {
+                check_request(&health.method, &health.path, &format_args!("{name}:{}", address.port()))
+            }
+            (None, None) => check_request(&health.method, &health.path, &address),
         };
         stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
-        let mut head = [0u8; 64];
-        let mut len = 0;
-        while len < 12 {
-            let n = stream.read(&mut head[len..]).await.map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("connection closed before a status line".to_string());
-            }
-            len += n;
+        let (status, body) = receive_answer(&mut stream, health).await?;
+        if !passes(status, health.expect_status.as_deref()) {
+            return Err(format!("status {status}"));
         }
-        match parse_status(&head[..len]) {
-            Some(status) if passes(status, health.expect_status.as_deref()) => Ok(()),
-            Some(status) => Err(format!("status {status}")),
-            None => Err("not an HTTP response".to_string()),
+        match &health.expect_body {
+            Some(wanted) if !contains(&body, wanted.as_bytes()) => {
+                Err(format!("status {status}, but the body does not contain `{wanted}`"))
+            }
+            _ => Ok(()),
         }
     };
     tokio::time::timeout(health.timeout, attempt)
@@ -137,8 +141,85 @@ pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> 
         .unwrap_or_else(|_| Err(format!("no answer within {} ms", health.timeout.as_millis())))
 }
 
-fn check_request(path: &str, host: &dyn std::fmt::Display) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: webstack-health-check\r\nConnection: close\r\n\r\n")
+/// Reads until [`read_check_answer`] has what the check needs.
+async fn receive_answer(stream: &mut crate::client::UpstreamStream, health: &Health) -> Result<(u16, Vec<u8>), String> {
+    let (head_request, want_body) = (health.method == "HEAD", health.expect_body.is_some());
+    let mut received = Vec::with_capacity(1024);
+    loop {
+        let n = stream.read_buf(&mut received).await.map_err(|e| format!("read: {e}"))?;
+        match read_check_answer(&received, head_request, want_body, n == 0)? {
+            CheckAnswer::Complete { status, body } => return Ok((status, body)),
+            CheckAnswer::Partial if n == 0 => return Err("connection closed before a complete answer".into()),
+            CheckAnswer::Partial if received.len() >= MAX_CHECK_ANSWER => return Err("answer too large".into()),
+            CheckAnswer::Partial => {}
+        }
+    }
+}
+
+/// The body bytes a check looks through for `expect_body` (HAProxy looks within its buffer,
+/// 16 KiB by default): a health page says what it has to say early.
+pub const CHECK_BODY_LIMIT: usize = 16 * 1024;
+/// Past this, an answer that still does not give the check what it needs is a failure.
+const MAX_CHECK_ANSWER: usize = crate::client::MAX_HEAD_BYTES + 2 * CHECK_BODY_LIMIT;
+
+/// What a check has of an answer so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CheckAnswer {
+    /// More bytes are needed.
+    Partial,
+    /// The status, and the body's first bytes (none unless asked for), de-chunked.
+    Complete { status: u16, body: Vec<u8> },
+}
+
+/// Reads a check's answer from the bytes received so far (`closed`: the server has closed
+/// the connection since). Pure, for the fuzz target `health_answer`.
+pub fn read_check_answer(
+    received: &[u8],
+    head_request: bool,
+    want_body: bool,
+    closed: bool,
+) -> Result<CheckAnswer, String> {
+    use crate::client::{parse_response_head, Framing};
+    let mut buf = bytes::BytesMut::from(received);
+    let head = match parse_response_head(&mut buf, head_request) {
+        Ok(Some(head)) => head,
+        Ok(None) => return Ok(CheckAnswer::Partial),
+        Err(e) => return Err(e.to_string()),
+    };
+    let status = head.status.as_u16();
+    if !want_body {
+        return Ok(CheckAnswer::Complete { status, body: Vec::new() });
+    }
+    let (body, complete) = match head.framing {
+        Framing::Empty => (Vec::new(), true),
+        Framing::Length(length) => {
+            let whole = usize::try_from(length).unwrap_or(usize::MAX);
+            (buf[..buf.len().min(whole)].to_vec(), buf.len() >= whole)
+        }
+        Framing::UntilClose => (buf.to_vec(), closed),
+        Framing::Chunked(mut chunked) => {
+            let mut body = Vec::new();
+            while let Some(piece) = chunked.decode(&mut buf).map_err(|e| e.to_string())? {
+                body.extend_from_slice(&piece);
+            }
+            (body, chunked.is_done())
+        }
+    };
+    if complete || body.len() >= CHECK_BODY_LIMIT {
+        let body = body.get(..CHECK_BODY_LIMIT).map_or(body.clone(), <[u8]>::to_vec);
+        return Ok(CheckAnswer::Complete { status, body });
+    }
+    Ok(CheckAnswer::Partial)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn check_request(method: &str, path: &str, host: &dyn std::fmt::Display) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: webstack-health-check\r\nConnection: close\r\n\r\n"
+    )
 }
 
 /// Whether a check's answer passes: one of `expected`, or any 2xx or 3xx without a list.
@@ -147,13 +228,6 @@ pub fn passes(status: u16, expected: Option<&[u16]>) -> bool {
         Some(list) => list.contains(&status),
         None => (200..400).contains(&status),
     }
-}
-
-/// The status code of an HTTP/1.x status line at the start of `head`.
-pub fn parse_status(head: &[u8]) -> Option<u16> {
-    let rest = head.strip_prefix(b"HTTP/1.")?;
-    let code = rest.get(2..5)?;
-    std::str::from_utf8(code).ok()?.parse().ok()
 }
 
 /// Time to wait before the first check of each server, so checks of a pool spread out.
@@ -186,10 +260,26 @@ mod tests {
     }
 
     #[test]
-    fn parses_status_lines() {
-        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(parse_status(b"HTTP/1.0 503 x"), Some(503));
-        assert_eq!(parse_status(b"SSH-2.0-OpenSSH"), None);
-        assert_eq!(parse_status(b"HTTP/1.1 2"), None);
+    fn reads_a_checks_answer_as_far_as_the_check_needs() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nstatus: good";
+        let complete = |status, body: &[u8]| Ok(CheckAnswer::Complete { status, body: body.to_vec() });
+        assert_eq!(read_check_answer(&ok[..20], false, false, false), Ok(CheckAnswer::Partial));
+        assert_eq!(read_check_answer(&ok[..ok.len() - 3], false, false, false), complete(200, b""), "status only");
+        assert_eq!(read_check_answer(&ok[..ok.len() - 3], false, true, false), Ok(CheckAnswer::Partial));
+        assert_eq!(read_check_answer(ok, false, true, false), complete(200, b"status: good"));
+        let chunked =
+            b"HTTP/1.1 503 x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nstat\r\n4\r\nus: \r\n4\r\ndown\r\n0\r\n\r\n";
+        assert_eq!(read_check_answer(chunked, false, true, false), complete(503, b"status: down"), "de-chunked");
+        let until_close = b"HTTP/1.0 200 OK\r\n\r\nup";
+        assert_eq!(read_check_answer(until_close, false, true, false), Ok(CheckAnswer::Partial));
+        assert_eq!(read_check_answer(until_close, false, true, true), complete(200, b"up"));
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n";
+        assert_eq!(read_check_answer(head, true, true, false), complete(200, b""), "HEAD: no body follows");
+        assert!(read_check_answer(b"SSH-2.0-OpenSSH\r\n\r\n", false, false, false).is_err());
+        let big = format!("HTTP/1.1 200 OK\r\nContent-Length: 99999\r\n\r\n{}", "a".repeat(CHECK_BODY_LIMIT + 5));
+        match read_check_answer(big.as_bytes(), false, true, false) {
+            Ok(CheckAnswer::Complete { body, .. }) => assert_eq!(body.len(), CHECK_BODY_LIMIT),
+            other => panic!("{other:?}"),
+        }
     }
 }

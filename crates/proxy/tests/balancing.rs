@@ -1702,3 +1702,44 @@ fn the_admin_listener_takes_changes_only_from_change_from_and_readers_only_from_
     assert_eq!(request_from("127.0.0.1", admin, drain).status, 200);
     assert!(get(admin, "/stats").body.contains("drain"));
 }
+
+#[test]
+fn a_check_can_go_to_another_port_of_the_server() {
+    let servers = [("s1", addr("127.210.43.11:9000"))];
+    let traffic = Upstream::start("s1", servers[0].1);
+    // The server's health endpoint on its own port (HAProxy's `check port`), as many
+    // services expose it apart from traffic.
+    let health_port = Upstream::start("s1-health", addr("127.210.43.11:9001"));
+    let health = "[pools.web.health]\nport = 9001\ninterval_ms = 50\nrise = 1\nfall = 1\n";
+    let _proxy = Proxy::start(&config(43, &servers, health));
+    let (lb, admin) = (addr("127.210.43.1:8080"), addr("127.210.43.1:8404"));
+
+    // What the traffic port's /healthz says does not count: it is not asked.
+    traffic.health.store(503, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(lb, "/").status, 200, "checked on the other port");
+    health_port.health.store(503, Ordering::SeqCst);
+    wait_for_metric(admin, "webstack_proxy_server_up{pool=\"web\",server=\"s1\"} 0");
+    assert_eq!(get(lb, "/").status, 503);
+}
+
+#[test]
+fn a_check_that_expects_text_fails_on_an_answer_without_it() {
+    let servers = [("s1", addr("127.210.44.11:9000"))];
+    let _up = Upstream::start("s1", servers[0].1);
+    // The test server's /healthz says "health" with a 200.
+    let health = "[pools.web.health]\nexpect_body = \"ready\"\ninterval_ms = 50\nrise = 1\nfall = 1\n";
+    let _proxy = Proxy::start(&config(44, &servers, health));
+    let admin = addr("127.210.44.1:8404");
+    wait_for_metric(admin, "webstack_proxy_server_up{pool=\"web\",server=\"s1\"} 0");
+    let servers = get(admin, "/api/servers").body;
+    assert!(servers.contains("status 200, but the body does not contain `ready`"), "the reason: {servers}");
+    assert_eq!(get(addr("127.210.44.1:8080"), "/").status, 503);
+
+    let text = config(45, &[("s1", addr("127.210.44.11:9000"))], &health.replace("ready", "heal"));
+    let _passing = Proxy::start(&text);
+    let admin = addr("127.210.45.1:8404");
+    std::thread::sleep(Duration::from_millis(300));
+    wait_for_metric(admin, "webstack_proxy_server_up{pool=\"web\",server=\"s1\"} 1");
+    assert_eq!(get(addr("127.210.45.1:8080"), "/").status, 200, "a body that holds the text passes");
+}
