@@ -197,6 +197,33 @@ fn unavailable(body: String) -> Response<ProxyBody> {
     response
 }
 
+/// Per pool with a cache: hits, misses (GET and HEAD that went to the servers), and what it holds.
+fn write_cache_metrics(out: &mut String, pools: &[Arc<PoolState>]) {
+    let families = [
+        ("webstack_proxy_cache_hits_total", "counter", "Requests answered from the pool's cache."),
+        ("webstack_proxy_cache_misses_total", "counter", "GET and HEAD requests the cache could not answer."),
+        ("webstack_proxy_cache_entries", "gauge", "Answers held in the pool's cache."),
+        ("webstack_proxy_cache_bytes", "gauge", "Bytes the pool's cache holds, headers included."),
+    ];
+    if pools.iter().all(|p| p.cache.is_none()) {
+        return;
+    }
+    for (name, kind, help) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for pool in pools {
+            let Some(cache) = &pool.cache else { continue };
+            let (entries, bytes) = cache.usage();
+            let value = match name {
+                "webstack_proxy_cache_hits_total" => cache.hits.load(Ordering::Relaxed),
+                "webstack_proxy_cache_misses_total" => cache.misses.load(Ordering::Relaxed),
+                "webstack_proxy_cache_entries" => entries as u64,
+                _ => bytes as u64,
+            };
+            let _ = writeln!(out, "{name}{{pool=\"{}\"}} {value}", pool.config.name);
+        }
+    }
+}
+
 pub(crate) fn metrics(runtime: &Runtime) -> String {
     let (pools, listeners) = (&runtime.pools, &runtime.config.listeners);
     let mut out = String::new();
@@ -245,6 +272,7 @@ pub(crate) fn metrics(runtime: &Runtime) -> String {
             }
         }
     }
+    write_cache_metrics(&mut out, pools);
     let name = "webstack_proxy_response_bytes_total";
     let _ = writeln!(out, "# HELP {name} Response body bytes streamed from the server.\n# TYPE {name} counter");
     for pool in pools {

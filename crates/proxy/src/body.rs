@@ -21,6 +21,7 @@ pin_project_lite::pin_project! {
         Full { bytes: Option<Bytes> },
         File { file: Box<crate::static_files::FileBody> },
         Compressed { body: Box<crate::compression::CompressedBody> },
+        Caching { body: Box<crate::cache::CachingBody> },
     }
 }
 
@@ -39,6 +40,10 @@ impl ProxyBody {
 
     pub fn compressed(body: crate::compression::CompressedBody) -> Self {
         ProxyBody::Compressed { body: Box::new(body) }
+    }
+
+    pub fn caching(body: crate::cache::CachingBody) -> Self {
+        ProxyBody::Caching { body: Box::new(body) }
     }
 
     pub fn file(file: crate::static_files::FileBody) -> Self {
@@ -137,6 +142,7 @@ impl Body for ProxyBody {
                 Poll::Pending => Poll::Pending,
             },
             ProxyBodyProj::Compressed { body } => body.poll_frame(cx),
+            ProxyBodyProj::Caching { body } => Pin::new(&mut **body).poll_frame(cx),
         }
     }
 
@@ -146,6 +152,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { body } => body.is_end_stream(),
             ProxyBody::File { file } => file.remaining() == 0,
             ProxyBody::Compressed { body } => body.is_end_stream(),
+            ProxyBody::Caching { body } => body.is_end_stream(),
         }
     }
 
@@ -156,6 +163,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream { body } => body.size_hint(),
             ProxyBody::File { file } => SizeHint::with_exact(file.remaining()),
             ProxyBody::Compressed { body } => body.size_hint(),
+            ProxyBody::Caching { body } => body.size_hint(),
         }
     }
 }

@@ -130,6 +130,16 @@
 //! timeout_ms = 1000
 //! rise = 2
 //! fall = 3
+//! [pools.web.cache]                # optional: answers kept in memory and served again while
+//!                                  # fresh (HAProxy's cache section, nginx's proxy_cache): 200s
+//!                                  # to GET that say how long they keep (max-age, s-maxage,
+//!                                  # Expires) or carry an ETag/Last-Modified; never private,
+//!                                  # no-store, with Set-Cookie, or for a request with
+//!                                  # Authorization. Age and 304s as a cache gives them.
+//! max_bytes = 67108864             # all entries (HAProxy's total-max-size); least recently
+//!                                  # used go first
+//! max_object_bytes = 1048576       # one answer's body (HAProxy's max-object-size)
+//! max_age_ms = 60000               # the longest an answer is served (HAProxy's max-age)
 //! [[pools.web.servers]]
 //! name = "server-01"
 //! address = "127.0.2.1:8080"       # or "web-01.internal:8080": resolved when the config is
@@ -422,7 +432,50 @@ struct RawPool {
     passive: Option<RawPassive>,
     health: Option<RawHealth>,
     tls: Option<RawUpstreamTls>,
+    cache: Option<RawCache>,
     servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default = "default_cache_bytes")]
+    max_bytes: u64,
+    #[serde(default = "default_cache_object_bytes")]
+    max_object_bytes: u64,
+    #[serde(default = "default_cache_age")]
+    max_age_ms: u64,
+}
+
+fn default_cache_bytes() -> u64 {
+    64 << 20
+}
+fn default_cache_object_bytes() -> u64 {
+    1 << 20
+}
+fn default_cache_age() -> u64 {
+    60_000
+}
+
+/// Past this, a cache's size is a typo (and memory the host has not got).
+const MAX_CACHE_BYTES: u64 = 64 << 30;
+
+fn validate_cache(raw: &RawCache, field: &str, err: &mut impl FnMut(String, String)) -> crate::cache::CacheConfig {
+    if raw.max_bytes == 0 || raw.max_bytes > MAX_CACHE_BYTES {
+        err(format!("{field}.cache.max_bytes"), format!("must be from 1 to {MAX_CACHE_BYTES}"));
+    }
+    if raw.max_object_bytes == 0 || raw.max_object_bytes > raw.max_bytes {
+        err(format!("{field}.cache.max_object_bytes"), "must be from 1 to max_bytes".into());
+    }
+    if raw.max_age_ms < 1000 {
+        err(format!("{field}.cache.max_age_ms"), "must be at least 1000 (ages are counted in seconds)".into());
+    }
+    at_most_a_week(raw.max_age_ms, format!("{field}.cache.max_age_ms"), err);
+    crate::cache::CacheConfig {
+        max_bytes: usize::try_from(raw.max_bytes).unwrap_or(usize::MAX),
+        max_object_bytes: usize::try_from(raw.max_object_bytes).unwrap_or(usize::MAX),
+        max_age: Duration::from_millis(raw.max_age_ms),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -932,6 +985,8 @@ pub struct Pool {
     pub health: Option<Health>,
     /// TLS to the servers, verified against the pool's CA.
     pub tls: Option<crate::tls::UpstreamTls>,
+    /// Answers kept in memory and served again while fresh.
+    pub cache: Option<crate::cache::CacheConfig>,
     pub servers: Vec<Server>,
 }
 
@@ -1153,6 +1208,7 @@ impl ProxyConfig {
                 }
             }
             let tls = p.tls.as_ref().and_then(|t| load_upstream_tls(t, &base, &field, &mut err));
+            let cache = p.cache.as_ref().map(|c| validate_cache(c, &field, &mut err));
             let health = p.health.as_ref().map(|h| {
                 if !h.path.starts_with('/') || !h.path.bytes().all(|b| b.is_ascii_graphic()) {
                     err(format!("{field}.health.path"), format!("`{}` must start with / and have no spaces", h.path));
@@ -1231,6 +1287,7 @@ impl ProxyConfig {
                     .map(|x| Passive { failures: x.failures, cooldown: Duration::from_millis(x.cooldown_ms) }),
                 health,
                 tls,
+                cache,
                 servers: p
                     .servers
                     .iter()

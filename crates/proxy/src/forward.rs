@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 
 use crate::balancer::{self, Algorithm, Pick};
 use crate::body::{ProxyBody, RequestBody, UpstreamBody};
+use crate::cache::{self, Cache, Lookup};
 use crate::client::{self, BodyWriteError, Connection, Framing, RequestFraming, ResponseHead};
 use crate::config::Listener;
 use crate::stall::{idle_for, Activity};
@@ -60,6 +61,11 @@ pub async fn forward(
             return (error_response(StatusCode::PAYLOAD_TOO_LARGE), None);
         }
     }
+    let cache_key = match pool.cache.as_ref().map(|c| c.lookup(&req, listener.tls.is_some())) {
+        Some(Lookup::Hit(response)) => return (*response, None),
+        Some(Lookup::Miss(key)) => Some(key),
+        Some(Lookup::Bypass) | None => None,
+    };
     let key = request_key(&pool.config.algorithm, &req, client);
     let pinned = pool.config.sticky_cookie.as_deref().and_then(|name| pinned_server(pool, req.headers(), name));
     // WebSocket and other upgrades: the Upgrade header goes on, and the client's side of the
@@ -82,6 +88,10 @@ pub async fn forward(
     });
     match send(pool, req, key, pinned, client_upgrade, replay).await {
         Ok((index, mut response)) => {
+            if let (Some(cache), Some(key)) = (&pool.cache, cache_key) {
+                // Kept as the server sent it, before this proxy's own headers go on.
+                response = keep_in_cache(cache, key, response);
+            }
             let server = &pool.servers[index];
             let status = response.status().as_u16();
             server.count_response(status);
@@ -140,6 +150,26 @@ pub async fn forward(
             (error_response(status), None)
         }
     }
+}
+
+/// Stores a storable answer: at once when its body came whole, else as it streams by.
+fn keep_in_cache(cache: &Arc<Cache>, key: cache::Key, response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let Some(lifetime) = cache.lifetime(response.status(), response.headers()) else { return response };
+    let (parts, body) = response.into_parts();
+    let body = match body {
+        ProxyBody::Full { bytes } => {
+            let whole = bytes.clone().unwrap_or_default();
+            cache.store(key, parts.status, parts.headers.clone(), whole, lifetime);
+            ProxyBody::Full { bytes }
+        }
+        ProxyBody::Upstream { body } => {
+            let (status, headers) = (parts.status, parts.headers.clone());
+            let pending = cache::Pending { cache: cache.clone(), key, status, headers, lifetime };
+            ProxyBody::caching(cache::CachingBody::new(body, pending))
+        }
+        other => other,
+    };
+    Response::from_parts(parts, body)
 }
 
 /// Passive health, when the pool has it: counts a failure, and takes the server out after

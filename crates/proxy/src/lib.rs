@@ -12,6 +12,7 @@ pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod body;
+pub mod cache;
 pub mod client;
 pub mod compression;
 pub mod config;

@@ -37,6 +37,8 @@ pub struct PoolState {
     pub queued: AtomicU64,
     /// Requests answered 503 after waiting the whole queue timeout.
     pub queue_timeouts: AtomicU64,
+    /// Answers kept for the pool (`[pools.P.cache]`).
+    pub cache: Option<Arc<crate::cache::Cache>>,
 }
 
 const RETRY_TENTHS_PER_REQUEST: u64 = 2;
@@ -48,12 +50,19 @@ impl PoolState {
     pub fn new(config: config::Pool) -> Self {
         let freed = Arc::new(Notify::new());
         let servers = config.servers.iter().map(|s| Arc::new(ServerState::new(s.clone(), freed.clone()))).collect();
-        Self::with_servers(config, servers, freed)
+        let cache = config.cache.clone().map(|c| Arc::new(crate::cache::Cache::new(c)));
+        Self::with_servers(config, servers, freed, cache)
     }
 
-    fn with_servers(config: config::Pool, servers: Vec<Arc<ServerState>>, freed: Arc<Notify>) -> Self {
+    fn with_servers(
+        config: config::Pool,
+        servers: Vec<Arc<ServerState>>,
+        freed: Arc<Notify>,
+        cache: Option<Arc<crate::cache::Cache>>,
+    ) -> Self {
         let balancer = ArcSwap::from_pointee(build_balancer(&config, &servers));
         PoolState {
+            cache,
             config,
             servers,
             balancer,
@@ -101,7 +110,12 @@ impl PoolState {
                 }
             })
             .collect();
-        Self::with_servers(config, servers, freed)
+        // A cache whose limits stay keeps its entries: a reload is no reason to go cold.
+        let cache = match (old.and_then(|o| o.cache.clone()), &config.cache) {
+            (Some(kept), Some(wanted)) if kept.config == *wanted => Some(kept),
+            (_, wanted) => wanted.clone().map(|c| Arc::new(crate::cache::Cache::new(c))),
+        };
+        Self::with_servers(config, servers, freed, cache)
     }
 
     /// Adds one request's share to the retry budget.

@@ -1743,3 +1743,76 @@ fn a_check_that_expects_text_fails_on_an_answer_without_it() {
     wait_for_metric(admin, "webstack_proxy_server_up{pool=\"web\",server=\"s1\"} 1");
     assert_eq!(get(addr("127.210.45.1:8080"), "/").status, 200, "a body that holds the text passes");
 }
+
+/// The requests a proxy's listener `www` has answered, from its own /metrics.
+fn requests_answered(admin: SocketAddr) -> u64 {
+    let metrics = get(admin, "/metrics").body;
+    let line = metrics.lines().find(|l| l.starts_with("webstack_proxy_listener_requests_total{listener=\"www\"}"));
+    line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("no request count in {metrics}"))
+}
+
+#[test]
+fn a_pool_cache_serves_fresh_answers_without_asking_the_server_again() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("site.css"), "body { color: teal }\n").unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("big.bin"), &big).unwrap();
+    // The origin: a web server with files that say they keep for a minute.
+    let origin_admin = addr("127.210.46.11:8404");
+    let _origin = Proxy::start(&format!(
+        "name = \"origin\"\n[admin]\nbind = \"{origin_admin}\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.46.11:9000\"\n\
+         [[listeners.routes]]\nprefix = \"/\"\nstatic_root = \"{}\"\ncache_control = \"public, max-age=60\"\n",
+        dir.path().display()
+    ));
+    let text = config(46, &[("origin", addr("127.210.46.11:9000"))], "[pools.web.cache]\nmax_object_bytes = 1048576\n");
+    let _edge = Proxy::start(&text);
+    let (lb, admin) = (addr("127.210.46.1:8080"), addr("127.210.46.1:8404"));
+    let asked = || requests_answered(origin_admin);
+
+    let (first, body) = raw_get(lb, "/site.css", "");
+    assert!(first.starts_with("http/1.1 200"), "{first}");
+    assert_eq!(asked(), 1);
+    let (again, cached) = raw_get(lb, "/site.css", "");
+    assert!(again.starts_with("http/1.1 200") && again.contains("\r\nage: "), "{again}");
+    assert_eq!((cached, asked()), (body, 1), "the same answer, and the origin not asked again");
+
+    // A body streamed through (larger than what comes with the head) is kept as it passes.
+    let (_, streamed) = raw_get(lb, "/big.bin", "");
+    let (head, from_cache) = raw_get(lb, "/big.bin", "");
+    assert!(head.contains("\r\nage: "), "{head}");
+    assert!(streamed == big && from_cache == big, "whole both times");
+    assert_eq!(asked(), 2);
+
+    // A validator the entry matches gets a 304 from the cache; HEAD gets the head.
+    let etag = first.lines().find_map(|l| l.strip_prefix("etag: ")).expect("an ETag").to_string();
+    let (not_modified, _) = raw_get(lb, "/site.css", &format!("If-None-Match: {etag}\r\n"));
+    assert!(not_modified.starts_with("http/1.1 304"), "{not_modified}");
+    let head = request(lb, "HEAD /site.css HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    assert_eq!(asked(), 2);
+
+    // A client that asks for a fresh answer gets one; a POST drops the entry.
+    raw_get(lb, "/site.css", "Cache-Control: no-cache\r\n");
+    assert_eq!(asked(), 3);
+    request(lb, "POST /site.css HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert_eq!(asked(), 4);
+    raw_get(lb, "/site.css", "");
+    assert_eq!(asked(), 5, "asked again after the POST");
+
+    let metrics = get(admin, "/metrics").body;
+    assert!(metrics.contains("webstack_proxy_cache_hits_total{pool=\"web\"} 4"), "{metrics}");
+    assert!(metrics.contains("webstack_proxy_cache_entries{pool=\"web\"} 2"), "{metrics}");
+}
+
+#[test]
+fn a_pool_cache_keeps_nothing_private_or_unmarked() {
+    // The test server's answers say nothing about caching, as most dynamic pages.
+    let servers = [("s1", addr("127.210.47.11:9000"))];
+    let up = Upstream::start("s1", servers[0].1);
+    let _edge = Proxy::start(&config(47, &servers, "[pools.web.cache]\n"));
+    let lb = addr("127.210.47.1:8080");
+    for _ in 0..3 {
+        assert_eq!(get(lb, "/page").status, 200);
+    }
+    assert_eq!(up.seen.lock().unwrap().iter().filter(|s| s.starts_with("GET /page")).count(), 3, "never from cache");
+}
