@@ -140,6 +140,10 @@
 //!                                  # used go first
 //! max_object_bytes = 1048576       # one answer's body (HAProxy's max-object-size)
 //! max_age_ms = 60000               # the longest an answer is served (HAProxy's max-age)
+//! [[pools.web.server_templates]]   # optional, with [resolvers] (HAProxy's server-template):
+//! name = "web"                     # servers web1…web5 filled from every address DNS gives
+//! count = 5                        # the name; a slot without one takes no requests
+//! address = "web.service.internal:8080"
 //! [[pools.web.servers]]
 //! name = "server-01"
 //! address = "127.0.2.1:8080"       # or "web-01.internal:8080": resolved when the config is
@@ -433,8 +437,31 @@ struct RawPool {
     health: Option<RawHealth>,
     tls: Option<RawUpstreamTls>,
     cache: Option<RawCache>,
+    #[serde(default)]
     servers: Vec<RawServer>,
+    #[serde(default)]
+    server_templates: Vec<RawServerTemplate>,
 }
+
+/// HAProxy's `server-template`: `count` servers named `name1`…`nameN`, filled from every
+/// address DNS gives for one host name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerTemplate {
+    name: String,
+    count: u32,
+    /// `host:port`.
+    address: String,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default)]
+    backup: bool,
+    #[serde(default)]
+    maxconn: u32,
+}
+
+/// More slots than this in one template is a typo.
+const MAX_TEMPLATE_SLOTS: u32 = 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1031,6 +1058,11 @@ pub struct Server {
     pub backup: bool,
     /// At most this many requests at once; more wait in the pool's queue.
     pub maxconn: Option<u32>,
+    /// The `server_templates` entry this server is a slot of.
+    pub template: Option<String>,
+    /// A template's slot that DNS gave no address at load: it waits for one, taking no
+    /// requests (its `address` is only a placeholder with the port).
+    pub unresolved: bool,
 }
 
 impl ProxyConfig {
@@ -1147,7 +1179,7 @@ impl ProxyConfig {
                     );
                 }
             }
-            if p.servers.is_empty() {
+            if p.servers.is_empty() && p.server_templates.is_empty() {
                 err(format!("{field}.servers"), "a pool needs at least one server".into());
             }
             if p.connect_timeout_ms == 0 {
@@ -1190,7 +1222,7 @@ impl ProxyConfig {
                         format!("`{}` is not a server name (letters, digits, - _ .)", s.name),
                     );
                 }
-                if !names.insert(s.name.as_str()) {
+                if !names.insert(s.name.clone()) {
                     err(format!("{field}.servers[{j}].name"), format!("server `{}` is in this pool twice", s.name));
                 }
                 match server_address(&s.address, resolve) {
@@ -1205,6 +1237,31 @@ impl ProxyConfig {
                         format!("{field}.servers[{j}].weight"),
                         format!("{} is above the maximum weight {MAX_WEIGHT}", s.weight),
                     );
+                }
+            }
+            let mut servers: Vec<Server> = p
+                .servers
+                .iter()
+                .zip(addresses)
+                .map(|(s, (address, host))| Server {
+                    name: s.name.clone(),
+                    address,
+                    host,
+                    weight: s.weight,
+                    backup: s.backup,
+                    maxconn: (s.maxconn > 0).then_some(s.maxconn),
+                    template: None,
+                    unresolved: false,
+                })
+                .collect();
+            for (k, t) in p.server_templates.iter().enumerate() {
+                let field = format!("{field}.server_templates[{k}]");
+                let slots = template_servers(t, &field, resolvers.is_some(), resolve, &mut err);
+                for slot in slots {
+                    if !names.insert(slot.name.clone()) {
+                        err(format!("{field}.name"), format!("server `{}` is in this pool twice", slot.name));
+                    }
+                    servers.push(slot);
                 }
             }
             let tls = p.tls.as_ref().and_then(|t| load_upstream_tls(t, &base, &field, &mut err));
@@ -1288,19 +1345,7 @@ impl ProxyConfig {
                 health,
                 tls,
                 cache,
-                servers: p
-                    .servers
-                    .iter()
-                    .zip(addresses)
-                    .map(|(s, (address, host))| Server {
-                        name: s.name.clone(),
-                        address,
-                        host,
-                        weight: s.weight,
-                        backup: s.backup,
-                        maxconn: (s.maxconn > 0).then_some(s.maxconn),
-                    })
-                    .collect(),
+                servers,
             });
         }
 
@@ -1591,13 +1636,68 @@ fn resolve_through(resolvers: &Resolvers, host: &str, port: u16) -> std::io::Res
     }
 }
 
-/// A server's `address`: an IP address and port, or a host name and port resolved now to the
-/// first address the resolver gives, as HAProxy resolves server names when it starts (its
-/// default `init-addr libc`) and nginx when it loads; a reload resolves them again.
-fn server_address(text: &str, resolve: Resolver<'_>) -> Result<(SocketAddr, Option<String>), String> {
-    if let Ok(address) = text.parse::<SocketAddr>() {
-        return Ok((address, None));
+/// A template's slots, filled with the addresses `host` resolves to now; the others wait for
+/// DNS at run time. A name that does not resolve yet is no error: filling slots as addresses
+/// come and go is what a template is for (HAProxy's `init-addr none`).
+fn template_servers(
+    t: &RawServerTemplate,
+    field: &str,
+    has_resolvers: bool,
+    resolve: Resolver<'_>,
+    err: &mut impl FnMut(String, String),
+) -> Vec<Server> {
+    if !has_resolvers {
+        err(format!("{field}.address"), "a server template needs a [resolvers] section to ask DNS at run time".into());
     }
+    if t.count == 0 || t.count > MAX_TEMPLATE_SLOTS {
+        err(format!("{field}.count"), format!("must be from 1 to {MAX_TEMPLATE_SLOTS}"));
+        return Vec::new();
+    }
+    if t.name.is_empty() || !t.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        err(format!("{field}.name"), format!("`{}` is not a server name (letters, digits, - _ .)", t.name));
+    }
+    if t.weight > MAX_WEIGHT {
+        err(format!("{field}.weight"), format!("{} is above the maximum weight {MAX_WEIGHT}", t.weight));
+    }
+    let (host, port) = match host_and_port(&t.address) {
+        Ok((host, port)) if host.parse::<std::net::IpAddr>().is_err() && port != 0 => (host, port),
+        Ok(_) => {
+            err(format!("{field}.address"), format!("`{}`: a template needs a host name and a port", t.address));
+            return Vec::new();
+        }
+        Err(e) => {
+            err(format!("{field}.address"), e);
+            return Vec::new();
+        }
+    };
+    let mut found: Vec<SocketAddr> = Vec::new();
+    match resolve(host, port) {
+        Ok(addresses) => {
+            for a in addresses {
+                if !found.contains(&a) {
+                    found.push(a);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(host, "server template: `{host}` does not resolve yet ({e}); its slots wait for DNS"),
+    }
+    let placeholder = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
+    (1..=t.count as usize)
+        .map(|i| Server {
+            name: format!("{}{i}", t.name),
+            address: found.get(i - 1).copied().unwrap_or(placeholder),
+            host: Some(host.to_string()),
+            weight: t.weight,
+            backup: t.backup,
+            maxconn: (t.maxconn > 0).then_some(t.maxconn),
+            template: Some(t.name.clone()),
+            unresolved: i > found.len(),
+        })
+        .collect()
+}
+
+/// `host:port` split, the host checked as a name or an IP address could be written.
+fn host_and_port(text: &str) -> Result<(&str, u16), String> {
     let Some((host, port)) = text.rsplit_once(':') else {
         return Err(format!("`{text}` needs a port: ip:port or host:port"));
     };
@@ -1608,6 +1708,17 @@ fn server_address(text: &str, resolve: Resolver<'_>) -> Result<(SocketAddr, Opti
     if host.is_empty() || host.len() > 253 || !host.bytes().all(name_char) {
         return Err(format!("`{host}` is neither an IP address nor a host name"));
     }
+    Ok((host, port))
+}
+
+/// A server's `address`: an IP address and port, or a host name and port resolved now to the
+/// first address the resolver gives, as HAProxy resolves server names when it starts (its
+/// default `init-addr libc`) and nginx when it loads; a reload resolves them again.
+fn server_address(text: &str, resolve: Resolver<'_>) -> Result<(SocketAddr, Option<String>), String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok((address, None));
+    }
+    let (host, port) = host_and_port(text)?;
     match resolve(host, port) {
         Ok(addresses) => match addresses.first() {
             Some(address) => Ok((*address, Some(host.to_string()))),
@@ -1893,6 +2004,52 @@ respond = { body = "eu" }
         let tls = config.pools[0].tls.as_ref().unwrap();
         assert_eq!(tls.ca, dir.path().join("ca.pem"));
         assert_eq!(config.pools[0].health.as_ref().unwrap().tls.as_ref(), Some(tls));
+    }
+
+    #[test]
+    fn a_server_template_fills_its_slots_with_the_addresses_a_name_has_now() {
+        let resolve = |host: &str, port: u16| match host {
+            "web.internal" => {
+                Ok(vec![SocketAddr::from(([127, 0, 0, 7], port)), SocketAddr::from(([127, 0, 0, 8], port))])
+            }
+            _ => Err(std::io::Error::other("NXDOMAIN")),
+        };
+        let load = |text: String| ProxyConfig::from_source_resolving(&Source::from_text("p.toml", &text), &resolve);
+        let template = |address: &str| {
+            format!(
+                "name = \"lb\"\n[resolvers]\nnameservers = [\"127.0.0.53\"]\n[[listeners]]\nname = \"www\"\nbind = \"127.0.0.1:8080\"\n\
+                 [[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n[pools.web]\n\
+                 [[pools.web.server_templates]]\nname = \"web\"\ncount = 3\naddress = \"{address}\"\n"
+            )
+        };
+        let c = load(template("web.internal:8080")).unwrap();
+        let slots: Vec<(&str, String, bool)> =
+            c.pools[0].servers.iter().map(|s| (s.name.as_str(), s.address.to_string(), s.unresolved)).collect();
+        assert_eq!(
+            slots,
+            [
+                ("web1", "127.0.0.7:8080".to_string(), false),
+                ("web2", "127.0.0.8:8080".to_string(), false),
+                ("web3", "0.0.0.0:8080".to_string(), true)
+            ]
+        );
+        assert!(c.pools[0].servers.iter().all(|s| s.template.as_deref() == Some("web")));
+        let waiting = load(template("later.internal:8080")).unwrap();
+        assert!(waiting.pools[0].servers.iter().all(|s| s.unresolved), "a name not there yet: slots wait for it");
+
+        for (address, says) in [("10.0.0.1:8080", "a template needs a host name"), ("web.internal", "needs a port")] {
+            let e = load(template(address)).unwrap_err();
+            assert_eq!(e.0[0].field, "pools.web.server_templates[0].address", "{e}");
+            assert!(e.0[0].message.contains(says), "{e}");
+        }
+        let e = load(template("web.internal:8080").replace("[resolvers]\nnameservers = [\"127.0.0.53\"]\n", ""))
+            .unwrap_err();
+        assert!(e.0[0].message.contains("needs a [resolvers] section"), "{e}");
+        let e = load(template("web.internal:8080").replace("count = 3", "count = 0")).unwrap_err();
+        assert_eq!(e.0[0].field, "pools.web.server_templates[0].count", "{e}");
+        let clash =
+            template("web.internal:8080") + "[[pools.web.servers]]\nname = \"web2\"\naddress = \"127.0.0.1:9\"\n";
+        assert!(load(clash).unwrap_err().to_string().contains("server `web2` is in this pool twice"));
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!
 //! [`read_answer`] is a pure function over a datagram from the network (the fuzz target
 //! `dns_answer` drives it); [`resolve`] is the blocking exchange, used at load and, on the
-//! blocking pool, by [`watch`].
+//! blocking pool, by [`watch_server`] and [`watch_template`].
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
@@ -276,9 +276,10 @@ pub fn system_nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Resolves `server`'s host name every `hold_valid` for as long as the task lives (it is
-/// aborted and started again with the checks at each reload).
-pub async fn watch(pool: String, server: Arc<ServerState>, host: String, resolvers: Resolvers) {
+/// Asks the nameservers for `host` every `hold_valid` for as long as the task lives (it is
+/// aborted and started again with the checks at each reload), handing each answer to
+/// `apply`. A failure changes nothing and is logged once until it changes.
+async fn watch(pool: &str, host: &str, resolvers: Resolvers, mut apply: impl FnMut(&Answer)) {
     let mut ticker = tokio::time::interval(resolvers.hold_valid);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is now, and the name was just resolved when the config loaded.
@@ -286,21 +287,81 @@ pub async fn watch(pool: String, server: Arc<ServerState>, host: String, resolve
     let mut last_error: Option<String> = None;
     loop {
         ticker.tick().await;
-        let (name, nameservers, timeout) = (host.clone(), resolvers.nameservers.clone(), resolvers.timeout);
+        let (name, nameservers, timeout) = (host.to_string(), resolvers.nameservers.clone(), resolvers.timeout);
         let asked = tokio::task::spawn_blocking(move || resolve(&name, &nameservers, timeout)).await;
         let Ok(result) = asked else { continue };
         match result {
             Ok(answer) => {
                 last_error = None;
-                follow(&pool, &server, &host, &answer);
+                apply(&answer);
             }
             Err(e) => {
                 let e = e.to_string();
                 if last_error.as_ref() != Some(&e) {
-                    tracing::warn!(pool, server = server.config.name, host, "DNS: {e}; the last address stands");
+                    tracing::warn!(pool, host, "DNS: {e}; the last addresses stand");
                 }
                 last_error = Some(e);
             }
+        }
+    }
+}
+
+/// Follows one server's host name.
+pub async fn watch_server(pool: String, server: Arc<ServerState>, host: String, resolvers: Resolvers) {
+    watch(&pool, &host, resolvers, |answer| follow(&pool, &server, &host, answer)).await
+}
+
+/// Which address each slot of a template takes from an answer: a slot keeps its address
+/// while the answer still gives it; the answer's other addresses go, in order, to the slots
+/// left without one; `None`: no address (more slots than addresses).
+pub fn assign(current: &[Option<IpAddr>], answer: &[IpAddr]) -> Vec<Option<IpAddr>> {
+    let mut next: Vec<Option<IpAddr>> = Vec::with_capacity(current.len());
+    for ip in current {
+        // A slot keeps its address if the answer has it and no earlier slot kept it too.
+        next.push(ip.filter(|ip| answer.contains(ip) && !next.contains(&Some(*ip))));
+    }
+    let mut unplaced: Vec<IpAddr> = Vec::new();
+    for ip in answer {
+        if !next.contains(&Some(*ip)) && !unplaced.contains(ip) {
+            unplaced.push(*ip);
+        }
+    }
+    let mut unplaced = unplaced.into_iter();
+    for slot in next.iter_mut().filter(|s| s.is_none()) {
+        *slot = unplaced.next();
+    }
+    next
+}
+
+/// Follows a template's host name, spreading its addresses over the slots (HAProxy's
+/// `server-template`): a new address fills a free slot, an address gone empties its slot,
+/// and the others stay where they are, connections and all.
+pub async fn watch_template(pool: String, slots: Vec<Arc<ServerState>>, host: String, resolvers: Resolvers) {
+    watch(&pool, &host, resolvers, |answer| {
+        let ips = match answer {
+            Answer::Addresses(ips) => ips.as_slice(),
+            Answer::NoSuchName | Answer::NoAddress => &[],
+        };
+        fill_slots(&pool, &slots, &host, ips)
+    })
+    .await
+}
+
+fn fill_slots(pool: &str, slots: &[Arc<ServerState>], host: &str, ips: &[IpAddr]) {
+    let current: Vec<Option<IpAddr>> = slots.iter().map(|s| s.is_resolved().then(|| s.address().ip())).collect();
+    for ((slot, was), now) in slots.iter().zip(&current).zip(assign(&current, ips)) {
+        let name = &slot.config.name;
+        match now {
+            None if was.is_some()
+                && slot.lose_address(format!("DNS: {host} no longer gives {}", slot.address().ip())) =>
+            {
+                tracing::warn!(pool, server = name, host, "server slot emptied: DNS no longer gives its address");
+            }
+            Some(ip) if *was != Some(ip) => {
+                slot.follow_addresses(&[ip], slot.address().port());
+                tracing::warn!(pool, server = name, host, address = %slot.address(), "server slot filled (DNS)");
+            }
+            _ => {}
         }
     }
 }
@@ -399,6 +460,18 @@ mod tests {
         bytes[7] = 40;
         assert_eq!(read_answer(&bytes, 4, &name, RecordType::A), Ok(Reply::Truncated));
         assert!(read_answer(&bytes, 5, &name, RecordType::A).is_err(), "another query's");
+    }
+
+    #[test]
+    fn template_slots_keep_their_addresses_and_free_ones_take_new_addresses() {
+        let ip = |o: u8| IpAddr::V4(Ipv4Addr::new(198, 18, 0, o));
+        assert_eq!(assign(&[None, None, None], &[ip(1), ip(2)]), [Some(ip(1)), Some(ip(2)), None]);
+        // A rotated answer moves nothing; a gone address frees its slot for a new one.
+        assert_eq!(assign(&[Some(ip(1)), Some(ip(2)), None], &[ip(2), ip(1)]), [Some(ip(1)), Some(ip(2)), None]);
+        assert_eq!(assign(&[Some(ip(1)), Some(ip(2)), None], &[ip(3), ip(2)]), [Some(ip(3)), Some(ip(2)), None]);
+        assert_eq!(assign(&[Some(ip(1)), None], &[ip(2), ip(3), ip(4)]), [Some(ip(2)), Some(ip(3))], "more than fit");
+        assert_eq!(assign(&[Some(ip(1)), Some(ip(1))], &[ip(1)]), [Some(ip(1)), None], "an address in one slot only");
+        assert_eq!(assign(&[Some(ip(1))], &[]), [None]);
     }
 
     #[test]

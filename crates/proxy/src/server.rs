@@ -213,11 +213,8 @@ fn open_access_log(config: &ProxyConfig, previous: Option<&Runtime>) -> io::Resu
 fn spawn_checkers(pools: &[Arc<PoolState>], resolvers: Option<&crate::config::Resolvers>) -> Vec<JoinHandle<()>> {
     let mut checkers = Vec::new();
     for pool in pools {
-        for server in pool.servers.iter() {
-            if let (Some(r), Some(host)) = (resolvers, &server.config.host) {
-                let (name, server, host, r) = (pool.config.name.clone(), server.clone(), host.clone(), r.clone());
-                checkers.push(tokio::spawn(crate::resolvers::watch(name, server, host, r)));
-            }
+        if let Some(r) = resolvers {
+            checkers.extend(spawn_dns_watches(pool, r));
         }
         if let Some(h) = &pool.config.health {
             let count = pool.servers.len();
@@ -232,6 +229,31 @@ fn spawn_checkers(pools: &[Arc<PoolState>], resolvers: Option<&crate::config::Re
         }
     }
     checkers
+}
+
+/// One DNS watch per server written with a host name, and one per server template.
+fn spawn_dns_watches(pool: &PoolState, resolvers: &crate::config::Resolvers) -> Vec<JoinHandle<()>> {
+    let mut watches = Vec::new();
+    let mut templates: Vec<(&str, &str, Vec<Arc<crate::upstream::ServerState>>)> = Vec::new();
+    for server in &pool.servers {
+        let Some(host) = &server.config.host else { continue };
+        match &server.config.template {
+            None => {
+                let (name, server, host, r) =
+                    (pool.config.name.clone(), server.clone(), host.clone(), resolvers.clone());
+                watches.push(tokio::spawn(crate::resolvers::watch_server(name, server, host, r)));
+            }
+            Some(t) => match templates.iter_mut().find(|(name, ..)| name == t) {
+                Some((.., slots)) => slots.push(server.clone()),
+                None => templates.push((t, host, vec![server.clone()])),
+            },
+        }
+    }
+    for (_, host, slots) in templates {
+        let (name, host, r) = (pool.config.name.clone(), host.to_string(), resolvers.clone());
+        watches.push(tokio::spawn(crate::resolvers::watch_template(name, slots, host, r)));
+    }
+    watches
 }
 
 async fn reload_on_sighup(proxy: Arc<Proxy>) {

@@ -102,7 +102,9 @@ impl PoolState {
                 match previous {
                     Some(p) if same_but_address(&p.config, s) && same_tls => {
                         // Resolved again at this load: it has an address, whatever DNS said before.
-                        p.follow_addresses(&[s.address.ip()], s.address.port());
+                        if !s.unresolved {
+                            p.follow_addresses(&[s.address.ip()], s.address.port());
+                        }
                         p.clone()
                     }
                     Some(p) => Arc::new(ServerState::new(s.clone(), freed.clone()).with_state_of(p)),
@@ -314,14 +316,14 @@ impl LatencyHistogram {
 
 impl ServerState {
     pub fn new(config: config::Server, freed: Arc<Notify>) -> Self {
-        ServerState {
+        let state = ServerState {
             freed,
             weight: AtomicU32::new(config.weight),
             // Validated names are header-safe; the fallback only guards against a future change.
             name_header: http::HeaderValue::from_str(&config.name).unwrap_or(http::HeaderValue::from_static("-")),
             address: ArcSwap::from_pointee(config.address),
             address_generation: AtomicU32::new(0),
-            resolved: AtomicBool::new(true),
+            resolved: AtomicBool::new(!config.unresolved),
             config,
             up: AtomicBool::new(true),
             admin: AtomicU8::new(AdminState::Ready as u8),
@@ -336,7 +338,11 @@ impl ServerState {
             latency: LatencyHistogram::default(),
             bytes_out: AtomicU64::new(0),
             last_check: Mutex::new(String::new()),
+        };
+        if state.config.unresolved {
+            state.record_check("DNS: no address for this slot yet".into());
         }
+        state
     }
 
     /// Records what the last check (or passive health) found.
@@ -529,6 +535,8 @@ mod tests {
             weight: 1,
             backup: false,
             maxconn: None,
+            template: None,
+            unresolved: false,
         };
         ServerState::new(config, Arc::new(Notify::new()))
     }

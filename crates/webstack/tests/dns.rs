@@ -232,3 +232,68 @@ fn the_proxys_resolver_reads_answers_nxdomain_nodata_and_asks_again_over_tcp_whe
     let both = ["127.208.8.54:5353".parse().unwrap(), ns[0]];
     assert!(matches!(resolve("many.foobar.com", &both, timeout), Ok(Answer::Addresses(_))));
 }
+
+#[test]
+fn a_server_template_fills_and_empties_its_slots_as_dns_gives_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let site: std::net::SocketAddr = "127.208.9.10:8080".parse().unwrap();
+    let admin: std::net::SocketAddr = "127.208.9.10:8404".parse().unwrap();
+    let _a = respond_server(dir.path(), "web-a", "127.208.9.1:8080", "A");
+    let mut b = Some(respond_server(dir.path(), "web-b", "127.208.9.2:8080", "B"));
+    // Three addresses for `web`; DNS gives those whose port 8080 accepts: A and B for now.
+    let dns_config = dir.path().join("dns.toml");
+    std::fs::write(
+        &dns_config,
+        "name = \"ns-01\"\nlisten = \"127.208.9.53:5353\"\nzone = \"foobar.com\"\nnameserver = \"ns-01\"\n\
+         [[records]]\nname = \"ns-01\"\naddresses = [\"127.208.9.53\"]\n\
+         [[records]]\nname = \"web\"\naddresses = [\"127.208.9.1\", \"127.208.9.2\", \"127.208.9.3\"]\ncheck_port = 8080\n",
+    )
+    .unwrap();
+    let _dns = start("dns", &dns_config);
+    let web = || {
+        let mut lines: Vec<String> =
+            dig_at("@127.208.9.53", &["+short", "web.foobar.com"]).lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    support::wait_for("DNS to give A and B", Duration::from_secs(10), || web() == ["127.208.9.1", "127.208.9.2"]);
+
+    let lb_config = dir.path().join("lb.toml");
+    std::fs::write(
+        &lb_config,
+        format!(
+            "name = \"lb\"\n[admin]\nbind = \"{admin}\"\n[resolvers]\nnameservers = [\"127.208.9.53:5353\"]\n\
+             hold_valid_ms = 200\n[[listeners]]\nname = \"www\"\nbind = \"{site}\"\n\
+             [[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n[pools.web]\nconnect_timeout_ms = 500\n\
+             [[pools.web.server_templates]]\nname = \"web\"\ncount = 3\naddress = \"web.foobar.com:8080\"\n"
+        ),
+    )
+    .unwrap();
+    let _lb = start("proxy", &lb_config);
+    // Which servers answer a dozen requests (round robin over the filled slots).
+    let answering = || {
+        let mut seen: Vec<String> =
+            (0..12).filter_map(|_| support::get(site, "/").ok().filter(|r| r.status == 200).map(|r| r.body)).collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    };
+    support::wait_for("A and B behind the template", Duration::from_secs(10), || answering() == ["A", "B"]);
+    let servers = support::get(admin, "/api/servers").unwrap().body;
+    assert!(servers.contains("\"web3\"") && servers.contains("DNS: no address for this slot yet"), "{servers}");
+
+    // B goes away and C comes up: B's slot empties, C fills one, A stays where it was.
+    b.take();
+    let _c = respond_server(dir.path(), "web-c", "127.208.9.3:8080", "C");
+    support::wait_for("DNS to give A and C", Duration::from_secs(10), || web() == ["127.208.9.1", "127.208.9.3"]);
+    support::wait_for("A and C behind the template", Duration::from_secs(10), || answering() == ["A", "C"]);
+    let servers: serde_json::Value = serde_json::from_str(&support::get(admin, "/api/servers").unwrap().body).unwrap();
+    let addresses: Vec<String> = servers["pools"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["address"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(addresses[0], "127.208.9.1:8080", "A kept its slot: {addresses:?}");
+    assert!(addresses.contains(&"127.208.9.3:8080".to_string()), "{addresses:?}");
+}
