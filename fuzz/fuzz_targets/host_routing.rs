@@ -37,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
     if let Some(h) = &host {
         assert_eq!(*h, h.to_ascii_lowercase());
     }
-    if let Some(route) = config.listeners[0].route_for(host.as_deref(), path) {
+    if let Some(route) =
+        config.listeners[0].route_for(host.as_deref(), path, &http::Method::GET, &http::HeaderMap::new())
+    {
         match (&route.host, host.as_deref()) {
             (Some(HostPattern::Exact(name)), Some(h)) => assert_eq!(name, h),
             (Some(HostPattern::Wildcard(suffix)), Some(h)) => assert!(h.ends_with(suffix.as_str())),

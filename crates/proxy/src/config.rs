@@ -81,6 +81,12 @@
 //! index = ["index.html"]           # tried for a directory
 //! cache_control = "public, max-age=3600"
 //! precompressed = true             # FILE.br / FILE.gz for clients that accept them
+//! [[listeners.routes]]                # conditions (HAProxy's ACLs, nginx's regex locations):
+//! prefix = "/"                     # each given must hold; for one path, routes with
+//! suffix = [".css", ".js"]         # conditions are tried first, in file order
+//! methods = ["GET", "HEAD"]
+//! header = { name = "X-Canary", value = "1" }   # no value: the header present at all
+//! pool = "assets"
 //! [[listeners.routes]]
 //! exact = "/old-shop"
 //! redirect = { to = "/", status = 301 }
@@ -359,6 +365,21 @@ struct RawRoute {
     rate_limit: Option<RawRateLimit>,
     /// With `pool`: the matched path is replaced by this on the way to the server.
     replace_prefix: Option<String>,
+    /// Only paths ending with one of these (ASCII case ignored).
+    #[serde(default)]
+    suffix: Vec<String>,
+    /// Only requests with one of these methods.
+    #[serde(default)]
+    methods: Vec<String>,
+    /// Only requests with this header (and this value, when given).
+    header: Option<RawHeaderMatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderMatch {
+    name: String,
+    value: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -791,13 +812,20 @@ impl Listener {
     /// none) and `path`: among the routes of the most specific host that matches (an exact
     /// name, then the longest wildcard, then routes without a host), the first whose path
     /// matches, as nginx picks a server block and then a location in it.
-    pub fn route_for(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+    pub fn route_for(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        method: &http::Method,
+        headers: &http::HeaderMap,
+    ) -> Option<&Route> {
+        let takes = |r: &&Route| r.matches(path) && r.conditions.as_ref().is_none_or(|c| c.hold(path, method, headers));
         if !self.virtual_hosts {
-            return self.routes.iter().find(|r| r.matches(path));
+            return self.routes.iter().find(takes);
         }
         let rank = |r: &Route| r.host.as_ref().map_or(Some(HostRank::Default), |h| host.and_then(|n| h.rank(n)));
         let best = self.routes.iter().filter_map(rank).max()?;
-        self.routes.iter().filter(|r| rank(r) == Some(best)).find(|r| r.matches(path))
+        self.routes.iter().filter(|r| rank(r) == Some(best)).find(takes)
     }
 }
 
@@ -890,6 +918,34 @@ pub struct Route {
     /// What the matched path becomes on the way to the pool (nginx's `proxy_pass` with a
     /// URI, HAProxy's `replace-path`); `None`: the path goes on as it came.
     pub replace_prefix: Option<Arc<str>>,
+    /// What a request must also have for this route to take it; `None` for most.
+    pub conditions: Option<Arc<Conditions>>,
+}
+
+/// A route's conditions beyond host and path (HAProxy's ACLs on `use_backend`: `path_end`,
+/// `method`, `hdr`; nginx's `location ~* \.(css|js)$`). Every one given must hold.
+#[derive(Debug, Default)]
+pub struct Conditions {
+    /// Lowercase; the path ends with one of them (ASCII case ignored).
+    pub suffixes: Vec<String>,
+    pub methods: Vec<http::Method>,
+    /// The header, and the value it must have (`None`: present with any value).
+    pub header: Option<(http::HeaderName, Option<http::HeaderValue>)>,
+}
+
+impl Conditions {
+    pub fn hold(&self, path: &str, method: &http::Method, headers: &http::HeaderMap) -> bool {
+        let ends_so = |suffix: &String| {
+            path.len() >= suffix.len()
+                && path.as_bytes()[path.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+        };
+        (self.suffixes.is_empty() || self.suffixes.iter().any(ends_so))
+            && (self.methods.is_empty() || self.methods.contains(method))
+            && self.header.as_ref().is_none_or(|(name, value)| match value {
+                None => headers.contains_key(name),
+                Some(value) => headers.get_all(name).iter().any(|v| v == value),
+            })
+    }
 }
 
 /// Headers a route sets (replacing any) and removes, on requests and on responses.
@@ -1127,8 +1183,9 @@ impl ProxyConfig {
                     routes.push(route);
                 }
             }
-            // Exact routes first, then prefixes longest first: the first match wins.
-            routes.sort_by_key(|r| (!r.exact, std::cmp::Reverse(r.path.len())));
+            // Exact routes first, then prefixes longest first, and for one path the routes with
+            // conditions before the one without, in file order: the first that takes it wins.
+            routes.sort_by_key(|r| (!r.exact, std::cmp::Reverse(r.path.len()), r.conditions.is_none()));
             // hyper needs room for at least one read: below 8 KiB it refuses the setting.
             if l.max_header_bytes < 8192 {
                 err(format!("{field}.max_header_bytes"), format!("{} is below the minimum 8192", l.max_header_bytes));
@@ -1425,6 +1482,40 @@ impl ProxyConfig {
     }
 }
 
+/// A route's `suffix`, `methods` and `header`; `None` when it has none.
+fn route_conditions(r: &RawRoute, field: &str, err: &mut impl FnMut(String, String)) -> Option<Arc<Conditions>> {
+    if r.suffix.is_empty() && r.methods.is_empty() && r.header.is_none() {
+        return None;
+    }
+    for s in &r.suffix {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            err(format!("{field}.suffix"), format!("`{s}` is not the end of a path"));
+        }
+    }
+    let mut methods = Vec::new();
+    for m in &r.methods {
+        match http::Method::from_bytes(m.as_bytes()) {
+            Ok(method) if m.bytes().all(|b| b.is_ascii_uppercase()) => methods.push(method),
+            _ => err(format!("{field}.methods"), format!("`{m}` is not a method (GET, POST…, in capitals)")),
+        }
+    }
+    let header = r.header.as_ref().and_then(|h| {
+        let Ok(name) = http::HeaderName::from_bytes(h.name.as_bytes()) else {
+            err(format!("{field}.header.name"), format!("`{}` is not a header name", h.name));
+            return None;
+        };
+        match h.value.as_deref().map(http::HeaderValue::from_str).transpose() {
+            Ok(value) => Some((name, value)),
+            Err(_) => {
+                err(format!("{field}.header.value"), "not a header value".into());
+                None
+            }
+        }
+    });
+    let suffixes = r.suffix.iter().map(|s| s.to_ascii_lowercase()).collect();
+    Some(Arc::new(Conditions { suffixes, methods, header }))
+}
+
 fn validate_route(
     r: &RawRoute,
     field: &str,
@@ -1450,7 +1541,9 @@ fn validate_route(
     if !path.starts_with('/') {
         err(format!("{field}.{key}"), format!("`{path}` must start with /"));
     }
-    if !seen.insert((r.host.as_ref().map(|h| h.to_ascii_lowercase()), exact, path.clone())) {
+    let conditions = route_conditions(r, field, err);
+    // Routes with conditions may share a path: they are tried in turn, then the plain one.
+    if conditions.is_none() && !seen.insert((r.host.as_ref().map(|h| h.to_ascii_lowercase()), exact, path.clone())) {
         err(format!("{field}.{key}"), format!("`{path}` is routed twice for the same host"));
     }
     let targets = [r.pool.is_some(), r.static_root.is_some(), r.redirect.is_some(), r.respond.is_some()];
@@ -1582,6 +1675,7 @@ fn validate_route(
         access: restricted.then(|| Arc::new(access)),
         rate_limit,
         replace_prefix,
+        conditions,
     })
 }
 
@@ -1843,7 +1937,10 @@ respond = { body = "eu" }
 "#;
         let c = load(text).unwrap();
         let l = &c.listeners[0];
-        let body = |host: Option<&str>, path: &str| match l.route_for(host, path).map(|r| &r.target) {
+        let body = |host: Option<&str>, path: &str| match l
+            .route_for(host, path, &http::Method::GET, &http::HeaderMap::new())
+            .map(|r| &r.target)
+        {
             Some(RouteTarget::Respond { body, .. }) => String::from_utf8_lossy(body).into_owned(),
             _ => "none".into(),
         };
@@ -2100,6 +2197,34 @@ respond = { body = "eu" }
         let e = load(&with_admin("change_from = [\"10.0.0.1/8\"]")).unwrap_err();
         assert_eq!(e.0[0].field, "admin.change_from", "{e}");
         assert!(e.0[0].message.contains("host bits"), "{e}");
+    }
+
+    #[test]
+    fn route_conditions_are_checked_at_load_and_may_share_a_path() {
+        let with = |options: &str| {
+            GOOD.replace("prefix = \"/api/\"\npool = \"web\"", &format!("prefix = \"/\"\npool = \"web\"\n{options}"))
+        };
+        let c = load(&with("suffix = [\".CSS\"]\nmethods = [\"GET\"]\nheader = { name = \"x-canary\" }")).unwrap();
+        let route = &c.listeners[0].routes[0];
+        let conditions = route.conditions.as_ref().expect("the route with conditions comes first");
+        assert_eq!(conditions.suffixes, [".css"]);
+        let mut headers = http::HeaderMap::new();
+        assert!(!conditions.hold("/a.css", &http::Method::GET, &headers), "no X-Canary");
+        headers.insert("x-canary", http::HeaderValue::from_static("anything"));
+        assert!(conditions.hold("/a.Css", &http::Method::GET, &headers));
+        assert!(!conditions.hold("/a.css", &http::Method::POST, &headers));
+        assert!(!conditions.hold("/css", &http::Method::GET, &headers));
+        assert!(c.listeners[0].routes[1].conditions.is_none());
+
+        for (options, field) in [
+            ("methods = [\"get\"]", "methods"),
+            ("suffix = [\"\"]", "suffix"),
+            ("header = { name = \"bad name\" }", "header.name"),
+            ("header = { name = \"x\", value = \"a\\nb\" }", "header.value"),
+        ] {
+            let e = load(&with(options)).unwrap_err();
+            assert_eq!(e.0[0].field, format!("listeners[0].routes[1].{field}"), "{e}");
+        }
     }
 
     #[test]

@@ -925,7 +925,7 @@ fn target_on<'a>(
         true => request_host(&req),
         false => None,
     };
-    let Some(route) = listener.route_for(host.as_deref(), req.uri().path()) else {
+    let Some(route) = listener.route_for(host.as_deref(), req.uri().path(), req.method(), req.headers()) else {
         return (Target::Answer(error_response(StatusCode::NOT_FOUND)), None);
     };
     if let Some(refused) = refusal(route, client.ip()) {

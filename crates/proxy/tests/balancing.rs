@@ -1816,3 +1816,31 @@ fn a_pool_cache_keeps_nothing_private_or_unmarked() {
     }
     assert_eq!(up.seen.lock().unwrap().iter().filter(|s| s.starts_with("GET /page")).count(), 3, "never from cache");
 }
+
+#[test]
+fn routes_can_also_require_a_path_ending_a_method_or_a_header() {
+    let _proxy = Proxy::start(
+        "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.48.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/\"\nrespond = { body = \"default\" }\n\
+         [[listeners.routes]]\nprefix = \"/\"\nsuffix = [\".css\", \".js\"]\nrespond = { body = \"assets\" }\n\
+         [[listeners.routes]]\nprefix = \"/\"\nheader = { name = \"X-Canary\", value = \"1\" }\nrespond = { body = \"canary\" }\n\
+         [[listeners.routes]]\nprefix = \"/api/\"\nmethods = [\"POST\", \"PUT\"]\nrespond = { body = \"writes\" }\n\
+         [[listeners.routes]]\nprefix = \"/api/\"\nrespond = { body = \"reads\" }\n",
+    );
+    let lb = addr("127.210.48.1:8080");
+    let answer = |method: &str, path: &str, headers: &str| {
+        request(
+            lb,
+            &format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"),
+        )
+        .body
+    };
+    assert_eq!(answer("GET", "/", ""), "default");
+    assert_eq!(answer("GET", "/site/Main.CSS", ""), "assets", "nginx's location ~* \\.(css|js)$");
+    assert_eq!(answer("GET", "/app.js?v=3", ""), "assets", "the query is no part of the path");
+    assert_eq!(answer("GET", "/page", "X-Canary: 1\r\n"), "canary");
+    assert_eq!(answer("GET", "/page", "X-Canary: 0\r\n"), "default", "another value");
+    assert_eq!(answer("POST", "/api/orders", ""), "writes");
+    assert_eq!(answer("GET", "/api/orders", ""), "reads", "the longer prefix, without its condition");
+    assert_eq!(answer("GET", "/api/x.css", ""), "reads", "the longest prefix comes first, as it does in nginx with ^~");
+}
