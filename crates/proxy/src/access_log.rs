@@ -12,11 +12,125 @@ use std::time::{Duration, SystemTime};
 
 use http::{Method, StatusCode, Uri, Version};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Format {
     Combined,
     Json,
+    /// The operator's own line, with nginx's variables (`log_format`, HAProxy's `log-format`).
+    Custom(Arc<[Segment]>),
+}
+
+/// A piece of a custom line: text as written, or a variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Text(Box<str>),
+    Field(Field),
+}
+
+/// What a custom line can say, by nginx's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    RemoteAddr,
+    RemotePort,
+    TimeLocal,
+    TimeIso8601,
+    Msec,
+    Request,
+    RequestMethod,
+    RequestUri,
+    Uri,
+    Args,
+    ServerProtocol,
+    Status,
+    BodyBytesSent,
+    RequestTime,
+    HttpReferer,
+    HttpUserAgent,
+    RequestId,
+    Listener,
+    Pool,
+    Server,
+}
+
+const FIELDS: [(&str, Field); 20] = [
+    ("remote_addr", Field::RemoteAddr),
+    ("remote_port", Field::RemotePort),
+    ("time_local", Field::TimeLocal),
+    ("time_iso8601", Field::TimeIso8601),
+    ("msec", Field::Msec),
+    ("request", Field::Request),
+    ("request_method", Field::RequestMethod),
+    ("request_uri", Field::RequestUri),
+    ("uri", Field::Uri),
+    ("args", Field::Args),
+    ("server_protocol", Field::ServerProtocol),
+    ("status", Field::Status),
+    ("body_bytes_sent", Field::BodyBytesSent),
+    ("request_time", Field::RequestTime),
+    ("http_referer", Field::HttpReferer),
+    ("http_user_agent", Field::HttpUserAgent),
+    ("request_id", Field::RequestId),
+    ("listener", Field::Listener),
+    ("pool", Field::Pool),
+    ("server", Field::Server),
+];
+
+impl Format {
+    /// `combined`, `json`, or `custom` with its `line`.
+    pub fn from_config(format: &str, line: Option<&str>) -> Result<Format, (&'static str, String)> {
+        match (format, line) {
+            ("combined", None) => Ok(Format::Combined),
+            ("json", None) => Ok(Format::Json),
+            ("custom", Some(line)) => {
+                parse_line(line).map(|segments| Format::Custom(segments.into())).map_err(|e| ("line", e))
+            }
+            ("custom", None) => Err(("line", "a custom format needs its `line`".into())),
+            ("combined" | "json", Some(_)) => Err(("line", "only a custom format has a `line`".into())),
+            (other, _) => Err(("format", format!("`{other}`: expected combined, json or custom"))),
+        }
+    }
+}
+
+/// Splits a custom line into text and `$variable`s (also `${variable}`, to put text right
+/// after one); an unknown variable is an error naming the known ones.
+pub fn parse_line(line: &str) -> Result<Vec<Segment>, String> {
+    let mut segments = Vec::new();
+    let mut text = String::new();
+    let mut rest = line;
+    while let Some(at) = rest.find('$') {
+        text.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, next) = match after.strip_prefix('{') {
+            Some(braced) => match braced.find('}') {
+                Some(end) => (&braced[..end], &braced[end + 1..]),
+                None => return Err(format!("`${{` without its `}}` in `{line}`")),
+            },
+            None => {
+                let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        if name.is_empty() {
+            // A `$` that starts no variable is text.
+            text.push('$');
+            rest = after;
+            continue;
+        }
+        let Some((_, field)) = FIELDS.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<&str> = FIELDS.iter().map(|(n, _)| *n).collect();
+            return Err(format!("unknown variable `${name}`; known: {}", known.join(", ")));
+        };
+        if !text.is_empty() {
+            segments.push(Segment::Text(std::mem::take(&mut text).into()));
+        }
+        segments.push(Segment::Field(*field));
+        rest = next;
+    }
+    text.push_str(rest);
+    if !text.is_empty() {
+        segments.push(Segment::Text(text.into()));
+    }
+    Ok(segments)
 }
 
 /// Where lines go; shared by every connection of the process.
@@ -73,9 +187,10 @@ impl AccessLog {
 
     pub fn write(&self, entry: &Entry<'_>) {
         let mut line = String::with_capacity(256);
-        match self.format {
+        match &self.format {
             Format::Combined => combined(&mut line, entry),
             Format::Json => json(&mut line, entry),
+            Format::Custom(segments) => custom(&mut line, segments, entry, SystemTime::now()),
         }
         line.push('\n');
         let _ = self.out.lock().unwrap_or_else(|p| p.into_inner()).write_all(line.as_bytes());
@@ -99,7 +214,7 @@ fn version(v: Version) -> &'static str {
     }
 }
 
-/// `[25/Nov/2026:19:26:34 +0000]`, in UTC.
+/// `25/Nov/2026:19:26:34 +0000`, in UTC.
 fn clf_time(out: &mut String, now: SystemTime) {
     let secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -107,7 +222,7 @@ fn clf_time(out: &mut String, now: SystemTime) {
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let _ = write!(
         out,
-        "[{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000]",
+        "{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000",
         MONTHS[(m - 1) as usize],
         rem / 3600,
         rem % 3600 / 60,
@@ -129,8 +244,9 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 fn combined(out: &mut String, e: &Entry<'_>) {
-    let _ = write!(out, "{} - - ", e.client.ip());
+    let _ = write!(out, "{} - - [", e.client.ip());
     clf_time(out, SystemTime::now());
+    out.push(']');
     let bytes = e.bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
     let _ = write!(
         out,
@@ -148,6 +264,64 @@ fn combined(out: &mut String, e: &Entry<'_>) {
         e.server.unwrap_or("-"),
         e.duration.as_millis()
     );
+}
+
+/// `2026-11-25T19:26:34+00:00`.
+fn iso8601_time(out: &mut String, now: SystemTime) {
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let _ = write!(out, "{y}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00", rem / 3600, rem % 3600 / 60, rem % 60);
+}
+
+fn custom(out: &mut String, segments: &[Segment], e: &Entry<'_>, now: SystemTime) {
+    for segment in segments {
+        let field = match segment {
+            Segment::Text(text) => {
+                out.push_str(text);
+                continue;
+            }
+            Segment::Field(field) => field,
+        };
+        let _ = match field {
+            Field::RemoteAddr => write!(out, "{}", e.client.ip()),
+            Field::RemotePort => write!(out, "{}", e.client.port()),
+            Field::TimeLocal => {
+                clf_time(out, now);
+                Ok(())
+            }
+            Field::TimeIso8601 => {
+                iso8601_time(out, now);
+                Ok(())
+            }
+            Field::Msec => {
+                let t = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                write!(out, "{}.{:03}", t.as_secs(), t.subsec_millis())
+            }
+            Field::Request => {
+                write!(out, "{} {} {}", e.method, escape_quotes(&e.uri.to_string()), version(e.version))
+            }
+            Field::RequestMethod => write!(out, "{}", e.method),
+            Field::RequestUri => write!(out, "{}", escape_quotes(&e.uri.to_string())),
+            Field::Uri => write!(out, "{}", escape_quotes(e.uri.path())),
+            Field::Args => write!(out, "{}", escape_quotes(e.uri.query().unwrap_or(""))),
+            Field::ServerProtocol => write!(out, "{}", version(e.version)),
+            Field::Status => write!(out, "{}", e.status.as_u16()),
+            Field::BodyBytesSent => match e.bytes {
+                Some(b) => write!(out, "{b}"),
+                None => write!(out, "-"),
+            },
+            Field::RequestTime => {
+                write!(out, "{}.{:03}", e.duration.as_secs(), e.duration.subsec_millis())
+            }
+            Field::HttpReferer => write!(out, "{}", escape_quotes(e.referer.unwrap_or("-"))),
+            Field::HttpUserAgent => write!(out, "{}", escape_quotes(e.user_agent.unwrap_or("-"))),
+            Field::RequestId => write!(out, "{}", e.request_id),
+            Field::Listener => write!(out, "{}", e.listener),
+            Field::Pool => write!(out, "{}", e.pool.unwrap_or("-")),
+            Field::Server => write!(out, "{}", e.server.unwrap_or("-")),
+        };
+    }
 }
 
 fn escape_quotes(s: &str) -> std::borrow::Cow<'_, str> {
@@ -196,6 +370,44 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_417), (2025, 11, 25));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn a_custom_line_says_what_its_variables_name() {
+        let segments =
+            parse_line("$remote_addr:$remote_port \"$request\" $status ${request_time}s $$ $upstream_x").unwrap_err();
+        assert!(segments.contains("unknown variable `$upstream_x`") && segments.contains("remote_addr"), "{segments}");
+        assert!(parse_line("${status").is_err());
+        let segments = parse_line(
+            "$remote_addr:$remote_port \"$request\" $status ${request_time}s $ $pool/$server $args $time_iso8601",
+        )
+        .unwrap();
+        let uri: Uri = "/search?q=%22x%22".parse().unwrap();
+        let entry = Entry {
+            client: "198.18.0.7:40000".parse().unwrap(),
+            listener: "www",
+            method: &Method::GET,
+            uri: &uri,
+            version: Version::HTTP_11,
+            referer: None,
+            user_agent: Some("curl \"8\""),
+            status: StatusCode::OK,
+            bytes: Some(12),
+            duration: Duration::from_micros(12_345),
+            pool: Some("web"),
+            server: None,
+            request_id: "r-1",
+        };
+        let mut line = String::new();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(20_417 * 86_400 + 3_600);
+        custom(&mut line, &segments, &entry, now);
+        assert_eq!(
+            line,
+            "198.18.0.7:40000 \"GET /search?q=%22x%22 HTTP/1.1\" 200 0.012s $ web/- q=%22x%22 2025-11-25T01:00:00+00:00"
+        );
+        assert_eq!(Format::from_config("custom", None).unwrap_err().0, "line");
+        assert_eq!(Format::from_config("apache", None).unwrap_err().0, "format");
+        assert_eq!(Format::from_config("json", Some("$status")).unwrap_err().0, "line");
     }
 
     #[test]

@@ -28,7 +28,11 @@
 //! 503 = "errors/503.html"          # the proxy's own short pages (HAProxy's errorfile)
 //! [access_log]
 //! path = "/var/log/webstack/access.log"   # "-" for stderr
-//! format = "combined"              # or "json"
+//! format = "combined"              # or "json", or "custom" with its line (nginx's log_format):
+//! # line = '$remote_addr [$time_local] "$request" $status $body_bytes_sent $request_time $pool/$server $request_id'
+//! #   variables: remote_addr remote_port time_local time_iso8601 msec request request_method
+//! #   request_uri uri args server_protocol status body_bytes_sent request_time http_referer
+//! #   http_user_agent request_id listener pool server (`${name}` before letters)
 //! [resolvers]                      # optional (HAProxy's resolvers section): servers written
 //!                                  # with a host name are resolved through these nameservers
 //!                                  # at load and asked again while the proxy runs
@@ -268,11 +272,13 @@ fn default_true() -> bool {
 struct RawAccessLog {
     path: PathBuf,
     #[serde(default = "default_log_format")]
-    format: crate::access_log::Format,
+    format: String,
+    /// With `format = "custom"`: the line, with nginx's `$variables`.
+    line: Option<String>,
 }
 
-fn default_log_format() -> crate::access_log::Format {
-    crate::access_log::Format::Combined
+fn default_log_format() -> String {
+    "combined".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -1445,6 +1451,15 @@ impl ProxyConfig {
             }
         });
         let error_pages = load_error_pages(&raw.error_pages, &base, &mut err);
+        let access_log = raw.access_log.as_ref().and_then(|a| {
+            match crate::access_log::Format::from_config(&a.format, a.line.as_deref()) {
+                Ok(format) => Some(AccessLogConfig { path: a.path.clone(), format }),
+                Err((key, e)) => {
+                    err(format!("access_log.{key}"), e);
+                    None
+                }
+            }
+        });
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -1475,7 +1490,7 @@ impl ProxyConfig {
             },
             admin: raw.admin.as_ref().map(|a| a.bind),
             admin_access,
-            access_log: raw.access_log.map(|a| AccessLogConfig { path: a.path, format: a.format }),
+            access_log,
             listeners,
             pools,
         })

@@ -205,7 +205,7 @@ fn open_access_log(config: &ProxyConfig, previous: Option<&Runtime>) -> io::Resu
             return Ok(old.access_log.clone());
         }
     }
-    AccessLog::open(&c.path, c.format).map(Some)
+    AccessLog::open(&c.path, c.format.clone()).map(Some)
 }
 
 /// The health checks of every pool, and the DNS watch of every server named by host name

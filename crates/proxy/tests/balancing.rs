@@ -1844,3 +1844,35 @@ fn routes_can_also_require_a_path_ending_a_method_or_a_header() {
     assert_eq!(answer("GET", "/api/orders", ""), "reads", "the longer prefix, without its condition");
     assert_eq!(answer("GET", "/api/x.css", ""), "reads", "the longest prefix comes first, as it does in nginx with ^~");
 }
+
+#[test]
+fn a_custom_access_log_line_is_written_as_the_operator_wrote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let s1 = addr("127.210.49.11:9000");
+    let _u = Upstream::start("s1", s1);
+    let access_log = format!(
+        "[access_log]\npath = \"{}\"\nformat = \"custom\"\n\
+         line = '$remote_addr \"$request\" $status rid=$request_id via $pool/$server ua=\"$http_user_agent\"'\n[admin]",
+        log.display()
+    );
+    let text = pool_config(49, "", &[("s1", s1, "")]).replacen("[admin]", &access_log, 1);
+    let proxy = Proxy::start(&text);
+    let lb = addr("127.210.49.1:8080");
+    request(
+        lb,
+        "GET /a?x=1 HTTP/1.1\r\nHost: x\r\nX-Request-Id: trace-7\r\nUser-Agent: probe\r\nConnection: close\r\n\r\n",
+    );
+    drop(proxy); // flushes the log
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(written, "127.0.0.1 \"GET /a?x=1 HTTP/1.1\" 200 rid=trace-7 via web/s1 ua=\"probe\"\n");
+
+    let bad = pool_config(49, "", &[("s1", s1, "")]).replacen(
+        "[admin]",
+        "[access_log]\npath = \"-\"\nformat = \"custom\"\nline = \"$remote_addr $bytes\"\n[admin]",
+        1,
+    );
+    let e =
+        proxy::ProxyConfig::from_source(&webstack_config::Source::from_text("p.toml", &bad)).unwrap_err().to_string();
+    assert!(e.contains("access_log.line") && e.contains("unknown variable `$bytes`"), "{e}");
+}
