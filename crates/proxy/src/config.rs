@@ -93,7 +93,8 @@
 //! pool = "assets"
 //! [[listeners.routes]]
 //! exact = "/old-shop"
-//! redirect = { to = "/", status = 301 }
+//! redirect = { to = "/", status = 301 }   # `to` may hold $scheme, $host, $request_uri,
+//!                                  # $uri, $args: "https://www.foobar.com$request_uri"
 //! [[listeners.routes]]
 //! exact = "/robots.txt"
 //! respond = { status = 200, body = "User-agent: *\nDisallow:\n" }
@@ -1497,6 +1498,35 @@ impl ProxyConfig {
     }
 }
 
+/// The variables a redirect's `to` may hold, as nginx's `return 301 …$request_uri`.
+pub const REDIRECT_VARIABLES: [&str; 5] = ["request_uri", "uri", "args", "host", "scheme"];
+
+/// A redirect's `to` with its `$variables` replaced by `value` (`None`: the request cannot
+/// say, and the redirect cannot be made). Text without `$` comes back as it is.
+pub fn expand_redirect<'v>(
+    to: &str,
+    value: impl Fn(&str) -> Option<std::borrow::Cow<'v, str>>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(to.len() + 64);
+    let mut rest = to;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        let name = &after[..end];
+        if name.is_empty() {
+            out.push('$');
+        } else if REDIRECT_VARIABLES.contains(&name) {
+            out.push_str(&value(name).ok_or_else(|| format!("the request has no usable ${name}"))?);
+        } else {
+            return Err(format!("unknown variable `${name}`; known: ${}", REDIRECT_VARIABLES.join(", $")));
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// A route's `suffix`, `methods` and `header`; `None` when it has none.
 fn route_conditions(r: &RawRoute, field: &str, err: &mut impl FnMut(String, String)) -> Option<Arc<Conditions>> {
     if r.suffix.is_empty() && r.methods.is_empty() && r.header.is_none() {
@@ -1624,6 +1654,11 @@ fn validate_route(
         };
         if http::HeaderValue::from_str(&redirect.to).is_err() || redirect.to.is_empty() {
             err(format!("{field}.redirect.to"), format!("`{}` is not a URL or path", redirect.to));
+            return None;
+        }
+        // Checked with stand-in values: an unknown variable is found now, not on a request.
+        if let Err(e) = expand_redirect(&redirect.to, |_| Some("x".into())) {
+            err(format!("{field}.redirect.to"), e);
             return None;
         }
         RouteTarget::Redirect { to: redirect.to.clone(), status }
@@ -2240,6 +2275,25 @@ respond = { body = "eu" }
             let e = load(&with(options)).unwrap_err();
             assert_eq!(e.0[0].field, format!("listeners[0].routes[1].{field}"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_redirect_names_only_variables_it_knows() {
+        let with = |to: &str| {
+            GOOD.replace(
+                "prefix = \"/api/\"\npool = \"web\"",
+                &format!("prefix = \"/api/\"\nredirect = {{ to = \"{to}\" }}"),
+            )
+        };
+        assert!(load(&with("https://www.foobar.com$request_uri")).is_ok());
+        let e = load(&with("https://$hostname/")).unwrap_err();
+        assert_eq!(e.0[0].field, "listeners[0].routes[1].redirect.to", "{e}");
+        assert!(e.0[0].message.contains("unknown variable `$hostname`"), "{e}");
+        let vars = |name: &str| Some(std::borrow::Cow::Owned(format!("<{name}>")));
+        assert_eq!(
+            expand_redirect("$scheme://$host$uri?$args&cost=5$", vars).unwrap(),
+            "<scheme>://<host><uri>?<args>&cost=5$"
+        );
     }
 
     #[test]

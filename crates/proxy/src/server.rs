@@ -945,7 +945,7 @@ fn target_on<'a>(
             Target::Forward(Box::pin(forward(pool, req, client, listener)), pool)
         }
         RouteTarget::Static(files) => Target::Static(files, &route.path, req),
-        RouteTarget::Redirect { to, status } => Target::Answer(fixed_redirect(to, *status)),
+        RouteTarget::Redirect { to, status } => Target::Answer(redirect(to, *status, &req, listener.tls.is_some())),
         RouteTarget::Respond { status, body, content_type } => {
             let mut response = Response::new(ProxyBody::full(body.clone()));
             *response.status_mut() = *status;
@@ -956,22 +956,47 @@ fn target_on<'a>(
     (target, Some(route))
 }
 
-fn fixed_redirect(to: &str, status: StatusCode) -> Response<ProxyBody> {
+/// A route's redirect, its `$variables` taken from the request; 400 for a request whose host
+/// cannot go into a Location.
+fn redirect<B>(to: &str, status: StatusCode, req: &Request<B>, https: bool) -> Response<ProxyBody> {
+    let location = match to.contains('$') {
+        false => HeaderValue::from_str(to),
+        true => {
+            let value = |name: &str| -> Option<std::borrow::Cow<'_, str>> {
+                let uri = req.uri();
+                Some(match name {
+                    "request_uri" => uri.path_and_query().map_or("/", |p| p.as_str()).into(),
+                    "uri" => uri.path().into(),
+                    "args" => uri.query().unwrap_or("").into(),
+                    "scheme" => if https { "https" } else { "http" }.into(),
+                    _ => safe_host(req)?.into(),
+                })
+            };
+            match crate::config::expand_redirect(to, value) {
+                Ok(location) => HeaderValue::from_str(&location),
+                Err(_) => return error_response(StatusCode::BAD_REQUEST),
+            }
+        }
+    };
+    let Ok(location) = location else { return error_response(StatusCode::BAD_REQUEST) };
     let mut response = Response::new(ProxyBody::empty());
     *response.status_mut() = status;
-    if let Ok(location) = HeaderValue::from_str(to) {
-        response.headers_mut().insert(http::header::LOCATION, location);
-    }
+    response.headers_mut().insert(http::header::LOCATION, location);
     response
 }
 
-/// HTTP to HTTPS: 301 for GET and HEAD, 308 for the rest (so a POST stays a POST).
-fn redirect_to_https<B>(req: &Request<B>, port: u16) -> Response<ProxyBody> {
+/// The request's host without its port, if it can go into a Location as it is.
+fn safe_host<B>(req: &Request<B>) -> Option<&str> {
     let host = match req.uri().host() {
         Some(h) => Some(h),
         None => req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(host_without_port),
     };
-    let Some(host) = host.filter(|h| !h.is_empty() && !h.contains(['/', '@', ' ', '\\'])) else {
+    host.filter(|h| !h.is_empty() && !h.contains(['/', '@', ' ', '\\']))
+}
+
+/// HTTP to HTTPS: 301 for GET and HEAD, 308 for the rest (so a POST stays a POST).
+fn redirect_to_https<B>(req: &Request<B>, port: u16) -> Response<ProxyBody> {
+    let Some(host) = safe_host(req) else {
         return error_response(StatusCode::BAD_REQUEST);
     };
     let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");

@@ -1876,3 +1876,26 @@ fn a_custom_access_log_line_is_written_as_the_operator_wrote_it() {
         proxy::ProxyConfig::from_source(&webstack_config::Source::from_text("p.toml", &bad)).unwrap_err().to_string();
     assert!(e.contains("access_log.line") && e.contains("unknown variable `$bytes`"), "{e}");
 }
+
+#[test]
+fn a_redirect_can_carry_the_requests_path_host_and_scheme() {
+    // The apex to www, keeping the path, as nginx's `return 301 https://www…$request_uri`.
+    let _proxy = Proxy::start(
+        "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.50.1:8080\"\n\
+         [[listeners.routes]]\nhost = \"foobar.com\"\nprefix = \"/\"\nredirect = { to = \"https://www.foobar.com$request_uri\" }\n\
+         [[listeners.routes]]\nprefix = \"/docs\"\nredirect = { to = \"$scheme://$host/manual$uri?from=docs&$args\", status = 302 }\n\
+         [[listeners.routes]]\nprefix = \"/\"\nrespond = { body = \"www\" }\n",
+    );
+    let lb = addr("127.210.50.1:8080");
+    let go = |host: &str, path: &str| {
+        request(lb, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"))
+    };
+    let apex = go("foobar.com:8080", "/shop/item?id=7");
+    assert_eq!(apex.status, 301);
+    assert_eq!(apex.header("location").as_deref(), Some("https://www.foobar.com/shop/item?id=7"));
+    let docs = go("www.foobar.com:8080", "/docs/a?b=1");
+    assert_eq!(docs.status, 302);
+    assert_eq!(docs.header("location").as_deref(), Some("http://www.foobar.com/manual/docs/a?from=docs&b=1"));
+    assert_eq!(go("www.foobar.com", "/").body, "www");
+    assert_eq!(go("bad host", "/docs").status, 400, "a host that cannot go into a Location");
+}
