@@ -2,7 +2,8 @@
 //! while every server of every pool is up), `/metrics` in Prometheus text format, and
 //! `/stats`, a plain page of every pool and server like HAProxy's stats page, `GET
 //! /api/servers` (JSON), and the runtime API: `POST /reload`, `POST
-//! /api/servers/POOL/SERVER/state/{ready,drain,maint}`, `POST /api/servers/POOL/SERVER/weight/N`.
+//! /api/servers/POOL/SERVER/state/{ready,drain,maint}`, `POST /api/servers/POOL/SERVER/weight/N`,
+//! `POST /api/servers/POOL/SERVER/address/IP:PORT`.
 //! Reading is open to the `allow`ed (anyone by default); the runtime API answers only the
 //! `change_from` addresses (this host by default), others get a 403.
 
@@ -102,14 +103,16 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
 }
 
 /// The runtime API, as HAProxy's `set server`: `POST /api/servers/POOL/SERVER/state/{ready,
-/// drain,maint}` and `POST /api/servers/POOL/SERVER/weight/N`. Changes last until the process
-/// ends, reloads included.
+/// drain,maint}` and `POST /api/servers/POOL/SERVER/weight/N`: these last until the process
+/// ends, reloads included. `POST /api/servers/POOL/SERVER/address/IP:PORT` (HAProxy's `set
+/// server … addr`) moves a server until the config or DNS says otherwise: a reload loads the
+/// file's address, as HAProxy does without a state file.
 fn change_server(pools: &[Arc<PoolState>], rest: &str) -> Response<ProxyBody> {
     let parts: Vec<&str> = rest.split('/').collect();
     let [pool_name, server_name, what, value] = parts.as_slice() else {
         return text(
             StatusCode::NOT_FOUND,
-            "use /api/servers/POOL/SERVER/state/{ready,drain,maint} or /api/servers/POOL/SERVER/weight/N\n".into(),
+            "use /api/servers/POOL/SERVER/state/{ready,drain,maint}, /api/servers/POOL/SERVER/weight/N or /api/servers/POOL/SERVER/address/IP:PORT\n".into(),
         );
     };
     let Some(pool) = pools.iter().find(|p| p.config.name == *pool_name) else {
@@ -154,7 +157,23 @@ fn change_server(pools: &[Arc<PoolState>], rest: &str) -> Response<ProxyBody> {
             }
             _ => text(StatusCode::BAD_REQUEST, format!("weight `{weight}` is not a number from 0 to {MAX_WEIGHT}\n")),
         },
-        (other, _) => text(StatusCode::NOT_FOUND, format!("unknown setting `{other}`; expected state or weight\n")),
+        ("address", address) => match address.parse::<std::net::SocketAddr>() {
+            Ok(address) if address.port() != 0 && !address.ip().is_unspecified() => {
+                let old = server.follow_addresses(&[address.ip()], address.port());
+                tracing::warn!(
+                    pool = pool_name,
+                    server = server_name,
+                    %address,
+                    "address set through the runtime API"
+                );
+                let was = old.map_or_else(|| "unchanged".to_string(), |o| format!("was {o}"));
+                text(StatusCode::OK, format!("{pool_name}/{server_name} address is now {address} ({was})\n"))
+            }
+            _ => text(StatusCode::BAD_REQUEST, format!("address `{address}` is not ip:port\n")),
+        },
+        (other, _) => {
+            text(StatusCode::NOT_FOUND, format!("unknown setting `{other}`; expected state, weight or address\n"))
+        }
     }
 }
 

@@ -1899,3 +1899,27 @@ fn a_redirect_can_carry_the_requests_path_host_and_scheme() {
     assert_eq!(go("www.foobar.com", "/").body, "www");
     assert_eq!(go("bad host", "/docs").status, 400, "a host that cannot go into a Location");
 }
+
+#[test]
+fn the_runtime_api_moves_a_server_to_another_address() {
+    let (old, new) = (addr("127.210.51.11:9000"), addr("127.210.51.12:9000"));
+    let _old = Upstream::start("old-host", old);
+    let _new = Upstream::start("new-host", new);
+    let _proxy = Proxy::start(&config(51, &[("web", old)], ""));
+    let (lb, admin) = (addr("127.210.51.1:8080"), addr("127.210.51.1:8404"));
+    assert_eq!(get(lb, "/").header("x-upstream").as_deref(), Some("old-host"));
+
+    let moved = post(admin, "/api/servers/web/web/address/127.210.51.12:9000");
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert!(moved.body.contains("was 127.210.51.11:9000"), "{}", moved.body);
+    for _ in 0..4 {
+        assert_eq!(
+            get(lb, "/").header("x-upstream").as_deref(),
+            Some("new-host"),
+            "idle connections to the old one are gone"
+        );
+    }
+    assert!(get(admin, "/api/servers").body.contains("\"127.210.51.12:9000\""));
+    assert_eq!(post(admin, "/api/servers/web/web/address/nowhere").status, 400);
+    assert_eq!(post(admin, "/api/servers/web/web/address/0.0.0.0:9000").status, 400);
+}
