@@ -76,6 +76,9 @@
 //!                                  # (nginx's proxy_set_header / add_header, HAProxy's
 //!                                  # http-request / http-response set-header, del-header)
 //! allow = ["10.0.0.0/8"]           # optional: only these clients (nginx's allow); others 403
+//! basic_auth = { realm = "Staff", users_file = "staff.htpasswd" }
+//!                                  # optional: HTTP Basic against an htpasswd file (relative
+//!                                  # to this one; bcrypt, $6$, $5$, $apr1$), else 401
 //! deny = ["10.6.6.0/24"]           # optional: never these, checked first (nginx's deny)
 //! rate_limit = { requests_per_second = 10, burst = 20 }
 //!                                  # optional, per client address: `burst` at once (default:
@@ -380,6 +383,15 @@ struct RawRoute {
     methods: Vec<String>,
     /// Only requests with this header (and this value, when given).
     header: Option<RawHeaderMatch>,
+    basic_auth: Option<RawBasicAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasicAuth {
+    realm: String,
+    /// An htpasswd file, relative to the config file.
+    users_file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -927,6 +939,8 @@ pub struct Route {
     pub replace_prefix: Option<Arc<str>>,
     /// What a request must also have for this route to take it; `None` for most.
     pub conditions: Option<Arc<Conditions>>,
+    /// Users who may use it (HTTP Basic); `None`: no authentication.
+    pub basic_auth: Option<Arc<crate::basic_auth::BasicAuth>>,
 }
 
 /// A route's conditions beyond host and path (HAProxy's ACLs on `use_backend`: `path_end`,
@@ -1173,6 +1187,8 @@ impl ProxyConfig {
         if raw.listeners.is_empty() {
             err("listeners".into(), "at least one [[listeners]] is needed".into());
         }
+        // Files a config names (error pages, CAs, users) are relative to it.
+        let base = src.path().parent().unwrap_or(Path::new(".")).to_path_buf();
         let mut listeners = Vec::new();
         for (i, l) in raw.listeners.iter().enumerate() {
             let field = format!("listeners[{i}]");
@@ -1186,7 +1202,7 @@ impl ProxyConfig {
             let mut seen = BTreeSet::new();
             for (j, r) in l.routes.iter().enumerate() {
                 let field = format!("{field}.routes[{j}]");
-                if let Some(route) = validate_route(r, &field, &pool_names, &mut seen, &mut err) {
+                if let Some(route) = validate_route(r, &field, &base, &pool_names, &mut seen, &mut err) {
                     routes.push(route);
                 }
             }
@@ -1227,7 +1243,6 @@ impl ProxyConfig {
         }
 
         // Files named in the config (a pool's CA, error pages) are relative to it.
-        let base = src.path().parent().unwrap_or(Path::new(".")).to_path_buf();
         let mut pools = Vec::new();
         for (name, p) in &raw.pools {
             let field = format!("pools.{name}");
@@ -1564,6 +1579,7 @@ fn route_conditions(r: &RawRoute, field: &str, err: &mut impl FnMut(String, Stri
 fn validate_route(
     r: &RawRoute,
     field: &str,
+    base: &Path,
     pool_names: &[&String],
     seen: &mut BTreeSet<(Option<String>, bool, String)>,
     err: &mut impl FnMut(String, String),
@@ -1587,6 +1603,15 @@ fn validate_route(
         err(format!("{field}.{key}"), format!("`{path}` must start with /"));
     }
     let conditions = route_conditions(r, field, err);
+    let basic_auth = r.basic_auth.as_ref().and_then(|a| {
+        match crate::basic_auth::BasicAuth::load(&a.realm, &base.join(&a.users_file)) {
+            Ok(auth) => Some(Arc::new(auth)),
+            Err(e) => {
+                err(format!("{field}.basic_auth"), e);
+                None
+            }
+        }
+    });
     // Routes with conditions may share a path: they are tried in turn, then the plain one.
     if conditions.is_none() && !seen.insert((r.host.as_ref().map(|h| h.to_ascii_lowercase()), exact, path.clone())) {
         err(format!("{field}.{key}"), format!("`{path}` is routed twice for the same host"));
@@ -1726,6 +1751,7 @@ fn validate_route(
         rate_limit,
         replace_prefix,
         conditions,
+        basic_auth,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod access;
 pub mod access_log;
 pub mod admin;
 pub mod balancer;
+pub mod basic_auth;
 pub mod body;
 pub mod cache;
 pub mod client;

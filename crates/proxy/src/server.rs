@@ -931,6 +931,9 @@ fn target_on<'a>(
     if let Some(refused) = refusal(route, client.ip()) {
         return (Target::Answer(refused), Some(route));
     }
+    if let Some(auth) = route.basic_auth.as_deref().filter(|a| !a.admits(req.headers())) {
+        return (Target::Answer(auth.challenge()), Some(route));
+    }
     let target = match &route.target {
         RouteTarget::Pool(p) => {
             let pool = &shared.pools[*p];

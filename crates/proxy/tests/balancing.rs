@@ -1923,3 +1923,39 @@ fn the_runtime_api_moves_a_server_to_another_address() {
     assert_eq!(post(admin, "/api/servers/web/web/address/nowhere").status, 400);
     assert_eq!(post(admin, "/api/servers/web/web/address/0.0.0.0:9000").status, 400);
 }
+
+#[test]
+fn a_route_with_basic_auth_lets_in_only_the_users_of_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // As `openssl passwd -6 -salt saltsalt 'open sesame'` and `openssl passwd -apr1` write them.
+    std::fs::write(
+        dir.path().join("staff.htpasswd"),
+        "ana:$6$saltsalt$e/5XKibXPLqVcfjpD.ouauaJrAOL5V0uo80Lt7n7EbRdRiCx3HbQ90yjOHr.G0T.mx79PEMRy8nmtr0qSYhQp1\n\
+         cy:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\n",
+    )
+    .unwrap();
+    let text = "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.52.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/admin/\"\nbasic_auth = { realm = \"Staff\", users_file = \"staff.htpasswd\" }\nrespond = { body = \"secret\" }\n\
+         [[listeners.routes]]\nprefix = \"/\"\nrespond = { body = \"public\" }\n";
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    let _proxy = Proxy::start_file(&path);
+    let lb = addr("127.210.52.1:8080");
+    let with = |authorization: &str| {
+        let header =
+            if authorization.is_empty() { String::new() } else { format!("Authorization: {authorization}\r\n") };
+        request(lb, &format!("GET /admin/ HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n"))
+    };
+    let refused = with("");
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("www-authenticate").as_deref(), Some("Basic realm=\"Staff\", charset=\"UTF-8\""));
+    assert_eq!(with("Basic YW5hOm9wZW4=").status, 401, "ana:open, the wrong password");
+    let ana = with("Basic YW5hOm9wZW4gc2VzYW1l"); // ana:open sesame
+    assert_eq!((ana.status, ana.body.as_str()), (200, "secret"));
+    assert_eq!(with("Basic Y3k6cGFzc3dvcmQ=").body, "secret", "cy:password, an $apr1$ hash");
+    assert_eq!(get(lb, "/").body, "public", "other routes ask nothing");
+
+    std::fs::write(dir.path().join("staff.htpasswd"), "ana:{PLAIN}open sesame\n").unwrap();
+    let e = proxy::ProxyConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("listeners[0].routes[0].basic_auth") && e.contains("line 1 (user `ana`)"), "{e}");
+}
