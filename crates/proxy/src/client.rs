@@ -443,15 +443,24 @@ impl AsyncWrite for UpstreamStream {
 }
 
 /// A connection to `address` within `timeout`, TLS handshake included when `tls` is given.
-/// `host` is the name the server's address was written with, if any (TLS's default name).
+/// `host` is the name the server's address was written with, if any (TLS's default name);
+/// `preface`, a PROXY protocol header written first, under TLS.
 pub async fn connect(
     address: SocketAddr,
     host: Option<&str>,
     timeout: Duration,
     tls: Option<&crate::tls::UpstreamTls>,
+    preface: Option<&[u8]>,
 ) -> io::Result<UpstreamStream> {
     let deadline = Instant::now() + timeout;
-    let tcp = connect_tcp(address, timeout).await?;
+    let mut tcp = connect_tcp(address, timeout).await?;
+    if let Some(header) = preface {
+        use tokio::io::AsyncWriteExt;
+        match tokio::time::timeout_at(deadline, tcp.write_all(header)).await {
+            Ok(written) => written?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "PROXY header: no room to write it in time")),
+        }
+    }
     let Some(tls) = tls else {
         return Ok(UpstreamStream::Plain(tcp));
     };
@@ -474,6 +483,8 @@ pub struct Connection {
     timer: Pin<Box<Sleep>>,
     /// The server's address generation it was opened under (see `ServerState`).
     pub(crate) generation: u32,
+    /// The client and listener address its PROXY header named: it serves that client only.
+    pub(crate) owner: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -489,14 +500,16 @@ impl Connection {
         host: Option<&str>,
         timeout: Duration,
         tls: Option<&crate::tls::UpstreamTls>,
+        preface: Option<&[u8]>,
     ) -> io::Result<Connection> {
-        let stream = connect(address, host, timeout, tls).await?;
+        let stream = connect(address, host, timeout, tls, preface).await?;
         Ok(Connection {
             stream,
             buf: BytesMut::with_capacity(READ_BUFFER),
             out: Vec::with_capacity(1024),
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             generation: 0,
+            owner: None,
         })
     }
 

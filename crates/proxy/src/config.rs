@@ -117,6 +117,10 @@
 //!                                  # this long is closed (HAProxy's timeout tunnel)
 //! queue_timeout_ms = 1000          # how long a request waits for a server under its maxconn
 //!                                  # (HAProxy's timeout queue; default: connect_timeout_ms)
+//! send_proxy = "v2"                # optional, v1 or v2: each connection to a server opens with
+//!                                  # a PROXY protocol header naming the client (HAProxy's
+//!                                  # send-proxy[-v2]); such connections serve that client only,
+//!                                  # and checks on the servers' own port send a LOCAL one
 //! [pools.web.tls]                 # optional: HTTPS to the servers (HAProxy's server … ssl
 //!                                  # verify required ca-file … sni …); checks use it too
 //! ca = "ca.pem"                    # the CA (PEM) their certificates must chain to, relative
@@ -477,6 +481,8 @@ struct RawPool {
     health: Option<RawHealth>,
     tls: Option<RawUpstreamTls>,
     cache: Option<RawCache>,
+    /// `v1` or `v2`: each connection to a server opens with a PROXY protocol header.
+    send_proxy: Option<String>,
     #[serde(default)]
     servers: Vec<RawServer>,
     #[serde(default)]
@@ -1091,6 +1097,9 @@ pub struct Pool {
     pub tls: Option<crate::tls::UpstreamTls>,
     /// Answers kept in memory and served again while fresh.
     pub cache: Option<crate::cache::CacheConfig>,
+    /// Connections to the servers open with a PROXY protocol header naming the client
+    /// (HAProxy's send-proxy); they then serve that client only.
+    pub send_proxy: Option<crate::proxy_protocol::Version>,
     pub servers: Vec<Server>,
 }
 
@@ -1116,6 +1125,9 @@ pub struct Health {
     pub method: String,
     /// The port checks go to, when not the server's own.
     pub port: Option<u16>,
+    /// Checks open with a LOCAL PROXY header, as HAProxy's do on a send-proxy server checked
+    /// on its own port.
+    pub send_proxy: Option<crate::proxy_protocol::Version>,
     pub interval: Duration,
     pub timeout: Duration,
     pub rise: u32,
@@ -1345,6 +1357,15 @@ impl ProxyConfig {
             }
             let tls = p.tls.as_ref().and_then(|t| load_upstream_tls(t, &base, &field, &mut err));
             let cache = p.cache.as_ref().map(|c| validate_cache(c, &field, &mut err));
+            let send_proxy = match p.send_proxy.as_deref() {
+                None => None,
+                Some("v1") => Some(crate::proxy_protocol::Version::V1),
+                Some("v2") => Some(crate::proxy_protocol::Version::V2),
+                Some(other) => {
+                    err(format!("{field}.send_proxy"), format!("`{other}`: expected v1 or v2"));
+                    None
+                }
+            };
             let health = p.health.as_ref().map(|h| {
                 if !h.path.starts_with('/') || !h.path.bytes().all(|b| b.is_ascii_graphic()) {
                     err(format!("{field}.health.path"), format!("`{}` must start with / and have no spaces", h.path));
@@ -1399,6 +1420,7 @@ impl ProxyConfig {
                     expect_body: h.expect_body.clone(),
                     method: h.method.clone(),
                     port: h.port,
+                    send_proxy: send_proxy.filter(|_| h.port.is_none()),
                     interval: Duration::from_millis(h.interval_ms),
                     timeout: Duration::from_millis(h.timeout_ms),
                     rise: h.rise,
@@ -1424,6 +1446,7 @@ impl ProxyConfig {
                 health,
                 tls,
                 cache,
+                send_proxy,
                 servers,
             });
         }

@@ -19,7 +19,7 @@ use crate::cache::{self, Cache, Lookup};
 use crate::client::{self, BodyWriteError, Connection, Framing, RequestFraming, ResponseHead};
 use crate::config::Listener;
 use crate::stall::{idle_for, Activity};
-use crate::upstream::{InFlight, PoolState, ServerState};
+use crate::upstream::{InFlight, PoolState, Preface, ServerState};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -86,7 +86,8 @@ pub async fn forward(
     let req = req.map(|body| {
         RequestBody::new(body, listener.max_body_bytes, listener.client_timeout, pool.request_bytes.clone())
     });
-    match send(pool, req, key, pinned, client_upgrade, replay).await {
+    let preface = pool.config.send_proxy.map(|version| Preface { version, client, destination: listener.bind });
+    match send(pool, req, key, pinned, client_upgrade, replay, preface).await {
         Ok((index, mut response)) => {
             if let (Some(cache), Some(key)) = (&pool.cache, cache_key) {
                 // Kept as the server sent it, before this proxy's own headers go on.
@@ -255,6 +256,7 @@ async fn send(
     pinned: Option<usize>,
     client_upgrade: Option<OnUpgrade>,
     replay: bool,
+    preface: Option<Preface>,
 ) -> Result<(usize, Response<ProxyBody>), Failure> {
     let mut client_upgrade = client_upgrade;
     let mut req = req;
@@ -273,7 +275,7 @@ async fn send(
         }
         server.requests.fetch_add(1, Ordering::Relaxed);
         let sent_at = Instant::now();
-        match send_to(pool, server, req, flight, &mut client_upgrade).await {
+        match send_to(pool, server, req, flight, &mut client_upgrade, preface).await {
             Ok(response) => {
                 server.latency.observe(sent_at.elapsed());
                 return Ok((index, response));
@@ -431,19 +433,21 @@ async fn send_to(
     req: Request<RequestBody>,
     flight: InFlight,
     client_upgrade: &mut Option<OnUpgrade>,
+    preface: Option<Preface>,
 ) -> Result<Response<ProxyBody>, SendError> {
     let mut req = req;
     let framing = RequestFraming::of(&req);
     // A pooled connection may have been closed by the server since it was idle: then try the
     // next one, and at last a new connection. Only a failed connect counts against the server.
     let mut connection = loop {
-        if let Some(mut connection) = server.take_idle() {
+        if let Some(mut connection) = server.take_idle(Preface::owner(preface)) {
             if connection.write_head(&req, framing).await.is_ok() {
                 break connection;
             }
             continue;
         }
-        let mut connection = match server.connect(pool.config.connect_timeout, pool.config.tls.as_ref()).await {
+        let mut connection = match server.connect(pool.config.connect_timeout, pool.config.tls.as_ref(), preface).await
+        {
             Ok(connection) => connection,
             Err(e) => return Err(SendError::NotSent(req, e.to_string())),
         };

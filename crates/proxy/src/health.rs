@@ -111,9 +111,11 @@ pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> 
         let address = server.address();
         // HAProxy's `check port`: the check may go to another port of the same address.
         let target = health.port.map_or(address, |port| SocketAddr::new(address.ip(), port));
-        let mut stream = connect(target, server.config.host.as_deref(), health.timeout, health.tls.as_ref())
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let local = health.send_proxy.map(|version| crate::proxy_protocol::encode(version, None));
+        let mut stream =
+            connect(target, server.config.host.as_deref(), health.timeout, health.tls.as_ref(), local.as_deref())
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
         if health.kind == HealthKind::Tcp {
             return Ok(());
         }

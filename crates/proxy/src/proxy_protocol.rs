@@ -156,6 +156,68 @@ pub async fn read(stream: &mut TcpStream, within: Duration) -> Result<Option<Soc
     Ok(header.source)
 }
 
+/// Which version a pool writes to its servers (HAProxy's `send-proxy`, `send-proxy-v2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// The header naming `source` (the client) and `destination` (where it connected) that opens
+/// a connection to a server; `None` for both: the proxy's own connection, a health check
+/// (v1 `UNKNOWN`, v2 `LOCAL`). Mixed families are written as IPv6, IPv4 mapped.
+pub fn encode(version: Version, addresses: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
+    let addresses = addresses.map(|(s, d)| match (s, d) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => (s, d),
+        _ => (as_v6(s), as_v6(d)),
+    });
+    match version {
+        Version::V1 => encode_v1(addresses),
+        Version::V2 => encode_v2(addresses),
+    }
+}
+
+fn as_v6(address: SocketAddr) -> SocketAddr {
+    match address {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        v6 => v6,
+    }
+}
+
+fn encode_v1(addresses: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
+    match addresses {
+        None => b"PROXY UNKNOWN\r\n".to_vec(),
+        Some((s, d)) => {
+            let family = if s.is_ipv4() { "TCP4" } else { "TCP6" };
+            format!("PROXY {family} {} {} {} {}\r\n", s.ip(), d.ip(), s.port(), d.port()).into_bytes()
+        }
+    }
+}
+
+fn encode_v2(addresses: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(V2_FIXED + 36);
+    out.extend_from_slice(V2_SIGNATURE);
+    let Some((s, d)) = addresses else {
+        // LOCAL, family UNSPEC, no addresses.
+        out.extend_from_slice(&[0x20, 0x00, 0, 0]);
+        return out;
+    };
+    let v6 = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let (family, body): (u8, Vec<u8>) = match (s.ip(), d.ip()) {
+        (IpAddr::V4(si), IpAddr::V4(di)) => (0x11, [si.octets().as_slice(), di.octets().as_slice()].concat()),
+        (si, di) => (0x21, [v6(si).as_slice(), v6(di).as_slice()].concat()),
+    };
+    out.extend_from_slice(&[0x21, family]);
+    out.extend_from_slice(&((body.len() + 4) as u16).to_be_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&s.port().to_be_bytes());
+    out.extend_from_slice(&d.port().to_be_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +228,26 @@ mod tests {
         h.extend_from_slice(&(addresses.len() as u16).to_be_bytes());
         h.extend_from_slice(addresses);
         h
+    }
+
+    #[test]
+    fn what_a_pool_writes_reads_back_as_the_client_it_names() {
+        let v4 = ("198.18.0.7:40000".parse().unwrap(), "198.18.0.1:8080".parse().unwrap());
+        let v6 = ("[2001:db8::7]:40000".parse().unwrap(), "[2001:db8::1]:8080".parse().unwrap());
+        let mixed: (SocketAddr, SocketAddr) =
+            ("198.18.0.7:40000".parse().unwrap(), "[2001:db8::1]:8080".parse().unwrap());
+        for version in [Version::V1, Version::V2] {
+            for (source, destination) in [v4, v6, mixed] {
+                let bytes = encode(version, Some((source, destination)));
+                let header = parse(&bytes).unwrap().expect("whole");
+                assert_eq!(header.length, bytes.len());
+                let expected = if source.is_ipv4() && destination.is_ipv6() { as_v6(source) } else { source };
+                assert_eq!(header.source, Some(expected), "{version:?} {source} → {destination}");
+            }
+            let local = encode(version, None);
+            assert_eq!(parse(&local).unwrap(), Some(ProxyHeader { length: local.len(), source: None }));
+        }
+        assert_eq!(encode(Version::V1, Some(v4)), b"PROXY TCP4 198.18.0.7 198.18.0.1 40000 8080\r\n");
     }
 
     #[test]

@@ -487,10 +487,13 @@ impl ServerState {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently used idle connection that the server has not closed.
-    pub fn take_idle(&self) -> Option<Connection> {
+    /// The most recently used idle connection of `owner` (`None`: shared ones) that the
+    /// server has not closed. Shared connections are all alike, so the last one matches at
+    /// once; a client's own connections (PROXY protocol) are looked for.
+    pub fn take_idle(&self, owner: Option<(SocketAddr, SocketAddr)>) -> Option<Connection> {
         let mut idle = self.lock_idle();
-        while let Some(mut connection) = idle.pop() {
+        while let Some(at) = idle.iter().rposition(|c| c.owner == owner) {
+            let mut connection = idle.remove(at);
             if !connection.is_stale() {
                 return Some(connection);
             }
@@ -505,21 +508,49 @@ impl ServerState {
             return;
         }
         let mut idle = self.lock_idle();
-        if idle.len() < MAX_IDLE_PER_SERVER {
-            idle.push(connection);
+        if idle.len() >= MAX_IDLE_PER_SERVER {
+            // The oldest goes: it is the likeliest to be closed by the server soon, or to be
+            // a connection of a client that has left.
+            idle.remove(0);
         }
+        idle.push(connection);
     }
 
     pub fn idle_count(&self) -> usize {
         self.lock_idle().len()
     }
 
-    /// Opens a new connection, within `timeout` (and TLS, for a pool with `tls`).
-    pub async fn connect(&self, timeout: Duration, tls: Option<&crate::tls::UpstreamTls>) -> io::Result<Connection> {
+    /// Opens a new connection, within `timeout` (and TLS, for a pool with `tls`); with
+    /// `preface`, it opens with a PROXY header naming that client and belongs to it.
+    pub async fn connect(
+        &self,
+        timeout: Duration,
+        tls: Option<&crate::tls::UpstreamTls>,
+        preface: Option<Preface>,
+    ) -> io::Result<Connection> {
         let generation = self.address_generation.load(Ordering::Relaxed);
-        let mut connection = Connection::open(self.address(), self.config.host.as_deref(), timeout, tls).await?;
+        let header = preface.map(|p| crate::proxy_protocol::encode(p.version, Some((p.client, p.destination))));
+        let host = self.config.host.as_deref();
+        let mut connection = Connection::open(self.address(), host, timeout, tls, header.as_deref()).await?;
         connection.generation = generation;
+        connection.owner = preface.map(|p| (p.client, p.destination));
         Ok(connection)
+    }
+}
+
+/// What a connection to a pool with `send_proxy` opens with: the client and where it
+/// connected to.
+#[derive(Debug, Clone, Copy)]
+pub struct Preface {
+    pub version: crate::proxy_protocol::Version,
+    pub client: SocketAddr,
+    pub destination: SocketAddr,
+}
+
+impl Preface {
+    /// The owner its connections carry in the idle pool.
+    pub fn owner(preface: Option<Preface>) -> Option<(SocketAddr, SocketAddr)> {
+        preface.map(|p| (p.client, p.destination))
     }
 }
 

@@ -1959,3 +1959,62 @@ fn a_route_with_basic_auth_lets_in_only_the_users_of_its_file() {
     let e = proxy::ProxyConfig::load(&path).unwrap_err().to_string();
     assert!(e.contains("listeners[0].routes[0].basic_auth") && e.contains("line 1 (user `ana`)"), "{e}");
 }
+
+/// A keep-alive connection from a chosen source address.
+fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&addr(&format!("{source}:0")).into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+}
+
+/// One request on a kept-alive connection; the body of its answer (Content-Length framed).
+fn ask_on(stream: &mut TcpStream, path: &str) -> String {
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no length in {head}"));
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[test]
+fn send_proxy_names_each_client_to_the_servers_on_connections_of_its_own() {
+    // The servers: a webstack web server that takes the PROXY header (accept_proxy) and
+    // says in X-Forwarded-For whom it names, in front of an echoing app.
+    let echo = addr("127.210.53.21:9000");
+    let _app = Upstream::start("app", echo);
+    let _web = Proxy::start(&format!(
+        "name = \"web\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.53.11:9000\"\naccept_proxy = true\n\
+         [[listeners.routes]]\nprefix = \"/\"\npool = \"app\"\n[pools.app]\n[[pools.app.servers]]\nname = \"app\"\naddress = \"{echo}\"\n"
+    ));
+    // The edge, writing PROXY v2, its checks a LOCAL header (else the web server would drop them).
+    let health = "send_proxy = \"v2\"\n[pools.web.health]\ninterval_ms = 50\nfall = 1\nrise = 1\n";
+    let _edge = Proxy::start(&config(53, &[("web", addr("127.210.53.11:9000"))], health));
+    let (lb, admin) = (addr("127.210.53.1:8080"), addr("127.210.53.1:8404"));
+    std::thread::sleep(Duration::from_millis(300));
+    wait_for_metric(admin, "webstack_proxy_server_up{pool=\"web\",server=\"web\"} 1");
+
+    // Two clients from two addresses, their requests interleaved on kept-alive connections:
+    // each is named to the server as itself, never as the other.
+    let mut a = connect_from("127.210.53.101", lb);
+    let mut b = connect_from("127.210.53.102", lb);
+    for _ in 0..3 {
+        assert!(ask_on(&mut a, "/").contains("xff=127.210.53.101 "), "client a");
+        assert!(ask_on(&mut b, "/").contains("xff=127.210.53.102 "), "client b");
+    }
+    let stats = get(admin, "/api/servers").body;
+    assert!(stats.contains("passed in"), "checks pass through the LOCAL header: {stats}");
+}
