@@ -378,9 +378,14 @@ pub(crate) fn metrics(runtime: &Runtime) -> String {
 /// Per listener, as HAProxy's frontend counters.
 fn listener_metrics(out: &mut String, runtime: &Runtime) {
     let listeners = || runtime.config.listeners.iter().zip(&runtime.listeners);
-    let families: [(&str, &str, &str); 5] = [
+    let families: [(&str, &str, &str); 6] = [
         ("webstack_proxy_listener_connections", "gauge", "Client connections open now."),
         ("webstack_proxy_listener_connections_total", "counter", "Client connections accepted."),
+        (
+            "webstack_proxy_listener_connections_refused_total",
+            "counter",
+            "Connections closed for max_connections_per_client.",
+        ),
         (
             "webstack_proxy_listener_requests_total",
             "counter",
@@ -396,6 +401,7 @@ fn listener_metrics(out: &mut String, runtime: &Runtime) {
             let value = match name {
                 "webstack_proxy_listener_connections" => stats.open.count.load(Ordering::Relaxed) as u64,
                 "webstack_proxy_listener_connections_total" => stats.accepted.load(Ordering::Relaxed),
+                "webstack_proxy_listener_connections_refused_total" => stats.refused_per_client.load(Ordering::Relaxed),
                 "webstack_proxy_listener_requests_total" => stats.requests.load(Ordering::Relaxed),
                 "webstack_proxy_listener_responses_total" => {
                     for (class, count) in CLASSES.iter().zip(&stats.responses) {

@@ -55,6 +55,9 @@
 //!                                  # its answer that long is cut off, and an idle connection
 //!                                  # is closed (HAProxy's timeout client; nginx's
 //!                                  # client_*_timeout, send_timeout, http2_idle_timeout)
+//! max_connections_per_client = 20  # optional: connections from one address at once; more
+//!                                  # are closed at once (HAProxy's tcp-request connection
+//!                                  # reject if { src_conn_cur ge 20 }, nginx's limit_conn)
 //! max_connections = 10000          # optional: client connections at once (HAProxy's maxconn);
 //!                                  # more wait in the kernel's backlog until one closes
 //! compress = true                  # gzip/brotli text answers on the fly (nginx's gzip on)
@@ -327,6 +330,8 @@ struct RawListener {
     client_timeout_ms: u64,
     /// At most this many client connections at once; more wait in the kernel's backlog.
     max_connections: Option<usize>,
+    /// At most this many connections from one client address at once; more are closed.
+    max_connections_per_client: Option<u32>,
     redirect_https_port: Option<u16>,
     #[serde(default)]
     compress: bool,
@@ -820,6 +825,9 @@ pub struct Listener {
     pub client_timeout: Duration,
     /// Client connections served at once (HAProxy's frontend maxconn); `None`: no limit.
     pub max_connections: Option<usize>,
+    /// Connections from one client address at once (HAProxy's `src_conn_cur` rejection,
+    /// nginx's `limit_conn`); `None`: no limit.
+    pub max_connections_per_client: Option<u32>,
     /// Every request is redirected to HTTPS on this port.
     pub redirect_https_port: Option<u16>,
     /// Compress text answers of at least `compress_min_bytes` for clients that accept it.
@@ -1232,6 +1240,12 @@ impl ProxyConfig {
                 err(format!("{field}.client_timeout_ms"), "must be at least 1".into());
             }
             at_most_a_week(l.client_timeout_ms, format!("{field}.client_timeout_ms"), &mut err);
+            if l.max_connections_per_client == Some(0) {
+                err(
+                    format!("{field}.max_connections_per_client"),
+                    "must be at least 1 (leave it out for no limit)".into(),
+                );
+            }
             if l.max_connections == Some(0) {
                 err(format!("{field}.max_connections"), "must be at least 1 (leave it out for no limit)".into());
             }
@@ -1245,6 +1259,7 @@ impl ProxyConfig {
                 max_body_bytes: (l.max_body_bytes > 0).then_some(l.max_body_bytes),
                 client_timeout: Duration::from_millis(l.client_timeout_ms.max(1)),
                 max_connections: l.max_connections,
+                max_connections_per_client: l.max_connections_per_client,
                 redirect_https_port: l.redirect_https_port,
                 compress: l.compress,
                 compress_min_bytes: l.compress_min_bytes,

@@ -57,6 +57,10 @@ pub(crate) struct Runtime {
 #[derive(Default)]
 pub(crate) struct ListenerStats {
     pub open: OpenConnections,
+    /// Open connections per client address, kept only with `max_connections_per_client`.
+    per_client: std::sync::Mutex<HashMap<std::net::IpAddr, u32>>,
+    /// Connections closed for `max_connections_per_client`.
+    pub refused_per_client: AtomicU64,
     pub accepted: AtomicU64,
     pub requests: AtomicU64,
     pub responses: [AtomicU64; 5],
@@ -485,6 +489,34 @@ impl OpenConnections {
     }
 }
 
+/// One connection of a client address counted while this lives.
+struct ClientConnection(Arc<ListenerStats>, std::net::IpAddr);
+
+impl ClientConnection {
+    /// Counts a connection of `client`; `None` when it already has `max` open.
+    fn enter(stats: &Arc<ListenerStats>, client: std::net::IpAddr, max: u32) -> Option<ClientConnection> {
+        let mut counts = stats.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(client).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientConnection(stats.clone(), client))
+    }
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        let mut counts = self.0.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.1) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// One client connection counted while this lives.
 struct OpenConnection(Arc<ListenerStats>);
 
@@ -522,6 +554,7 @@ async fn accept_loop(
                 max_headers: l.max_headers,
                 client_timeout: l.client_timeout,
                 accept_proxy: l.accept_proxy,
+                per_client: l.max_connections_per_client,
             };
             (limits, tls, l.max_connections)
         }),
@@ -560,6 +593,17 @@ async fn accept_loop(
                     Err(e) => return tracing::info!(%client, error = %e, "connection closed"),
                 }
             }
+            // Counted once the client is known (after a PROXY header, the one it names).
+            let _client_slot = match limits.per_client {
+                None => None,
+                Some(max) => match ClientConnection::enter(&_slot.0, client.ip(), max) {
+                    Some(counted) => Some(counted),
+                    None => {
+                        _slot.0.refused_per_client.fetch_add(1, Ordering::Relaxed);
+                        return tracing::debug!(%client, max, "connection closed: max_connections_per_client");
+                    }
+                },
+            };
             let service = service_fn(move |req| {
                 let proxy = proxy.clone();
                 async move {
@@ -627,6 +671,8 @@ struct ClientLimits {
     client_timeout: Duration,
     /// Each connection opens with a PROXY protocol header naming the client.
     accept_proxy: bool,
+    /// At most this many connections from one client address.
+    per_client: Option<u32>,
 }
 
 impl ClientLimits {
@@ -636,6 +682,7 @@ impl ClientLimits {
         max_headers: 100,
         client_timeout: Duration::from_secs(30),
         accept_proxy: false,
+        per_client: None,
     };
 }
 

@@ -2018,3 +2018,40 @@ fn send_proxy_names_each_client_to_the_servers_on_connections_of_its_own() {
     let stats = get(admin, "/api/servers").body;
     assert!(stats.contains("passed in"), "checks pass through the LOCAL header: {stats}");
 }
+
+#[test]
+fn one_client_address_gets_no_more_than_its_connections() {
+    let _proxy = Proxy::start(
+        "name = \"lb\"\n[admin]\nbind = \"127.210.54.1:8404\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.54.1:8080\"\n\
+         max_connections_per_client = 2\n[[listeners.routes]]\nprefix = \"/\"\nrespond = { body = \"ok\" }\n",
+    );
+    let (lb, admin) = (addr("127.210.54.1:8080"), addr("127.210.54.1:8404"));
+    let mut first = connect_from("127.210.54.101", lb);
+    let mut second = connect_from("127.210.54.101", lb);
+    assert_eq!(ask_on(&mut first, "/"), "ok");
+    assert_eq!(ask_on(&mut second, "/"), "ok");
+    // A third from the same address is closed without an answer; another address is served.
+    let mut third = connect_from("127.210.54.101", lb);
+    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = third.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(ask_on(&mut connect_from("127.210.54.102", lb), "/"), "ok");
+    wait_for_metric(admin, "webstack_proxy_listener_connections_refused_total{listener=\"www\"} 1");
+
+    // Once one of its connections closes, the address may open another.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = connect_from("127.210.54.101", lb);
+        let _ = again.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = again.read_to_end(&mut answer);
+        if !answer.is_empty() {
+            assert!(String::from_utf8_lossy(&answer).ends_with("ok"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot of the closed connection never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
