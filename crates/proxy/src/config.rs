@@ -76,6 +76,8 @@
 //! prefix = "/static/"
 //! request_headers = { set = { "X-Env" = "prod" }, remove = ["X-Debug"] }    # to the pool
 //! response_headers = { set = { "X-Frame-Options" = "DENY" }, remove = ["Server"] }
+//!                                  # request values may hold $host, $scheme, $remote_addr,
+//!                                  # $remote_port, $server_port, $request_uri, $uri, $args
 //!                                  # (nginx's proxy_set_header / add_header, HAProxy's
 //!                                  # http-request / http-response set-header, del-header)
 //! allow = ["10.0.0.0/8"]           # optional: only these clients (nginx's allow); others 403
@@ -987,6 +989,9 @@ impl Conditions {
 #[derive(Debug, Default)]
 pub struct HeaderRules {
     pub request_set: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Request values with `$variables`, filled per request (nginx's `proxy_set_header
+    /// X-Forwarded-Host $host`).
+    pub request_templates: Vec<(http::HeaderName, Box<str>)>,
     pub request_remove: Vec<http::HeaderName>,
     pub response_set: Vec<(http::HeaderName, http::HeaderValue)>,
     pub response_remove: Vec<http::HeaderName>,
@@ -999,6 +1004,21 @@ impl HeaderRules {
 
     pub fn apply_to_response(&self, headers: &mut http::HeaderMap) {
         apply(headers, &self.response_remove, &self.response_set);
+    }
+
+    /// The request values with variables, filled by `value`; a value the request cannot
+    /// give (no host) or that is no header value leaves its header out.
+    pub fn templated_values<'v>(
+        &self,
+        value: impl Fn(&str) -> Option<std::borrow::Cow<'v, str>>,
+    ) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        self.request_templates
+            .iter()
+            .filter_map(|(name, template)| {
+                let text = expand_variables(template, &REQUEST_HEADER_VARIABLES, &value).ok()?;
+                Some((name.clone(), http::HeaderValue::from_str(&text).ok()?))
+            })
+            .collect()
     }
 }
 
@@ -1015,21 +1035,37 @@ fn apply(headers: &mut http::HeaderMap, remove: &[http::HeaderName], set: &[(htt
 const PROXY_OWNED_HEADERS: [&str; 7] =
     ["content-length", "transfer-encoding", "connection", "host", "upgrade", "te", "trailer"];
 
+/// What a route's header rules set, set with `$variables` (requests only), and remove.
+type ParsedRules =
+    (Vec<(http::HeaderName, http::HeaderValue)>, Vec<(http::HeaderName, Box<str>)>, Vec<http::HeaderName>);
+
 fn header_rules(
     raw: &RawHeaderRules,
     field: &str,
+    variables: bool,
     err: &mut impl FnMut(String, String),
-) -> (Vec<(http::HeaderName, http::HeaderValue)>, Vec<http::HeaderName>) {
-    let mut set = Vec::new();
+) -> ParsedRules {
+    let (mut set, mut templates) = (Vec::new(), Vec::new());
     for (name, value) in &raw.set {
         let Some(header) = header_name(name, format!("{field}.set"), err) else { continue };
-        match http::HeaderValue::from_str(value) {
-            Ok(v) => set.push((header, v)),
-            Err(_) => err(format!("{field}.set"), format!("the value of `{name}` is not a header value")),
+        let Ok(fixed) = http::HeaderValue::from_str(value) else {
+            err(format!("{field}.set"), format!("the value of `{name}` is not a header value"));
+            continue;
+        };
+        let names_a_variable =
+            value.split('$').skip(1).any(|rest| rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'));
+        if !(variables && names_a_variable) {
+            set.push((header, fixed));
+            continue;
+        }
+        // Checked with stand-in values: an unknown variable is found now, not on a request.
+        match expand_variables(value, &REQUEST_HEADER_VARIABLES, |_| Some("x".into())) {
+            Ok(_) => templates.push((header, value.as_str().into())),
+            Err(e) => err(format!("{field}.set"), format!("the value of `{name}`: {e}")),
         }
     }
     let remove = raw.remove.iter().filter_map(|name| header_name(name, format!("{field}.remove"), err)).collect();
-    (set, remove)
+    (set, templates, remove)
 }
 
 fn header_name(name: &str, field: String, err: &mut impl FnMut(String, String)) -> Option<http::HeaderName> {
@@ -1553,13 +1589,26 @@ impl ProxyConfig {
 
 /// The variables a redirect's `to` may hold, as nginx's `return 301 …$request_uri`.
 pub const REDIRECT_VARIABLES: [&str; 5] = ["request_uri", "uri", "args", "host", "scheme"];
+/// The variables a request header rule's value may hold (nginx's `proxy_set_header`).
+pub const REQUEST_HEADER_VARIABLES: [&str; 8] =
+    ["request_uri", "uri", "args", "host", "scheme", "remote_addr", "remote_port", "server_port"];
 
-/// A redirect's `to` with its `$variables` replaced by `value` (`None`: the request cannot
-/// say, and the redirect cannot be made). Text without `$` comes back as it is.
+/// A redirect's `to`, with its variables replaced (see [`expand_variables`]).
 pub fn expand_redirect<'v>(
     to: &str,
     value: impl Fn(&str) -> Option<std::borrow::Cow<'v, str>>,
 ) -> Result<String, String> {
+    expand_variables(to, &REDIRECT_VARIABLES, value)
+}
+
+/// `text` with its `$variables` (of `known`) replaced by `value` (`None`: the request cannot
+/// say, and the text cannot be made). A `$` that starts no name is text.
+pub fn expand_variables<'v>(
+    text: &str,
+    known: &[&str],
+    value: impl Fn(&str) -> Option<std::borrow::Cow<'v, str>>,
+) -> Result<String, String> {
+    let to = text;
     let mut out = String::with_capacity(to.len() + 64);
     let mut rest = to;
     while let Some(at) = rest.find('$') {
@@ -1569,10 +1618,10 @@ pub fn expand_redirect<'v>(
         let name = &after[..end];
         if name.is_empty() {
             out.push('$');
-        } else if REDIRECT_VARIABLES.contains(&name) {
+        } else if known.contains(&name) {
             out.push_str(&value(name).ok_or_else(|| format!("the request has no usable ${name}"))?);
         } else {
-            return Err(format!("unknown variable `${name}`; known: ${}", REDIRECT_VARIABLES.join(", $")));
+            return Err(format!("unknown variable `${name}`; known: ${}", known.join(", $")));
         }
         rest = &after[end..];
     }
@@ -1740,14 +1789,16 @@ fn validate_route(
         };
         RouteTarget::Respond { status, body: bytes::Bytes::from(respond.body.clone()), content_type }
     };
-    let (request_set, request_remove) = header_rules(&r.request_headers, &format!("{field}.request_headers"), err);
-    let (response_set, response_remove) = header_rules(&r.response_headers, &format!("{field}.response_headers"), err);
-    let rewrites_requests = !request_set.is_empty() || !request_remove.is_empty();
+    let (request_set, request_templates, request_remove) =
+        header_rules(&r.request_headers, &format!("{field}.request_headers"), true, err);
+    let (response_set, _, response_remove) =
+        header_rules(&r.response_headers, &format!("{field}.response_headers"), false, err);
+    let rewrites_requests = !request_set.is_empty() || !request_templates.is_empty() || !request_remove.is_empty();
     if rewrites_requests && !matches!(target, RouteTarget::Pool(_)) {
         err(format!("{field}.request_headers"), "only a route to a pool sends requests on".into());
     }
     let any = rewrites_requests || !response_set.is_empty() || !response_remove.is_empty();
-    let rules = HeaderRules { request_set, request_remove, response_set, response_remove };
+    let rules = HeaderRules { request_set, request_templates, request_remove, response_set, response_remove };
     let blocks = |list: &[String], key: &str, err: &mut dyn FnMut(String, String)| -> Vec<crate::access::Cidr> {
         list.iter()
             .filter_map(|text| crate::access::Cidr::parse(text).map_err(|e| err(format!("{field}.{key}"), e)).ok())

@@ -986,6 +986,12 @@ fn target_on<'a>(
             let pool = &shared.pools[*p];
             if let Some(rules) = &route.headers {
                 rules.apply_to_request(req.headers_mut());
+                if !rules.request_templates.is_empty() {
+                    let values = rules.templated_values(|name| request_variable(name, &req, client, listener));
+                    for (name, value) in values {
+                        req.headers_mut().insert(name, value);
+                    }
+                }
             }
             if let Some(to) = &route.replace_prefix {
                 if crate::forward::replace_path_prefix(&mut req, route.path.len(), to).is_err() {
@@ -995,7 +1001,7 @@ fn target_on<'a>(
             Target::Forward(Box::pin(forward(pool, req, client, listener)), pool)
         }
         RouteTarget::Static(files) => Target::Static(files, &route.path, req),
-        RouteTarget::Redirect { to, status } => Target::Answer(redirect(to, *status, &req, listener.tls.is_some())),
+        RouteTarget::Redirect { to, status } => Target::Answer(redirect(to, *status, &req, client, listener)),
         RouteTarget::Respond { status, body, content_type } => {
             let mut response = Response::new(ProxyBody::full(body.clone()));
             *response.status_mut() = *status;
@@ -1008,31 +1014,45 @@ fn target_on<'a>(
 
 /// A route's redirect, its `$variables` taken from the request; 400 for a request whose host
 /// cannot go into a Location.
-fn redirect<B>(to: &str, status: StatusCode, req: &Request<B>, https: bool) -> Response<ProxyBody> {
+fn redirect<B>(
+    to: &str,
+    status: StatusCode,
+    req: &Request<B>,
+    client: SocketAddr,
+    listener: &Listener,
+) -> Response<ProxyBody> {
     let location = match to.contains('$') {
         false => HeaderValue::from_str(to),
-        true => {
-            let value = |name: &str| -> Option<std::borrow::Cow<'_, str>> {
-                let uri = req.uri();
-                Some(match name {
-                    "request_uri" => uri.path_and_query().map_or("/", |p| p.as_str()).into(),
-                    "uri" => uri.path().into(),
-                    "args" => uri.query().unwrap_or("").into(),
-                    "scheme" => if https { "https" } else { "http" }.into(),
-                    _ => safe_host(req)?.into(),
-                })
-            };
-            match crate::config::expand_redirect(to, value) {
-                Ok(location) => HeaderValue::from_str(&location),
-                Err(_) => return error_response(StatusCode::BAD_REQUEST),
-            }
-        }
+        true => match crate::config::expand_redirect(to, |name| request_variable(name, req, client, listener)) {
+            Ok(location) => HeaderValue::from_str(&location),
+            Err(_) => return error_response(StatusCode::BAD_REQUEST),
+        },
     };
     let Ok(location) = location else { return error_response(StatusCode::BAD_REQUEST) };
     let mut response = Response::new(ProxyBody::empty());
     *response.status_mut() = status;
     response.headers_mut().insert(http::header::LOCATION, location);
     response
+}
+
+/// A variable of a redirect or a request header rule, from the request (nginx's names).
+fn request_variable<'r, B>(
+    name: &str,
+    req: &'r Request<B>,
+    client: SocketAddr,
+    listener: &Listener,
+) -> Option<std::borrow::Cow<'r, str>> {
+    let uri = req.uri();
+    Some(match name {
+        "request_uri" => uri.path_and_query().map_or("/", |p| p.as_str()).into(),
+        "uri" => uri.path().into(),
+        "args" => uri.query().unwrap_or("").into(),
+        "scheme" => if listener.tls.is_some() { "https" } else { "http" }.into(),
+        "remote_addr" => client.ip().to_string().into(),
+        "remote_port" => client.port().to_string().into(),
+        "server_port" => listener.bind.port().to_string().into(),
+        _ => safe_host(req)?.into(),
+    })
 }
 
 /// The request's host without its port, if it can go into a Location as it is.

@@ -2055,3 +2055,38 @@ fn one_client_address_gets_no_more_than_its_connections() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn request_header_rules_may_carry_the_requests_host_port_and_client() {
+    let origin = addr("127.210.55.11:9000");
+    let heads = recording_origin(origin);
+    let config = one_origin_site(
+        "127.210.55.1:8080",
+        "[[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n\
+         request_headers = { set = { \"X-Forwarded-Host\" = \"$host\", \"X-Forwarded-Port\" = \"$server_port\", \
+         \"X-Client\" = \"$remote_addr:$remote_port\", \"X-Original-URI\" = \"$scheme://$host$request_uri\", \
+         \"X-Price\" = \"$ 5\" } }\n",
+        origin,
+    );
+    let _proxy = Proxy::start(&config);
+    let mut client = connect_from("127.210.55.101", addr("127.210.55.1:8080"));
+    let port = client.local_addr().unwrap().port();
+    client.write_all(b"GET /shop?id=3 HTTP/1.1\r\nHost: www.foobar.com:8080\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = client.read_to_end(&mut answer);
+    let head = heads.lock().unwrap().last().cloned().unwrap_or_default();
+    assert!(head.contains("\r\nx-forwarded-host: www.foobar.com\r\n"), "{head}");
+    assert!(head.contains("\r\nx-forwarded-port: 8080\r\n"), "{head}");
+    assert!(head.contains(&format!("\r\nx-client: 127.210.55.101:{port}\r\n")), "{head}");
+    assert!(head.contains("\r\nx-original-uri: http://www.foobar.com/shop?id=3\r\n"), "{head}");
+    assert!(head.contains("\r\nx-price: $ 5\r\n"), "a $ that names nothing is text: {head}");
+
+    let bad = one_origin_site(
+        "127.210.55.1:8081",
+        "[[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\nrequest_headers = { set = { \"X-A\" = \"$hostname\" } }\n",
+        origin,
+    );
+    let e =
+        proxy::ProxyConfig::from_source(&webstack_config::Source::from_text("p.toml", &bad)).unwrap_err().to_string();
+    assert!(e.contains("request_headers.set") && e.contains("unknown variable `$hostname`"), "{e}");
+}
