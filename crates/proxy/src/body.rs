@@ -22,6 +22,7 @@ pin_project_lite::pin_project! {
         File { file: Box<crate::static_files::FileBody> },
         Compressed { body: Box<crate::compression::CompressedBody> },
         Caching { body: Box<crate::cache::CachingBody> },
+        H2 { body: Box<H2Body> },
     }
 }
 
@@ -40,6 +41,10 @@ impl ProxyBody {
 
     pub fn compressed(body: crate::compression::CompressedBody) -> Self {
         ProxyBody::Compressed { body: Box::new(body) }
+    }
+
+    pub fn h2(body: Incoming, flight: InFlight) -> Self {
+        ProxyBody::H2 { body: Box::new(H2Body { body, flight: Some(flight) }) }
     }
 
     pub fn caching(body: crate::cache::CachingBody) -> Self {
@@ -143,6 +148,7 @@ impl Body for ProxyBody {
             },
             ProxyBodyProj::Compressed { body } => body.poll_frame(cx),
             ProxyBodyProj::Caching { body } => Pin::new(&mut **body).poll_frame(cx),
+            ProxyBodyProj::H2 { body } => Pin::new(&mut **body).poll_frame(cx),
         }
     }
 
@@ -153,6 +159,7 @@ impl Body for ProxyBody {
             ProxyBody::File { file } => file.remaining() == 0,
             ProxyBody::Compressed { body } => body.is_end_stream(),
             ProxyBody::Caching { body } => body.is_end_stream(),
+            ProxyBody::H2 { body } => body.body.is_end_stream(),
         }
     }
 
@@ -164,7 +171,46 @@ impl Body for ProxyBody {
             ProxyBody::File { file } => SizeHint::with_exact(file.remaining()),
             ProxyBody::Compressed { body } => body.size_hint(),
             ProxyBody::Caching { body } => body.size_hint(),
+            ProxyBody::H2 { body } => body.body.size_hint(),
         }
+    }
+}
+
+/// A response body from an HTTP/2 server: frames as they come, trailers included (gRPC's
+/// status is in them). The request counts as in flight on its server until the body ends.
+pub struct H2Body {
+    body: Incoming,
+    flight: Option<InFlight>,
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(flight)) = (frame.data_ref(), &this.flight) {
+                    flight.server().bytes_out.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                if this.body.is_end_stream() {
+                    this.flight = None;
+                }
+            }
+            Poll::Ready(_) => this.flight = None,
+            Poll::Pending => {}
+        }
+        polled.map(|frame| frame.map(|f| f.map_err(BodyError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

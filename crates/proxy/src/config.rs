@@ -122,6 +122,9 @@
 //!                                  # this long is closed (HAProxy's timeout tunnel)
 //! queue_timeout_ms = 1000          # how long a request waits for a server under its maxconn
 //!                                  # (HAProxy's timeout queue; default: connect_timeout_ms)
+//! protocol = "http1"              # or "h2c": HTTP/2 without TLS to the servers (HAProxy's
+//!                                  # proto h2; gRPC): one multiplexed connection per server,
+//!                                  # trailers passed on; checked with kind = "tcp"
 //! send_proxy = "v2"                # optional, v1 or v2: each connection to a server opens with
 //!                                  # a PROXY protocol header naming the client (HAProxy's
 //!                                  # send-proxy[-v2]); such connections serve that client only,
@@ -490,6 +493,8 @@ struct RawPool {
     cache: Option<RawCache>,
     /// `v1` or `v2`: each connection to a server opens with a PROXY protocol header.
     send_proxy: Option<String>,
+    /// `http1` (the default) or `h2c`: HTTP/2 over cleartext to the servers.
+    protocol: Option<String>,
     #[serde(default)]
     servers: Vec<RawServer>,
     #[serde(default)]
@@ -1144,6 +1149,9 @@ pub struct Pool {
     /// Connections to the servers open with a PROXY protocol header naming the client
     /// (HAProxy's send-proxy); they then serve that client only.
     pub send_proxy: Option<crate::proxy_protocol::Version>,
+    /// HTTP/2 over cleartext to the servers (HAProxy's `proto h2`): one multiplexed
+    /// connection per server, trailers passed on (gRPC).
+    pub h2c: bool,
     pub servers: Vec<Server>,
 }
 
@@ -1408,6 +1416,31 @@ impl ProxyConfig {
             }
             let tls = p.tls.as_ref().and_then(|t| load_upstream_tls(t, &base, &field, &mut err));
             let cache = p.cache.as_ref().map(|c| validate_cache(c, &field, &mut err));
+            let h2c = match p.protocol.as_deref() {
+                None | Some("http1") => false,
+                Some("h2c") => {
+                    if p.tls.is_some() {
+                        err(
+                            format!("{field}.protocol"),
+                            "h2c is HTTP/2 without TLS; a pool with tls speaks HTTP/1.1".into(),
+                        );
+                    }
+                    if p.send_proxy.is_some() {
+                        err(
+                            format!("{field}.protocol"),
+                            "an h2c connection carries every client; send_proxy needs one per client".into(),
+                        );
+                    }
+                    if p.health.as_ref().is_some_and(|h| h.kind == HealthKind::Http) {
+                        err(format!("{field}.health.kind"), "an h2c pool is checked with kind = \"tcp\"".into());
+                    }
+                    true
+                }
+                Some(other) => {
+                    err(format!("{field}.protocol"), format!("`{other}`: expected http1 or h2c"));
+                    false
+                }
+            };
             let send_proxy = match p.send_proxy.as_deref() {
                 None => None,
                 Some("v1") => Some(crate::proxy_protocol::Version::V1),
@@ -1498,6 +1531,7 @@ impl ProxyConfig {
                 tls,
                 cache,
                 send_proxy,
+                h2c,
                 servers,
             });
         }
@@ -2409,6 +2443,24 @@ respond = { body = "eu" }
             expand_redirect("$scheme://$host$uri?$args&cost=5$", vars).unwrap(),
             "<scheme>://<host><uri>?<args>&cost=5$"
         );
+    }
+
+    #[test]
+    fn an_h2c_pool_is_cleartext_shared_and_checked_by_tcp() {
+        let with =
+            |options: &str| GOOD.replace("[pools.web]\n", &format!("[pools.web]\nprotocol = \"h2c\"\n{options}"));
+        assert!(load(&with("")).unwrap().pools[0].h2c);
+        for (options, field, says) in [
+            ("send_proxy = \"v2\"\n", "pools.web.protocol", "send_proxy"),
+            ("[pools.web.health]\npath = \"/\"\n", "pools.web.health.kind", "kind = \"tcp\""),
+        ] {
+            let e = load(&with(options)).unwrap_err();
+            assert_eq!(e.0[0].field, field, "{e}");
+            assert!(e.0[0].message.contains(says), "{e}");
+        }
+        assert!(load(&with("[pools.web.health]\nkind = \"tcp\"\n")).is_ok());
+        let e = load(&GOOD.replace("[pools.web]\n", "[pools.web]\nprotocol = \"h3\"\n")).unwrap_err();
+        assert!(e.to_string().contains("expected http1 or h2c"), "{e}");
     }
 
     #[test]

@@ -435,6 +435,9 @@ async fn send_to(
     client_upgrade: &mut Option<OnUpgrade>,
     preface: Option<Preface>,
 ) -> Result<Response<ProxyBody>, SendError> {
+    if pool.config.h2c {
+        return send_h2(pool, server, req, flight, client_upgrade.is_some()).await;
+    }
     let mut req = req;
     let framing = RequestFraming::of(&req);
     // A pooled connection may have been closed by the server since it was idle: then try the
@@ -495,6 +498,48 @@ async fn send_to(
         };
     }
     Ok(into_client_response(head, connection, keep_alive, flight, pool.config.idle_timeout))
+}
+
+/// A request on the server's HTTP/2 connection (an h2c pool). Only a request that never
+/// left (no connection, a connection that would not take a stream) comes back for another
+/// server: once sent, hyper owns it.
+async fn send_h2(
+    pool: &PoolState,
+    server: &Arc<ServerState>,
+    mut req: Request<RequestBody>,
+    flight: InFlight,
+    upgrade: bool,
+) -> Result<Response<ProxyBody>, SendError> {
+    if upgrade {
+        return Err(SendError::Failed("an upgrade (WebSocket) cannot go to an HTTP/2 server".into(), None));
+    }
+    let mut sender = match server.h2_sender(pool.config.connect_timeout).await {
+        Ok(sender) => sender,
+        Err(e) => return Err(SendError::NotSent(req, e.to_string())),
+    };
+    if let Err(e) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
+        return Err(SendError::NotSent(req, format!("HTTP/2 connection: {e}")));
+    }
+    into_http2_form(&mut req);
+    match tokio::time::timeout(pool.config.first_byte_timeout, sender.send_request(req)).await {
+        Err(_) => Err(SendError::TimedOut),
+        Ok(Err(e)) => Err(SendError::Failed(format!("HTTP/2: {e}"), None)),
+        Ok(Ok(response)) => Ok(response.map(|body| ProxyBody::h2(body, flight))),
+    }
+}
+
+/// HTTP/2 names the target in `:scheme` and `:authority`: the URI becomes absolute (from
+/// the Host header, which then goes), and the version says HTTP/2.
+fn into_http2_form<B>(req: &mut Request<B>) {
+    let authority = req.headers_mut().remove(header::HOST);
+    let authority = authority.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(uri) = format!("http://{authority}{path}").parse() {
+        *req.uri_mut() = uri;
+    }
+    // The one TE HTTP/2 allows, and what gRPC servers look for: this proxy passes trailers on.
+    req.headers_mut().insert(header::TE, HeaderValue::from_static("trailers"));
+    *req.version_mut() = http::Version::HTTP_2;
 }
 
 /// A 101 answer: the client and the server now talk their own protocol (WebSocket) through

@@ -275,6 +275,11 @@ pub struct ServerState {
     /// Connect failures and 5xx answers in a row, for passive health.
     failures_in_row: AtomicU32,
     idle: Mutex<Vec<Connection>>,
+    /// The HTTP/2 connection of an h2c pool's server, shared by every request.
+    h2: Mutex<Option<H2Sender>>,
+    /// Held while one is opened, so requests that find none wait for it instead of each
+    /// opening their own.
+    h2_opening: tokio::sync::Mutex<()>,
     pub requests: AtomicU64,
     /// Responses by status class: index 0 for 1xx … 4 for 5xx.
     pub responses: [AtomicU64; 5],
@@ -331,6 +336,8 @@ impl ServerState {
             in_flight: AtomicU64::new(0),
             failures_in_row: AtomicU32::new(0),
             idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            h2_opening: tokio::sync::Mutex::new(()),
             requests: AtomicU64::new(0),
             responses: Default::default(),
             connect_failures: AtomicU64::new(0),
@@ -383,6 +390,7 @@ impl ServerState {
         self.address.store(Arc::new(SocketAddr::new(first, port)));
         self.address_generation.fetch_add(1, Ordering::Relaxed);
         self.lock_idle().clear();
+        *self.lock_h2() = None;
         Some(current)
     }
 
@@ -474,6 +482,7 @@ impl ServerState {
         if !up {
             // Connections to a server taken out are not reused when it comes back.
             self.lock_idle().clear();
+            *self.lock_h2() = None;
         }
     }
 
@@ -485,6 +494,39 @@ impl ServerState {
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
         // A poisoned lock only means another request panicked mid-push; the Vec is still sound.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<H2Sender>> {
+        self.h2.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The server's HTTP/2 connection, opened (within `timeout`) when there is none or the
+    /// last one closed; requests that find none meanwhile wait for that one.
+    pub async fn h2_sender(&self, timeout: Duration) -> io::Result<H2Sender> {
+        let open = || self.lock_h2().as_ref().filter(|s| !s.is_closed()).cloned();
+        if let Some(sender) = open() {
+            return Ok(sender);
+        }
+        let _opening = self.h2_opening.lock().await;
+        if let Some(sender) = open() {
+            return Ok(sender);
+        }
+        let stream = crate::client::connect(self.address(), self.config.host.as_deref(), timeout, None, None).await?;
+        let handshake = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream));
+        let (sender, connection) = match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return Err(io::Error::other(format!("HTTP/2 handshake: {e}"))),
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "HTTP/2 handshake timed out")),
+        };
+        let name = self.config.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::info!(server = name, error = %e, "HTTP/2 connection to the server ended");
+            }
+        });
+        *self.lock_h2() = Some(sender.clone());
+        Ok(sender)
     }
 
     /// The most recently used idle connection of `owner` (`None`: shared ones) that the
@@ -537,6 +579,9 @@ impl ServerState {
         Ok(connection)
     }
 }
+
+/// Sends requests on a server's HTTP/2 connection (h2c pools).
+pub type H2Sender = hyper::client::conn::http2::SendRequest<crate::body::RequestBody>;
 
 /// What a connection to a pool with `send_proxy` opens with: the client and where it
 /// connected to.

@@ -2090,3 +2090,91 @@ fn request_header_rules_may_carry_the_requests_host_port_and_client() {
         proxy::ProxyConfig::from_source(&webstack_config::Source::from_text("p.toml", &bad)).unwrap_err().to_string();
     assert!(e.contains("request_headers.set") && e.contains("unknown variable `$hostname`"), "{e}");
 }
+
+/// An HTTP/2-only server (h2c, prior knowledge), as a gRPC server is: answers with what it
+/// saw and a `grpc-status` trailer; counts the connections it accepted.
+fn h2c_server(address: SocketAddr) -> Arc<AtomicUsize> {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let listener = std::net::TcpListener::bind(address).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let te = req.headers().get("te").map(|v| v.to_str().unwrap_or("").to_string()).unwrap_or_default();
+                    let body = format!(
+                        "{:?} {} authority={} te={te}",
+                        req.version(),
+                        req.uri().path(),
+                        req.uri().authority().map(|a| a.to_string()).unwrap_or_default()
+                    );
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                    let body = http_body_util::BodyExt::with_trailers(
+                        Full::new(Bytes::from(body)),
+                        std::future::ready(Some(Ok::<_, std::convert::Infallible>(trailers))),
+                    );
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+    });
+    connections
+}
+
+#[test]
+fn an_h2c_pool_speaks_http2_to_its_servers_and_passes_trailers_on() {
+    let server = addr("127.210.56.11:9000");
+    let connections = h2c_server(server);
+    // A second server that is down: requests that meet it go on to the first.
+    let servers = [("grpc", server), ("down", addr("127.210.56.12:9000"))];
+    let _proxy = Proxy::start(&config(56, &servers, "protocol = \"h2c\"\n"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let answers: Vec<(String, Option<String>)> = rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect("127.210.56.1:8080").await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let calls: Vec<_> = (0..4)
+            .map(|i| {
+                let req = hyper::Request::post(format!("http://api.foobar.com/pkg.Service/Call{i}"))
+                    .header("content-type", "application/grpc")
+                    .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+                    .unwrap();
+                sender.send_request(req)
+            })
+            .collect();
+        let mut out = Vec::new();
+        for call in calls {
+            let response = call.await.unwrap();
+            let collected = http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
+            let trailer =
+                collected.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.to_str().unwrap().to_string());
+            out.push((String::from_utf8_lossy(&collected.to_bytes()).into_owned(), trailer));
+        }
+        out
+    });
+    for (i, (body, trailer)) in answers.iter().enumerate() {
+        assert_eq!(body, &format!("HTTP/2.0 /pkg.Service/Call{i} authority=api.foobar.com te=trailers"));
+        assert_eq!(trailer.as_deref(), Some("0"), "the server's trailers reach the client");
+    }
+    // An HTTP/1.1 client is served too; every request shared one connection to the server.
+    let answer = get(addr("127.210.56.1:8080"), "/plain");
+    assert!(answer.body.starts_with("HTTP/2.0 /plain"), "{}", answer.body);
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "one multiplexed connection");
+    let metrics = get(addr("127.210.56.1:8404"), "/metrics").body;
+    assert!(
+        metrics.contains("webstack_proxy_responses_total{pool=\"web\",server=\"grpc\",class=\"2xx\"} 5"),
+        "{metrics}"
+    );
+}
