@@ -43,8 +43,10 @@ impl ProxyBody {
         ProxyBody::Compressed { body: Box::new(body) }
     }
 
-    pub fn h2(body: Incoming, flight: InFlight) -> Self {
-        ProxyBody::H2 { body: Box::new(H2Body { body, flight: Some(flight) }) }
+    /// An HTTP/2 server's body; silence longer than `idle` mid-body ends it with an error.
+    pub fn h2(body: Incoming, flight: InFlight, idle: Duration) -> Self {
+        let silence = crate::stall::StallClock::new(idle);
+        ProxyBody::H2 { body: Box::new(H2Body { body, flight: Some(flight), silence }) }
     }
 
     pub fn caching(body: crate::cache::CachingBody) -> Self {
@@ -181,6 +183,8 @@ impl Body for ProxyBody {
 pub struct H2Body {
     body: Incoming,
     flight: Option<InFlight>,
+    /// The pool's idle timeout, as for HTTP/1.1 bodies.
+    silence: crate::stall::StallClock,
 }
 
 impl Body for H2Body {
@@ -191,7 +195,13 @@ impl Body for H2Body {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         match &polled {
+            Poll::Pending if this.silence.waited_too_long(cx) => {
+                this.flight = None;
+                let idle = this.silence.limit().as_millis();
+                return Poll::Ready(Some(Err(format!("upstream sent nothing for {idle} ms mid-response").into())));
+            }
             Poll::Ready(Some(Ok(frame))) => {
+                this.silence.progress();
                 if let (Some(data), Some(flight)) = (frame.data_ref(), &this.flight) {
                     flight.server().bytes_out.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }

@@ -524,7 +524,7 @@ async fn send_h2(
     match tokio::time::timeout(pool.config.first_byte_timeout, sender.send_request(req)).await {
         Err(_) => Err(SendError::TimedOut),
         Ok(Err(e)) => Err(SendError::Failed(format!("HTTP/2: {e}"), None)),
-        Ok(Ok(response)) => Ok(response.map(|body| ProxyBody::h2(body, flight))),
+        Ok(Ok(response)) => Ok(response.map(|body| ProxyBody::h2(body, flight, pool.config.idle_timeout))),
     }
 }
 

@@ -2091,6 +2091,25 @@ fn request_header_rules_may_carry_the_requests_host_port_and_client() {
     assert!(e.contains("request_headers.set") && e.contains("unknown variable `$hostname`"), "{e}");
 }
 
+/// A body that sends one piece and then stalls for ever.
+struct Stalled(bool);
+
+impl http_body::Body for Stalled {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.0 {
+            return std::task::Poll::Pending;
+        }
+        self.0 = true;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"first piece")))))
+    }
+}
+
 /// An HTTP/2-only server (h2c, prior knowledge), as a gRPC server is: answers with what it
 /// saw and a `grpc-status` trailer; counts the connections it accepted.
 fn h2c_server(address: SocketAddr) -> Arc<AtomicUsize> {
@@ -2105,6 +2124,10 @@ fn h2c_server(address: SocketAddr) -> Arc<AtomicUsize> {
             while let Ok((stream, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    if req.uri().path() == "/stall" {
+                        // A first piece of the body, then nothing more, ever.
+                        return Ok(hyper::Response::new(http_body_util::Either::Right(Stalled(false))));
+                    }
                     let te = req.headers().get("te").map(|v| v.to_str().unwrap_or("").to_string()).unwrap_or_default();
                     let body = format!(
                         "{:?} {} authority={} te={te}",
@@ -2118,7 +2141,7 @@ fn h2c_server(address: SocketAddr) -> Arc<AtomicUsize> {
                         Full::new(Bytes::from(body)),
                         std::future::ready(Some(Ok::<_, std::convert::Infallible>(trailers))),
                     );
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Either::Left(body)))
                 });
                 tokio::spawn(
                     hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -2136,7 +2159,7 @@ fn an_h2c_pool_speaks_http2_to_its_servers_and_passes_trailers_on() {
     let connections = h2c_server(server);
     // A second server that is down: requests that meet it go on to the first.
     let servers = [("grpc", server), ("down", addr("127.210.56.12:9000"))];
-    let _proxy = Proxy::start(&config(56, &servers, "protocol = \"h2c\"\n"));
+    let _proxy = Proxy::start(&config(56, &servers, "protocol = \"h2c\"\nidle_timeout_ms = 300\n"));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let answers: Vec<(String, Option<String>)> = rt.block_on(async {
         let stream = tokio::net::TcpStream::connect("127.210.56.1:8080").await.unwrap();
@@ -2177,4 +2200,23 @@ fn an_h2c_pool_speaks_http2_to_its_servers_and_passes_trailers_on() {
         metrics.contains("webstack_proxy_responses_total{pool=\"web\",server=\"grpc\",class=\"2xx\"} 5"),
         "{metrics}"
     );
+
+    // A server gone silent mid-body: cut off after the pool's idle timeout, not held for ever.
+    let started = Instant::now();
+    let (head, body) = raw_get_unchecked(addr("127.210.56.1:8080"), "/stall");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("first piece") && !body.ends_with("0\r\n\r\n"), "an unfinished body: {body:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "ended after {:?}", started.elapsed());
+}
+
+/// A GET's head and raw body as far as the connection carried it (chunks not decoded).
+fn raw_get_unchecked(address: SocketAddr, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(address).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_string(), body.to_string())
 }
