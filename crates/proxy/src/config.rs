@@ -124,7 +124,7 @@
 //!                                  # (HAProxy's timeout queue; default: connect_timeout_ms)
 //! protocol = "http1"              # or "h2c": HTTP/2 without TLS to the servers (HAProxy's
 //!                                  # proto h2; gRPC): one multiplexed connection per server,
-//!                                  # trailers passed on; checked with kind = "tcp"
+//!                                  # trailers passed on; HTTP checks go over HTTP/2 too
 //! send_proxy = "v2"                # optional, v1 or v2: each connection to a server opens with
 //!                                  # a PROXY protocol header naming the client (HAProxy's
 //!                                  # send-proxy[-v2]); such connections serve that client only,
@@ -1180,6 +1180,8 @@ pub struct Health {
     /// Checks open with a LOCAL PROXY header, as HAProxy's do on a send-proxy server checked
     /// on its own port.
     pub send_proxy: Option<crate::proxy_protocol::Version>,
+    /// Checks speak HTTP/2, as the pool does (`protocol = "h2c"`).
+    pub h2c: bool,
     pub interval: Duration,
     pub timeout: Duration,
     pub rise: u32,
@@ -1431,9 +1433,6 @@ impl ProxyConfig {
                             "an h2c connection carries every client; send_proxy needs one per client".into(),
                         );
                     }
-                    if p.health.as_ref().is_some_and(|h| h.kind == HealthKind::Http) {
-                        err(format!("{field}.health.kind"), "an h2c pool is checked with kind = \"tcp\"".into());
-                    }
                     true
                 }
                 Some(other) => {
@@ -1505,6 +1504,7 @@ impl ProxyConfig {
                     method: h.method.clone(),
                     port: h.port,
                     send_proxy: send_proxy.filter(|_| h.port.is_none()),
+                    h2c: p.protocol.as_deref() == Some("h2c"),
                     interval: Duration::from_millis(h.interval_ms),
                     timeout: Duration::from_millis(h.timeout_ms),
                     rise: h.rise,
@@ -2446,19 +2446,17 @@ respond = { body = "eu" }
     }
 
     #[test]
-    fn an_h2c_pool_is_cleartext_shared_and_checked_by_tcp() {
+    fn an_h2c_pool_is_cleartext_and_shared() {
         let with =
             |options: &str| GOOD.replace("[pools.web]\n", &format!("[pools.web]\nprotocol = \"h2c\"\n{options}"));
         assert!(load(&with("")).unwrap().pools[0].h2c);
-        for (options, field, says) in [
-            ("send_proxy = \"v2\"\n", "pools.web.protocol", "send_proxy"),
-            ("[pools.web.health]\npath = \"/\"\n", "pools.web.health.kind", "kind = \"tcp\""),
-        ] {
-            let e = load(&with(options)).unwrap_err();
-            assert_eq!(e.0[0].field, field, "{e}");
-            assert!(e.0[0].message.contains(says), "{e}");
-        }
+        let e = load(&with("send_proxy = \"v2\"\n")).unwrap_err();
+        assert_eq!(e.0[0].field, "pools.web.protocol", "{e}");
+        assert!(e.0[0].message.contains("send_proxy"), "{e}");
         assert!(load(&with("[pools.web.health]\nkind = \"tcp\"\n")).is_ok());
+        assert!(
+            load(&with("[pools.web.health]\npath = \"/healthz\"\n")).unwrap().pools[0].health.as_ref().unwrap().h2c
+        );
         let e = load(&GOOD.replace("[pools.web]\n", "[pools.web]\nprotocol = \"h3\"\n")).unwrap_err();
         assert!(e.to_string().contains("expected http1 or h2c"), "{e}");
     }

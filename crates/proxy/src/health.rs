@@ -119,15 +119,18 @@ pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> 
         if health.kind == HealthKind::Tcp {
             return Ok(());
         }
-        let request = match (&health.host, &server.config.host) {
-            (Some(host), _) => check_request(&health.method, &health.path, host),
-            (None, Some(name)) => {
-                check_request(&health.method, &health.path, &format_args!("{name}:{}", address.port()))
-            }
-            (None, None) => check_request(&health.method, &health.path, &address),
+        let host = match (&health.host, &server.config.host) {
+            (Some(host), _) => host.clone(),
+            (None, Some(name)) => format!("{name}:{}", address.port()),
+            (None, None) => address.to_string(),
         };
-        stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
-        let (status, body) = receive_answer(&mut stream, health).await?;
+        let (status, body) = if health.h2c {
+            ask_over_http2(stream, health, &host).await?
+        } else {
+            let request = check_request(&health.method, &health.path, &host);
+            stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+            receive_answer(&mut stream, health).await?
+        };
         if !passes(status, health.expect_status.as_deref()) {
             return Err(format!("status {status}"));
         }
@@ -141,6 +144,47 @@ pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> 
     tokio::time::timeout(health.timeout, attempt)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {} ms", health.timeout.as_millis())))
+}
+
+/// The check on an HTTP/2 server (an h2c pool): the same request on a connection of its own,
+/// the body read as far as `expect_body` needs.
+async fn ask_over_http2(
+    stream: crate::client::UpstreamStream,
+    health: &Health,
+    host: &str,
+) -> Result<(u16, Vec<u8>), String> {
+    use http_body_util::BodyExt;
+    let handshake = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(stream));
+    let (mut sender, connection) = handshake.await.map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    // Ends with the check: the connection is dropped with `sender`.
+    let driver = tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method(health.method.as_str())
+        .uri(format!("http://{host}{}", health.path))
+        .header(http::header::USER_AGENT, "webstack-health-check")
+        .body(http_body_util::Empty::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let answered = async {
+        let response = sender.send_request(request).await.map_err(|e| format!("HTTP/2: {e}"))?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        if health.expect_body.is_some() {
+            let mut incoming = response.into_body();
+            while body.len() < CHECK_BODY_LIMIT {
+                match incoming.frame().await {
+                    Some(Ok(frame)) => body.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..])),
+                    Some(Err(e)) => return Err(format!("read: {e}")),
+                    None => break,
+                }
+            }
+            body.truncate(CHECK_BODY_LIMIT);
+        }
+        Ok((status, body))
+    };
+    let result = answered.await;
+    driver.abort();
+    result
 }
 
 /// Reads until [`read_check_answer`] has what the check needs.
@@ -218,7 +262,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn check_request(method: &str, path: &str, host: &dyn std::fmt::Display) -> String {
+fn check_request(method: &str, path: &str, host: &str) -> String {
     format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: webstack-health-check\r\nConnection: close\r\n\r\n"
     )

@@ -2220,3 +2220,20 @@ fn raw_get_unchecked(address: SocketAddr, path: &str) -> (String, String) {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     (head.to_string(), body.to_string())
 }
+
+#[test]
+fn an_h2c_pools_http_checks_speak_http2() {
+    let server = addr("127.210.57.11:9000");
+    let _connections = h2c_server(server);
+    let servers = [("grpc", server), ("down", addr("127.210.57.12:9000"))];
+    let options = "protocol = \"h2c\"\n[pools.web.health]\npath = \"/healthz\"\n\
+                   expect_body = \"HTTP/2.0 /healthz\"\ninterval_ms = 50\nfall = 1\n";
+    let _proxy = Proxy::start(&config(57, &servers, options));
+    let admin = addr("127.210.57.1:8404");
+    // The live server passes, body and all, over HTTP/2; the other fails.
+    wait_for_metric(admin, "webstack_proxy_server_up{pool=\"web\",server=\"down\"} 0");
+    std::thread::sleep(Duration::from_millis(200));
+    wait_for_metric(admin, "webstack_proxy_server_up{pool=\"web\",server=\"grpc\"} 1");
+    let servers = get(admin, "/api/servers").body;
+    assert!(servers.contains("passed in"), "{servers}");
+}
