@@ -443,6 +443,16 @@ impl AsyncWrite for UpstreamStream {
 }
 
 /// A connection to `address` within `timeout`, TLS handshake included when `tls` is given.
+impl UpstreamStream {
+    /// Whether TLS agreed on HTTP/2 (ALPN h2); false on a plain connection.
+    pub fn negotiated_h2(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(_) => false,
+            UpstreamStream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
+    }
+}
+
 /// `host` is the name the server's address was written with, if any (TLS's default name);
 /// `preface`, a PROXY protocol header written first, under TLS.
 pub async fn connect(

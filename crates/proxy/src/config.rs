@@ -122,8 +122,9 @@
 //!                                  # this long is closed (HAProxy's timeout tunnel)
 //! queue_timeout_ms = 1000          # how long a request waits for a server under its maxconn
 //!                                  # (HAProxy's timeout queue; default: connect_timeout_ms)
-//! protocol = "http1"              # or "h2c": HTTP/2 without TLS to the servers (HAProxy's
-//!                                  # proto h2; gRPC): one multiplexed connection per server,
+//! protocol = "http1"              # or "h2": HTTP/2 to the servers, over TLS (ALPN h2) with
+//!                                  # [pools.P.tls], else without ("h2c" says so); HAProxy's
+//!                                  # proto h2, gRPC: one multiplexed connection per server,
 //!                                  # trailers passed on; HTTP checks go over HTTP/2 too
 //! send_proxy = "v2"                # optional, v1 or v2: each connection to a server opens with
 //!                                  # a PROXY protocol header naming the client (HAProxy's
@@ -493,7 +494,8 @@ struct RawPool {
     cache: Option<RawCache>,
     /// `v1` or `v2`: each connection to a server opens with a PROXY protocol header.
     send_proxy: Option<String>,
-    /// `http1` (the default) or `h2c`: HTTP/2 over cleartext to the servers.
+    /// `http1` (the default), `h2` (HTTP/2: over TLS with ALPN h2 when the pool has `tls`,
+    /// else cleartext) or `h2c` (HTTP/2 without TLS).
     protocol: Option<String>,
     #[serde(default)]
     servers: Vec<RawServer>,
@@ -1149,9 +1151,9 @@ pub struct Pool {
     /// Connections to the servers open with a PROXY protocol header naming the client
     /// (HAProxy's send-proxy); they then serve that client only.
     pub send_proxy: Option<crate::proxy_protocol::Version>,
-    /// HTTP/2 over cleartext to the servers (HAProxy's `proto h2`): one multiplexed
+    /// HTTP/2 to the servers (HAProxy's `proto h2`, `alpn h2` with `ssl`): one multiplexed
     /// connection per server, trailers passed on (gRPC).
-    pub h2c: bool,
+    pub http2: bool,
     pub servers: Vec<Server>,
 }
 
@@ -1180,8 +1182,8 @@ pub struct Health {
     /// Checks open with a LOCAL PROXY header, as HAProxy's do on a send-proxy server checked
     /// on its own port.
     pub send_proxy: Option<crate::proxy_protocol::Version>,
-    /// Checks speak HTTP/2, as the pool does (`protocol = "h2c"`).
-    pub h2c: bool,
+    /// Checks speak HTTP/2, as the pool does (`protocol = "h2"` or `"h2c"`).
+    pub http2: bool,
     pub interval: Duration,
     pub timeout: Duration,
     pub rise: u32,
@@ -1418,25 +1420,22 @@ impl ProxyConfig {
             }
             let tls = p.tls.as_ref().and_then(|t| load_upstream_tls(t, &base, &field, &mut err));
             let cache = p.cache.as_ref().map(|c| validate_cache(c, &field, &mut err));
-            let h2c = match p.protocol.as_deref() {
+            let http2 = match p.protocol.as_deref() {
                 None | Some("http1") => false,
-                Some("h2c") => {
-                    if p.tls.is_some() {
-                        err(
-                            format!("{field}.protocol"),
-                            "h2c is HTTP/2 without TLS; a pool with tls speaks HTTP/1.1".into(),
-                        );
+                Some(protocol @ ("h2" | "h2c")) => {
+                    if protocol == "h2c" && p.tls.is_some() {
+                        err(format!("{field}.protocol"), "h2c is HTTP/2 without TLS; with tls, say h2".into());
                     }
                     if p.send_proxy.is_some() {
                         err(
                             format!("{field}.protocol"),
-                            "an h2c connection carries every client; send_proxy needs one per client".into(),
+                            "an HTTP/2 connection carries every client; send_proxy needs one per client".into(),
                         );
                     }
                     true
                 }
                 Some(other) => {
-                    err(format!("{field}.protocol"), format!("`{other}`: expected http1 or h2c"));
+                    err(format!("{field}.protocol"), format!("`{other}`: expected http1, h2 or h2c"));
                     false
                 }
             };
@@ -1504,12 +1503,13 @@ impl ProxyConfig {
                     method: h.method.clone(),
                     port: h.port,
                     send_proxy: send_proxy.filter(|_| h.port.is_none()),
-                    h2c: p.protocol.as_deref() == Some("h2c"),
+                    http2: matches!(p.protocol.as_deref(), Some("h2" | "h2c")),
                     interval: Duration::from_millis(h.interval_ms),
                     timeout: Duration::from_millis(h.timeout_ms),
                     rise: h.rise,
                     fall: h.fall,
-                    tls: tls.clone(),
+                    // An HTTP/2 pool's checks offer h2 in ALPN, as its requests do.
+                    tls: if http2 { tls.as_ref().map(crate::tls::UpstreamTls::http2) } else { tls.clone() },
                 }
             });
             pools.push(Pool {
@@ -1531,7 +1531,7 @@ impl ProxyConfig {
                 tls,
                 cache,
                 send_proxy,
-                h2c,
+                http2,
                 servers,
             });
         }
@@ -2449,16 +2449,16 @@ respond = { body = "eu" }
     fn an_h2c_pool_is_cleartext_and_shared() {
         let with =
             |options: &str| GOOD.replace("[pools.web]\n", &format!("[pools.web]\nprotocol = \"h2c\"\n{options}"));
-        assert!(load(&with("")).unwrap().pools[0].h2c);
+        assert!(load(&with("")).unwrap().pools[0].http2);
         let e = load(&with("send_proxy = \"v2\"\n")).unwrap_err();
         assert_eq!(e.0[0].field, "pools.web.protocol", "{e}");
         assert!(e.0[0].message.contains("send_proxy"), "{e}");
         assert!(load(&with("[pools.web.health]\nkind = \"tcp\"\n")).is_ok());
         assert!(
-            load(&with("[pools.web.health]\npath = \"/healthz\"\n")).unwrap().pools[0].health.as_ref().unwrap().h2c
+            load(&with("[pools.web.health]\npath = \"/healthz\"\n")).unwrap().pools[0].health.as_ref().unwrap().http2
         );
         let e = load(&GOOD.replace("[pools.web]\n", "[pools.web]\nprotocol = \"h3\"\n")).unwrap_err();
-        assert!(e.to_string().contains("expected http1 or h2c"), "{e}");
+        assert!(e.to_string().contains("expected http1, h2 or h2c"), "{e}");
     }
 
     #[test]

@@ -435,7 +435,7 @@ async fn send_to(
     client_upgrade: &mut Option<OnUpgrade>,
     preface: Option<Preface>,
 ) -> Result<Response<ProxyBody>, SendError> {
-    if pool.config.h2c {
+    if pool.config.http2 {
         return send_h2(pool, server, req, flight, client_upgrade.is_some()).await;
     }
     let mut req = req;
@@ -513,14 +513,14 @@ async fn send_h2(
     if upgrade {
         return Err(SendError::Failed("an upgrade (WebSocket) cannot go to an HTTP/2 server".into(), None));
     }
-    let mut sender = match server.h2_sender(pool.config.connect_timeout).await {
+    let mut sender = match server.h2_sender(pool.config.connect_timeout, pool.config.tls.as_ref()).await {
         Ok(sender) => sender,
         Err(e) => return Err(SendError::NotSent(req, e.to_string())),
     };
     if let Err(e) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
         return Err(SendError::NotSent(req, format!("HTTP/2 connection: {e}")));
     }
-    into_http2_form(&mut req);
+    into_http2_form(&mut req, if pool.config.tls.is_some() { "https" } else { "http" });
     match tokio::time::timeout(pool.config.first_byte_timeout, sender.send_request(req)).await {
         Err(_) => Err(SendError::TimedOut),
         Ok(Err(e)) => Err(SendError::Failed(format!("HTTP/2: {e}"), None)),
@@ -530,11 +530,11 @@ async fn send_h2(
 
 /// HTTP/2 names the target in `:scheme` and `:authority`: the URI becomes absolute (from
 /// the Host header, which then goes), and the version says HTTP/2.
-fn into_http2_form<B>(req: &mut Request<B>) {
+fn into_http2_form<B>(req: &mut Request<B>, scheme: &str) {
     let authority = req.headers_mut().remove(header::HOST);
     let authority = authority.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    if let Ok(uri) = format!("http://{authority}{path}").parse() {
+    if let Ok(uri) = format!("{scheme}://{authority}{path}").parse() {
         *req.uri_mut() = uri;
     }
     // The one TE HTTP/2 allows, and what gRPC servers look for: this proxy passes trailers on.

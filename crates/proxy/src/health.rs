@@ -124,7 +124,7 @@ pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> 
             (None, Some(name)) => format!("{name}:{}", address.port()),
             (None, None) => address.to_string(),
         };
-        let (status, body) = if health.h2c {
+        let (status, body) = if health.http2 {
             ask_over_http2(stream, health, &host).await?
         } else {
             let request = check_request(&health.method, &health.path, &host);
@@ -161,7 +161,7 @@ async fn ask_over_http2(
     let driver = tokio::spawn(connection);
     let request = http::Request::builder()
         .method(health.method.as_str())
-        .uri(format!("http://{host}{}", health.path))
+        .uri(format!("{}://{host}{}", if health.tls.is_some() { "https" } else { "http" }, health.path))
         .header(http::header::USER_AGENT, "webstack-health-check")
         .body(http_body_util::Empty::new())
         .map_err(|e| format!("request: {e}"))?;

@@ -502,7 +502,7 @@ impl ServerState {
 
     /// The server's HTTP/2 connection, opened (within `timeout`) when there is none or the
     /// last one closed; requests that find none meanwhile wait for that one.
-    pub async fn h2_sender(&self, timeout: Duration) -> io::Result<H2Sender> {
+    pub async fn h2_sender(&self, timeout: Duration, tls: Option<&crate::tls::UpstreamTls>) -> io::Result<H2Sender> {
         let open = || self.lock_h2().as_ref().filter(|s| !s.is_closed()).cloned();
         if let Some(sender) = open() {
             return Ok(sender);
@@ -511,7 +511,12 @@ impl ServerState {
         if let Some(sender) = open() {
             return Ok(sender);
         }
-        let stream = crate::client::connect(self.address(), self.config.host.as_deref(), timeout, None, None).await?;
+        let tls = tls.map(crate::tls::UpstreamTls::http2);
+        let stream =
+            crate::client::connect(self.address(), self.config.host.as_deref(), timeout, tls.as_ref(), None).await?;
+        if tls.is_some() && !stream.negotiated_h2() {
+            return Err(io::Error::other("the server did not agree to HTTP/2 in TLS (ALPN h2)"));
+        }
         let handshake = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .handshake(hyper_util::rt::TokioIo::new(stream));
         let (sender, connection) = match tokio::time::timeout(timeout, handshake).await {

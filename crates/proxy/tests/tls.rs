@@ -626,3 +626,73 @@ fn a_server_that_asks_for_a_client_certificate_gets_the_pools() {
     let e = ProxyConfig::load(&path).unwrap_err();
     assert_eq!(e.0[0].field, "pools.mutual.tls", "{e}");
 }
+
+/// An HTTP/2-only HTTPS server (ALPN h2 and nothing else), as a gRPC server behind TLS is:
+/// answers with its protocol, the scheme and path it was asked for, and a trailer.
+fn h2_tls_origin(address: SocketAddr, dir: &Path, stem: &str) -> std::thread::JoinHandle<()> {
+    let chain = CertificateDer::pem_file_iter(dir.join(format!("{stem}.pem"))).unwrap().map(Result::unwrap).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(format!("{stem}-key.pem"))).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind(address).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = format!(
+                            "{:?} {} {}",
+                            req.version(),
+                            req.uri().scheme_str().unwrap_or("-"),
+                            req.uri().path()
+                        );
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+                        let body = http_body_util::BodyExt::with_trailers(
+                            http_body_util::Full::new(bytes::Bytes::from(body)),
+                            std::future::ready(Some(Ok::<_, std::convert::Infallible>(trailers))),
+                        );
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        })
+    })
+}
+
+#[test]
+fn a_pool_with_protocol_h2_and_tls_speaks_http2_over_https_to_its_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(dir.path(), "grpc", &["grpc.internal"]);
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let _origin = h2_tls_origin("127.211.11.2:8443".parse().unwrap(), dir.path(), "grpc");
+    // Checked over HTTP/2 and TLS every 50 ms, out at the first failure: a check that could
+    // not speak either would turn every request to 503.
+    let config = "name = \"edge\"\n[[listeners]]\nname = \"www\"\nbind = \"127.211.11.1:8080\"\n\
+        [[listeners.routes]]\nprefix = \"/\"\npool = \"grpc\"\n\
+        [pools.grpc]\nprotocol = \"h2\"\n[pools.grpc.tls]\nca = \"ca.pem\"\nserver_name = \"grpc.internal\"\n\
+        [pools.grpc.health]\npath = \"/healthz\"\ninterval_ms = 50\nfall = 1\nrise = 1\n\
+        [[pools.grpc.servers]]\nname = \"g1\"\naddress = \"127.211.11.2:8443\"\n";
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let _proxy = Proxy::start_file(&path);
+    std::thread::sleep(Duration::from_millis(300));
+    let answer = get("127.211.11.1:8080", "/pkg.Service/Call");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("HTTP/2.0 https /pkg.Service/Call"), "over HTTP/2 and TLS: {answer}");
+}
