@@ -57,8 +57,28 @@ pub async fn replicate_from(config: &DbConfig, conn: &mut MySqlConnection, prima
     if replicating.is_none() {
         run(conn, "SET GLOBAL gtid_slave_pos = @@global.gtid_binlog_pos").await?;
     }
-    run(conn, &crate::sql::change_master(config, primary)).await?;
+    point_at(config, conn, primary).await?;
     run(conn, "START SLAVE").await
+}
+
+/// `CHANGE MASTER TO` the primary, on a node whose replication was just stopped. The node's
+/// failover manager and a switchover may repoint it at the same moment (each from its own
+/// process): when the other's `START SLAVE` lands between this one's `STOP SLAVE` and
+/// `CHANGE MASTER`, MariaDB refuses with 1198 — stopped again, it is tried again.
+async fn point_at(config: &DbConfig, conn: &mut MySqlConnection, primary: SocketAddr) -> Result<(), String> {
+    let statement = crate::sql::change_master(config, primary);
+    for _ in 0..3 {
+        match sqlx::query(&statement).execute(&mut *conn).await {
+            Ok(_) => return Ok(()),
+            Err(sqlx::Error::Database(e))
+                if e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().map(|m| m.number()) == Some(1198) =>
+            {
+                run(conn, "STOP SLAVE").await?;
+            }
+            Err(e) => return Err(format!("{statement}: {e}")),
+        }
+    }
+    run(conn, &statement).await
 }
 
 /// The role the node last had: the one a switchover or promotion gave it, else its config's.
