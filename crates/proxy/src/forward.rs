@@ -521,18 +521,26 @@ async fn send_h2(
         return Err(SendError::NotSent(req, format!("HTTP/2 connection: {e}")));
     }
     into_http2_form(&mut req, if pool.config.tls.is_some() { "https" } else { "http" });
-    match tokio::time::timeout(pool.config.first_byte_timeout, sender.send_request(req)).await {
+    match tokio::time::timeout(pool.config.first_byte_timeout, sender.try_send_request(req)).await {
         Err(_) => Err(SendError::TimedOut),
-        Ok(Err(e)) => Err(SendError::Failed(format!("HTTP/2: {e}"), None)),
+        // Handed back unsent (the connection closed before taking it): another server may.
+        Ok(Err(mut e)) => match e.take_message() {
+            Some(req) => Err(SendError::NotSent(req, format!("HTTP/2: {}", e.error()))),
+            None => Err(SendError::Failed(format!("HTTP/2: {}", e.error()), None)),
+        },
         Ok(Ok(response)) => Ok(response.map(|body| ProxyBody::h2(body, flight, pool.config.idle_timeout))),
     }
 }
 
 /// HTTP/2 names the target in `:scheme` and `:authority`: the URI becomes absolute (from
-/// the Host header, which then goes), and the version says HTTP/2.
+/// the Host header, which then goes), and the version says HTTP/2. A request handed back
+/// unsent is in this form already, and stays so.
 fn into_http2_form<B>(req: &mut Request<B>, scheme: &str) {
-    let authority = req.headers_mut().remove(header::HOST);
-    let authority = authority.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let host = req.headers_mut().remove(header::HOST);
+    let authority = match host.as_ref().and_then(|h| h.to_str().ok()) {
+        Some(host) => host.to_string(),
+        None => req.uri().authority().map_or_else(|| "localhost".to_string(), |a| a.to_string()),
+    };
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     if let Ok(uri) = format!("{scheme}://{authority}{path}").parse() {
         *req.uri_mut() = uri;
@@ -823,6 +831,19 @@ pub fn apply_error_page(pages: &[(StatusCode, crate::config::ErrorPage)], respon
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_request_for_an_http2_server_names_its_target_once_and_keeps_it_when_handed_back() {
+        let mut req = Request::get("/pkg.Service/Call?x=1").header("host", "api.foobar.com").body(()).unwrap();
+        into_http2_form(&mut req, "https");
+        assert_eq!(req.uri(), "https://api.foobar.com/pkg.Service/Call?x=1");
+        assert!(req.headers().get(header::HOST).is_none(), ":authority says it");
+        assert_eq!(req.headers()[header::TE], "trailers");
+        assert_eq!(req.version(), http::Version::HTTP_2);
+        // Unsent and handed back, it goes to the next server as it is.
+        into_http2_form(&mut req, "https");
+        assert_eq!(req.uri(), "https://api.foobar.com/pkg.Service/Call?x=1");
+    }
+
     use super::*;
 
     #[test]
