@@ -151,6 +151,8 @@
 //! expect_body = "\"db\":\"up\""      # optional: and only if the body (its first 16 KiB)
 //!                                  # holds this text (HAProxy's http-check expect string)
 //! method = "GET"                   # or HEAD, OPTIONS (HAProxy's option httpchk METHOD)
+//! headers = { "X-Health-Token" = "s3cr3t" }   # optional: sent with every check (HAProxy's
+//!                                  # http-check send hdr)
 //! port = 8081                      # optional: check this port of each server instead of
 //!                                  # the one traffic goes to (HAProxy's check port)
 //! interval_ms = 1000
@@ -614,6 +616,9 @@ struct RawHealth {
     host: Option<String>,
     expect_status: Option<Vec<u16>>,
     expect_body: Option<String>,
+    /// Header fields every check sends (HAProxy's `http-check send hdr`).
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
     #[serde(default = "default_health_method")]
     method: String,
     port: Option<u16>,
@@ -1042,6 +1047,27 @@ fn apply(headers: &mut http::HeaderMap, remove: &[http::HeaderName], set: &[(htt
 const PROXY_OWNED_HEADERS: [&str; 7] =
     ["content-length", "transfer-encoding", "connection", "host", "upgrade", "te", "trailer"];
 
+/// A check's extra header fields: valid names and values, none the check itself writes.
+fn check_headers(
+    raw: &BTreeMap<String, String>,
+    field: &str,
+    err: &mut impl FnMut(String, String),
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let mut headers = Vec::new();
+    for (name, value) in raw {
+        let parsed = (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_str(value));
+        match parsed {
+            (Ok(n), _) if ["host", "connection", "content-length", "transfer-encoding"].contains(&n.as_str()) => {
+                err(field.to_string(), format!("`{name}`: the check writes it itself (Host: use `host`)"))
+            }
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            (Err(_), _) => err(field.to_string(), format!("`{name}` is not a header name")),
+            (_, Err(_)) => err(field.to_string(), format!("the value of `{name}` is not a header value")),
+        }
+    }
+    headers
+}
+
 /// What a route's header rules set, set with `$variables` (requests only), and remove.
 type ParsedRules =
     (Vec<(http::HeaderName, http::HeaderValue)>, Vec<(http::HeaderName, Box<str>)>, Vec<http::HeaderName>);
@@ -1175,6 +1201,8 @@ pub struct Health {
     pub expect_status: Option<Vec<u16>>,
     /// Text the answer's body must contain to pass.
     pub expect_body: Option<String>,
+    /// Header fields every check sends, validated.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// GET, HEAD or OPTIONS.
     pub method: String,
     /// The port checks go to, when not the server's own.
@@ -1500,6 +1528,7 @@ impl ProxyConfig {
                     host: h.host.clone(),
                     expect_status: h.expect_status.clone(),
                     expect_body: h.expect_body.clone(),
+                    headers: check_headers(&h.headers, &format!("{field}.health.headers"), &mut err),
                     method: h.method.clone(),
                     port: h.port,
                     send_proxy: send_proxy.filter(|_| h.port.is_none()),
@@ -2519,6 +2548,10 @@ respond = { body = "eu" }
         let e = load(&text).unwrap_err().to_string();
         assert!(e.contains("pools.web.health.expect_status: 700 is not an HTTP status"), "{e}");
         assert!(e.contains("pools.web.health.host: `a b` is not a host name"), "{e}");
+        let text = format!("{GOOD}[pools.web.health]\nheaders = {{ \"Host\" = \"x\", \"bad name\" = \"v\" }}\n");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains("pools.web.health.headers: `Host`: the check writes it itself"), "{e}");
+        assert!(e.contains("`bad name` is not a header name"), "{e}");
         let text = format!("{GOOD}[pools.web.health]\nmethod = \"POST\"\nport = 0\n");
         let e = load(&text).unwrap_err().to_string();
         assert!(e.contains("pools.web.health.method: `POST`: a check is GET, HEAD or OPTIONS"), "{e}");

@@ -127,7 +127,7 @@ pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> 
         let (status, body) = if health.http2 {
             ask_over_http2(stream, health, &host).await?
         } else {
-            let request = check_request(&health.method, &health.path, &host);
+            let request = check_request(health, &host);
             stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
             receive_answer(&mut stream, health).await?
         };
@@ -159,12 +159,15 @@ async fn ask_over_http2(
     let (mut sender, connection) = handshake.await.map_err(|e| format!("HTTP/2 handshake: {e}"))?;
     // Ends with the check: the connection is dropped with `sender`.
     let driver = tokio::spawn(connection);
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method(health.method.as_str())
         .uri(format!("{}://{host}{}", if health.tls.is_some() { "https" } else { "http" }, health.path))
         .header(http::header::USER_AGENT, "webstack-health-check")
         .body(http_body_util::Empty::new())
         .map_err(|e| format!("request: {e}"))?;
+    for (name, value) in &health.headers {
+        request.headers_mut().insert(name.clone(), value.clone());
+    }
     let answered = async {
         let response = sender.send_request(request).await.map_err(|e| format!("HTTP/2: {e}"))?;
         let status = response.status().as_u16();
@@ -262,10 +265,15 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn check_request(method: &str, path: &str, host: &str) -> String {
-    format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: webstack-health-check\r\nConnection: close\r\n\r\n"
-    )
+fn check_request(health: &Health, host: &str) -> String {
+    let (method, path) = (&health.method, &health.path);
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: webstack-health-check\r\n");
+    for (name, value) in &health.headers {
+        // Validated at load: visible ASCII, so as text it is the same bytes.
+        request.push_str(&format!("{name}: {}\r\n", String::from_utf8_lossy(value.as_bytes())));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    request
 }
 
 /// Whether a check's answer passes: one of `expected`, or any 2xx or 3xx without a list.

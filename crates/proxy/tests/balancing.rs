@@ -2237,3 +2237,28 @@ fn an_h2c_pools_http_checks_speak_http2() {
     let servers = get(admin, "/api/servers").body;
     assert!(servers.contains("passed in"), "{servers}");
 }
+
+#[test]
+fn a_check_sends_the_headers_it_is_given() {
+    let origin = addr("127.210.58.11:9000");
+    let heads = recording_origin(origin);
+    let config = one_origin_site("127.210.58.1:8080", "[[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n", origin)
+        .replace(
+            "[pools.web]\n",
+            "[pools.web]\n[pools.web.health]\npath = \"/status\"\ninterval_ms = 50\n\
+             headers = { \"X-Health-Token\" = \"s3cr3t\", \"Accept\" = \"application/json\" }\n",
+        );
+    let _proxy = Proxy::start(&config);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let check = loop {
+        if let Some(head) = heads.lock().unwrap().iter().find(|h| h.starts_with("get /status ")).cloned() {
+            break head;
+        }
+        assert!(Instant::now() < deadline, "no check arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        check.contains("\r\nx-health-token: s3cr3t\r\n") && check.contains("\r\naccept: application/json\r\n"),
+        "{check}"
+    );
+}
