@@ -8,10 +8,11 @@
 //! `htpasswd`'s default). Plain text and unsalted `{SHA}` are refused at load: a file with
 //! them is an error naming its line.
 //!
-//! Checking a bcrypt or SHA-crypt hash costs milliseconds by design, so credentials that
-//! passed are remembered for a while (keyed by a keyed hash of the header, never the
-//! password): a browser sends the same header with every request and pays once. A reload
-//! reads the file again and forgets them.
+//! Checking a bcrypt or SHA-crypt hash costs milliseconds by design, so it runs on the
+//! blocking pool, one per CPU at once, while the event loop serves everyone else (nginx and
+//! HAProxy check on their event loop); credentials that passed are remembered for a while
+//! (under a keyed hash of the header, never the password): a browser sends the same header
+//! with every request and pays once. A reload reads the file again and forgets them.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -84,6 +85,24 @@ pub struct BasicAuth {
     /// Header hash → until when it is taken without checking.
     passed: Mutex<HashMap<u64, Instant>>,
     keys: std::hash::RandomState,
+    /// Hash checks at once: a flood of wrong passwords queues here instead of taking every
+    /// thread of the blocking pool.
+    checking: tokio::sync::Semaphore,
+}
+
+/// What a request's credentials call for.
+pub enum AuthCheck {
+    Admitted,
+    Refused,
+    /// A password to check against its user's hash.
+    Verify(Pending),
+}
+
+/// A password waiting to be checked.
+pub struct Pending {
+    hash: PasswordHash,
+    password: String,
+    key: u64,
 }
 
 impl std::fmt::Debug for BasicAuth {
@@ -106,27 +125,59 @@ impl BasicAuth {
         }
         let challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
             .map_err(|_| format!("realm `{realm}` is not a header value"))?;
-        Ok(BasicAuth { challenge, users, passed: Mutex::new(HashMap::new()), keys: std::hash::RandomState::new() })
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(BasicAuth {
+            challenge,
+            users,
+            passed: Mutex::new(HashMap::new()),
+            keys: std::hash::RandomState::new(),
+            checking: tokio::sync::Semaphore::new(cpus),
+        })
     }
 
-    /// Whether the request's `Authorization` names a user of the file with its password.
-    pub fn admits(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers.get(header::AUTHORIZATION) else { return false };
+    /// What the request's `Authorization` calls for, without checking a hash: credentials
+    /// that passed a moment ago, none at all, or a hash to check ([`BasicAuth::verify`]).
+    pub fn check(&self, headers: &HeaderMap) -> AuthCheck {
+        let Some(value) = headers.get(header::AUTHORIZATION) else { return AuthCheck::Refused };
         let key = self.keys.hash_one(value.as_bytes());
-        let now = Instant::now();
-        if self.lock().get(&key).is_some_and(|until| now < *until) {
-            return true;
+        if self.lock().get(&key).is_some_and(|until| Instant::now() < *until) {
+            return AuthCheck::Admitted;
         }
-        let Some((user, password)) = credentials(value) else { return false };
-        let passed = self.users.get(&user).is_some_and(|hash| hash.verifies(&password));
+        let Some((user, password)) = credentials(value) else { return AuthCheck::Refused };
+        match self.users.get(&user) {
+            Some(hash) => AuthCheck::Verify(Pending { hash: hash.clone(), password, key }),
+            None => AuthCheck::Refused,
+        }
+    }
+
+    /// Checks the password against its hash on the blocking pool (a bcrypt hash takes
+    /// milliseconds by design; the event loop keeps serving), at most one check per CPU at
+    /// once; remembers credentials that pass.
+    pub async fn verify(&self, pending: Pending) -> bool {
+        let Ok(_turn) = self.checking.acquire().await else { return false };
+        let Pending { hash, password, key } = pending;
+        let passed = tokio::task::spawn_blocking(move || hash.verifies(&password)).await.unwrap_or(false);
         if passed {
             let mut remembered = self.lock();
             if remembered.len() >= REMEMBER_MAX {
                 remembered.clear();
             }
-            remembered.insert(key, now + REMEMBER);
+            remembered.insert(key, Instant::now() + REMEMBER);
         }
         passed
+    }
+
+    /// [`BasicAuth::check`] and [`BasicAuth::verify`] in one, on the caller's thread.
+    #[cfg(test)]
+    fn admits(&self, headers: &HeaderMap) -> bool {
+        match self.check(headers) {
+            AuthCheck::Admitted => true,
+            AuthCheck::Refused => false,
+            AuthCheck::Verify(pending) => {
+                let runtime = tokio::runtime::Builder::new_current_thread().build();
+                runtime.is_ok_and(|r| r.block_on(self.verify(pending)))
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::access_log::{valid_request_id, AccessLog, Entry};
+use crate::basic_auth::AuthCheck;
 use crate::body::ProxyBody;
 use crate::config::{Listener, ProxyConfig, Route, RouteTarget};
 use crate::forward::{error_response, forward};
@@ -857,6 +858,8 @@ enum Target<'a, F> {
     Forward(std::pin::Pin<Box<F>>, &'a PoolState),
     /// A file from a static route.
     Static(&'a crate::config::StaticRoute, &'a str, Request<Incoming>),
+    /// A password to check (off the event loop) before routing goes on.
+    Verify(&'a Arc<crate::basic_auth::BasicAuth>, crate::basic_auth::Pending, &'a Listener, Request<Incoming>),
 }
 
 /// What forwarding ends with: the answer, and the index of the server that gave it.
@@ -909,13 +912,26 @@ fn route<'a>(
         },
     };
     async move {
-        let (mut response, pool, server) = match target {
-            Target::Answer(response) => (response, None, None),
-            Target::Forward(forwarding, pool) => {
-                let (response, server) = forwarding.await;
-                (response, Some(pool), server.map(|s| &pool.servers[s]))
+        let mut target = target;
+        let (mut response, pool, server) = loop {
+            match target {
+                Target::Answer(response) => break (response, None, None),
+                Target::Forward(forwarding, pool) => {
+                    let (response, server) = forwarding.await;
+                    break (response, Some(pool), server.map(|s| &pool.servers[s]));
+                }
+                Target::Static(files, prefix, ref req) => {
+                    break (static_files::serve(files, prefix, req).await, None, None)
+                }
+                Target::Verify(auth, pending, listener, req) => {
+                    // Boxed: rare, and it would grow every request's future.
+                    if !Box::pin(auth.verify(pending)).await {
+                        break (auth.challenge(), None, None);
+                    }
+                    // Remembered now: routing again goes past the check.
+                    target = target_on(shared, listener, client, req).0;
+                }
             }
-            Target::Static(files, prefix, ref req) => (static_files::serve(files, prefix, req).await, None, None),
         };
         // The redirect to HTTPS is the listener's whole job: nothing else applies to it.
         if let (Some(listener), Some(request_id)) = (routing, &request_id) {
@@ -978,8 +994,12 @@ fn target_on<'a>(
     if let Some(refused) = refusal(route, client.ip()) {
         return (Target::Answer(refused), Some(route));
     }
-    if let Some(auth) = route.basic_auth.as_deref().filter(|a| !a.admits(req.headers())) {
-        return (Target::Answer(auth.challenge()), Some(route));
+    if let Some(auth) = &route.basic_auth {
+        match auth.check(req.headers()) {
+            AuthCheck::Admitted => {}
+            AuthCheck::Refused => return (Target::Answer(auth.challenge()), Some(route)),
+            AuthCheck::Verify(pending) => return (Target::Verify(auth, pending, listener, req), Some(route)),
+        }
     }
     let target = match &route.target {
         RouteTarget::Pool(p) => {

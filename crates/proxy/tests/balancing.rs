@@ -2262,3 +2262,38 @@ fn a_check_sends_the_headers_it_is_given() {
         "{check}"
     );
 }
+
+#[test]
+fn a_password_being_checked_holds_up_no_one_else() {
+    let dir = tempfile::tempdir().unwrap();
+    // A deliberately costly bcrypt hash: checking it takes long enough to see who waits.
+    let slow = bcrypt::hash("open sesame", 12).unwrap();
+    std::fs::write(dir.path().join("staff.htpasswd"), format!("ana:{slow}\n")).unwrap();
+    let text = "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.59.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/admin/\"\nbasic_auth = { realm = \"Staff\", users_file = \"staff.htpasswd\" }\nrespond = { body = \"secret\" }\n\
+         [[listeners.routes]]\nprefix = \"/\"\nrespond = { body = \"public\" }\n";
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    let _proxy = Proxy::start_file(&path);
+    let lb = addr("127.210.59.1:8080");
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let login = std::thread::spawn(move || {
+        let answer = request(
+            lb,
+            "GET /admin/ HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YW5hOm9wZW4gc2VzYW1l\r\nConnection: close\r\n\r\n",
+        );
+        let _ = done_tx.send(());
+        answer
+    });
+    // Well into the check (it takes about half a second here), five other requests are
+    // answered while the login still waits: the check is off the event loop. On it, the
+    // first of them would wait for the check to end, and the login would be answered first.
+    std::thread::sleep(Duration::from_millis(150));
+    for _ in 0..5 {
+        assert_eq!(get(lb, "/").body, "public");
+    }
+    assert!(done_rx.try_recv().is_err(), "the login was answered before five requests made after it");
+    let login = login.join().unwrap();
+    assert_eq!((login.status, login.body.as_str()), (200, "secret"));
+}
