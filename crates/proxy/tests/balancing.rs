@@ -1924,21 +1924,29 @@ fn the_runtime_api_moves_a_server_to_another_address() {
     assert_eq!(post(admin, "/api/servers/web/web/address/0.0.0.0:9000").status, 400);
 }
 
+/// A site on 127.210.`net`.1:8080 whose `/admin/` asks for the users of `users` (an
+/// htpasswd, written beside the config) and whose other paths answer `public`; the config's
+/// path.
+fn staff_only_site(dir: &std::path::Path, net: u8, users: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("staff.htpasswd"), users).unwrap();
+    let text = format!(
+        "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.{net}.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/admin/\"\nbasic_auth = {{ realm = \"Staff\", users_file = \"staff.htpasswd\" }}\n\
+         respond = {{ body = \"secret\" }}\n[[listeners.routes]]\nprefix = \"/\"\nrespond = {{ body = \"public\" }}\n"
+    );
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 #[test]
 fn a_route_with_basic_auth_lets_in_only_the_users_of_its_file() {
     let dir = tempfile::tempdir().unwrap();
     // As `openssl passwd -6 -salt saltsalt 'open sesame'` and `openssl passwd -apr1` write them.
-    std::fs::write(
-        dir.path().join("staff.htpasswd"),
+    let users =
         "ana:$6$saltsalt$e/5XKibXPLqVcfjpD.ouauaJrAOL5V0uo80Lt7n7EbRdRiCx3HbQ90yjOHr.G0T.mx79PEMRy8nmtr0qSYhQp1\n\
-         cy:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\n",
-    )
-    .unwrap();
-    let text = "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.52.1:8080\"\n\
-         [[listeners.routes]]\nprefix = \"/admin/\"\nbasic_auth = { realm = \"Staff\", users_file = \"staff.htpasswd\" }\nrespond = { body = \"secret\" }\n\
-         [[listeners.routes]]\nprefix = \"/\"\nrespond = { body = \"public\" }\n";
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, text).unwrap();
+                 cy:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\n";
+    let path = staff_only_site(dir.path(), 52, users);
     let _proxy = Proxy::start_file(&path);
     let lb = addr("127.210.52.1:8080");
     let with = |authorization: &str| {
@@ -2268,12 +2276,7 @@ fn a_password_being_checked_holds_up_no_one_else() {
     let dir = tempfile::tempdir().unwrap();
     // A deliberately costly bcrypt hash: checking it takes long enough to see who waits.
     let slow = bcrypt::hash("open sesame", 12).unwrap();
-    std::fs::write(dir.path().join("staff.htpasswd"), format!("ana:{slow}\n")).unwrap();
-    let text = "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.59.1:8080\"\n\
-         [[listeners.routes]]\nprefix = \"/admin/\"\nbasic_auth = { realm = \"Staff\", users_file = \"staff.htpasswd\" }\nrespond = { body = \"secret\" }\n\
-         [[listeners.routes]]\nprefix = \"/\"\nrespond = { body = \"public\" }\n";
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = staff_only_site(dir.path(), 59, &format!("ana:{slow}\n"));
     let _proxy = Proxy::start_file(&path);
     let lb = addr("127.210.59.1:8080");
 
