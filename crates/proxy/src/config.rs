@@ -126,6 +126,10 @@
 //!                                  # [pools.P.tls], else without ("h2c" says so); HAProxy's
 //!                                  # proto h2, gRPC: one multiplexed connection per server,
 //!                                  # trailers passed on; HTTP checks go over HTTP/2 too
+//! agent = { port = 9999, interval_ms = 2000 }   # optional (HAProxy's agent-check): each
+//!                                  # server's agent says "75%", "drain", "maint", "ready",
+//!                                  # "down" or "up"; the weight (from the configured one),
+//!                                  # admin state and state follow
 //! send_proxy = "v2"                # optional, v1 or v2: each connection to a server opens with
 //!                                  # a PROXY protocol header naming the client (HAProxy's
 //!                                  # send-proxy[-v2]); such connections serve that client only,
@@ -496,6 +500,7 @@ struct RawPool {
     cache: Option<RawCache>,
     /// `v1` or `v2`: each connection to a server opens with a PROXY protocol header.
     send_proxy: Option<String>,
+    agent: Option<RawAgent>,
     /// `http1` (the default), `h2` (HTTP/2: over TLS with ALPN h2 when the pool has `tls`,
     /// else cleartext) or `h2c` (HTTP/2 without TLS).
     protocol: Option<String>,
@@ -503,6 +508,24 @@ struct RawPool {
     servers: Vec<RawServer>,
     #[serde(default)]
     server_templates: Vec<RawServerTemplate>,
+}
+
+/// HAProxy's `agent-check`: each server's agent, on a port of its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    port: u16,
+    #[serde(default = "default_agent_interval")]
+    interval_ms: u64,
+    #[serde(default = "default_agent_timeout")]
+    timeout_ms: u64,
+}
+
+fn default_agent_interval() -> u64 {
+    2_000
+}
+fn default_agent_timeout() -> u64 {
+    1_000
 }
 
 /// HAProxy's `server-template`: `count` servers named `name1`…`nameN`, filled from every
@@ -1177,6 +1200,8 @@ pub struct Pool {
     /// Connections to the servers open with a PROXY protocol header naming the client
     /// (HAProxy's send-proxy); they then serve that client only.
     pub send_proxy: Option<crate::proxy_protocol::Version>,
+    /// Each server's agent, asked how it is doing (HAProxy's `agent-check`).
+    pub agent: Option<crate::agent::AgentConfig>,
     /// HTTP/2 to the servers (HAProxy's `proto h2`, `alpn h2` with `ssl`): one multiplexed
     /// connection per server, trailers passed on (gRPC).
     pub http2: bool,
@@ -1467,6 +1492,22 @@ impl ProxyConfig {
                     false
                 }
             };
+            let agent = p.agent.as_ref().map(|a| {
+                if a.port == 0 {
+                    err(format!("{field}.agent.port"), "port 0 is not an agent's port".into());
+                }
+                for (key, value) in [("interval_ms", a.interval_ms), ("timeout_ms", a.timeout_ms)] {
+                    if value == 0 {
+                        err(format!("{field}.agent.{key}"), "must be more than 0".into());
+                    }
+                    at_most_a_week(value, format!("{field}.agent.{key}"), &mut err);
+                }
+                crate::agent::AgentConfig {
+                    port: a.port,
+                    interval: Duration::from_millis(a.interval_ms),
+                    timeout: Duration::from_millis(a.timeout_ms),
+                }
+            });
             let send_proxy = match p.send_proxy.as_deref() {
                 None => None,
                 Some("v1") => Some(crate::proxy_protocol::Version::V1),
@@ -1560,6 +1601,7 @@ impl ProxyConfig {
                 tls,
                 cache,
                 send_proxy,
+                agent,
                 http2,
                 servers,
             });

@@ -10,6 +10,7 @@
 pub mod access;
 pub mod access_log;
 pub mod admin;
+pub mod agent;
 pub mod balancer;
 pub mod basic_auth;
 pub mod body;

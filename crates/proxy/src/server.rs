@@ -221,6 +221,12 @@ fn spawn_checkers(pools: &[Arc<PoolState>], resolvers: Option<&crate::config::Re
         if let Some(r) = resolvers {
             checkers.extend(spawn_dns_watches(pool, r));
         }
+        if let Some(agent) = &pool.config.agent {
+            for server in &pool.servers {
+                let watch = crate::agent::watch(pool.clone(), server.clone(), agent.clone());
+                checkers.push(tokio::spawn(watch));
+            }
+        }
         if let Some(h) = &pool.config.health {
             let count = pool.servers.len();
             for (i, server) in pool.servers.iter().enumerate() {

@@ -2300,3 +2300,54 @@ fn a_password_being_checked_holds_up_no_one_else() {
     let login = login.join().unwrap();
     assert_eq!((login.status, login.body.as_str()), (200, "secret"));
 }
+
+/// A server's agent (HAProxy's agent-check): answers every connection with `reply`'s line.
+fn agent(address: SocketAddr, reply: &str) -> Arc<std::sync::Mutex<String>> {
+    let reply = Arc::new(std::sync::Mutex::new(reply.to_string()));
+    let said = reply.clone();
+    let listener = std::net::TcpListener::bind(address).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let line = format!("{}\n", said.lock().unwrap());
+            let _ = s.write_all(line.as_bytes());
+        }
+    });
+    reply
+}
+
+#[test]
+fn an_agent_check_sets_weight_admin_state_and_state() {
+    let (s1, s2) = (addr("127.210.60.11:9000"), addr("127.210.60.12:9000"));
+    let (_u1, _u2) = (Upstream::start("s1", s1), Upstream::start("s2", s2));
+    let says = agent(addr("127.210.60.11:9999"), "50%");
+    // s2 has no agent: an agent that does not answer changes nothing.
+    let options = "agent = { port = 9999, interval_ms = 50 }";
+    let _proxy = Proxy::start(&pool_config(60, options, &[("s1", s1, "weight = 100"), ("s2", s2, "weight = 100")]));
+    let (lb, admin) = (addr("127.210.60.1:8080"), addr("127.210.60.1:8404"));
+    let server = |name: &str| -> serde_json::Value {
+        let all: serde_json::Value = serde_json::from_str(&get(admin, "/api/servers").body).unwrap();
+        all["pools"][0]["servers"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap().clone()
+    };
+    let wait_until = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_until("s1 at half its weight", &|| server("s1")["weight"] == 50);
+    assert_eq!(server("s2")["weight"], 100);
+
+    *says.lock().unwrap() = "drain".into();
+    wait_until("s1 drained", &|| server("s1")["admin"] == "drain");
+    for _ in 0..4 {
+        assert_eq!(served_by(lb, "/", ""), "s2", "a drained server takes no new requests");
+    }
+    *says.lock().unwrap() = "ready 100%".into();
+    wait_until("s1 ready at full weight", &|| server("s1")["admin"] == "ready" && server("s1")["weight"] == 100);
+    *says.lock().unwrap() = "down".into();
+    wait_for_metric(admin, "webstack_proxy_server_up{pool=\"web\",server=\"s1\"} 0");
+    *says.lock().unwrap() = "up".into();
+    wait_for_metric(admin, "webstack_proxy_server_up{pool=\"web\",server=\"s1\"} 1");
+}
