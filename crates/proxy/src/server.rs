@@ -307,6 +307,18 @@ impl Proxy {
         tracing::warn!("released the VIP");
     }
 
+    /// A client gone: the connections that named it to servers (`send_proxy`) can serve no
+    /// one else, so they are closed now, as HAProxy closes a session's private connections,
+    /// rather than left for the server's idle timeout.
+    fn release_private_connections(&self, client: SocketAddr, listener: SocketAddr) {
+        let runtime = self.runtime();
+        for pool in runtime.pools.iter().filter(|p| p.config.send_proxy.is_some()) {
+            for server in &pool.servers {
+                server.drop_idle_of((client, listener));
+            }
+        }
+    }
+
     /// Whether this proxy can do its job: every pool has a server up.
     pub(crate) fn can_serve(&self) -> bool {
         self.runtime().pools.iter().all(|p| p.servers.iter().any(|s| s.is_up()))
@@ -611,6 +623,7 @@ async fn accept_loop(
                     }
                 },
             };
+            let after = proxy.clone();
             let service = service_fn(move |req| {
                 let proxy = proxy.clone();
                 async move {
@@ -645,6 +658,9 @@ async fn accept_loop(
                 let h2 = starts_with_h2_preface(&stream).await;
                 let stream = WriteTimeout::new(stream, limits.client_timeout);
                 serve(TokioIo::new(stream), h2, service, stop_rx, client, limits).await;
+            }
+            if let Serves::Site = serves {
+                after.release_private_connections(client, address);
             }
         });
     }

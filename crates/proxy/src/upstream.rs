@@ -548,6 +548,11 @@ impl ServerState {
         None
     }
 
+    /// Closes the idle connections that belong to `owner` (a client that has left).
+    pub fn drop_idle_of(&self, owner: (SocketAddr, SocketAddr)) {
+        self.lock_idle().retain(|c| c.owner != Some(owner));
+    }
+
     /// Hands back a connection whose last response ended cleanly.
     pub fn put_idle(&self, connection: Connection) {
         let moved = connection.generation != self.address_generation.load(Ordering::Relaxed);

@@ -2351,3 +2351,24 @@ fn an_agent_check_sets_weight_admin_state_and_state() {
     *says.lock().unwrap() = "up".into();
     wait_for_metric(admin, "webstack_proxy_server_up{pool=\"web\",server=\"s1\"} 1");
 }
+
+#[test]
+fn a_clients_own_server_connections_close_when_it_leaves() {
+    let echo = addr("127.210.61.21:9000");
+    let _app = Upstream::start("app", echo);
+    // The server: a webstack web server taking the PROXY header, counting its open connections.
+    let web_admin = addr("127.210.61.11:8404");
+    let _web = Proxy::start(&format!(
+        "name = \"web\"\n[admin]\nbind = \"{web_admin}\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.61.11:9000\"\n\
+         accept_proxy = true\n[[listeners.routes]]\nprefix = \"/\"\npool = \"app\"\n\
+         [pools.app]\n[[pools.app.servers]]\nname = \"app\"\naddress = \"{echo}\"\n"
+    ));
+    let _edge = Proxy::start(&config(61, &[("web", addr("127.210.61.11:9000"))], "send_proxy = \"v1\"\n"));
+    let mut client = connect_from("127.210.61.101", addr("127.210.61.1:8080"));
+    assert!(ask_on(&mut client, "/").contains("xff=127.210.61.101 "));
+    wait_for_metric(web_admin, "webstack_proxy_listener_connections{listener=\"www\"} 1");
+    // The client leaves: its connection to the server, which could serve no one else, goes
+    // too (not at the server's idle timeout, 30 s here).
+    drop(client);
+    wait_for_metric(web_admin, "webstack_proxy_listener_connections{listener=\"www\"} 0");
+}
