@@ -186,7 +186,7 @@ impl Cache {
                 return None;
             }
         }
-        let directives = response_directives(headers);
+        let directives = directives(headers);
         if directives.no_store || directives.private || directives.no_cache {
             return None;
         }
@@ -404,10 +404,6 @@ fn request_directives(headers: &HeaderMap) -> Directives {
         d.no_cache = true;
     }
     d
-}
-
-fn response_directives(headers: &HeaderMap) -> Directives {
-    directives(headers)
 }
 
 /// `Vary` absent, or naming only Accept-Encoding (which the key already holds).

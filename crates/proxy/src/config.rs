@@ -228,14 +228,15 @@ struct RawResolvers {
     nameservers: Vec<String>,
     #[serde(default = "default_hold_valid")]
     hold_valid_ms: u64,
-    #[serde(default = "default_resolve_timeout")]
+    #[serde(default = "default_answer_timeout")]
     timeout_ms: u64,
 }
 
 fn default_hold_valid() -> u64 {
     10_000
 }
-fn default_resolve_timeout() -> u64 {
+/// How long a nameserver, a health check or an agent has to answer.
+fn default_answer_timeout() -> u64 {
     1_000
 }
 
@@ -517,15 +518,12 @@ struct RawAgent {
     port: u16,
     #[serde(default = "default_agent_interval")]
     interval_ms: u64,
-    #[serde(default = "default_agent_timeout")]
+    #[serde(default = "default_answer_timeout")]
     timeout_ms: u64,
 }
 
 fn default_agent_interval() -> u64 {
     2_000
-}
-fn default_agent_timeout() -> u64 {
-    1_000
 }
 
 /// HAProxy's `server-template`: `count` servers named `name1`…`nameN`, filled from every
@@ -647,7 +645,7 @@ struct RawHealth {
     port: Option<u16>,
     #[serde(default = "default_interval")]
     interval_ms: u64,
-    #[serde(default = "default_interval")]
+    #[serde(default = "default_answer_timeout")]
     timeout_ms: u64,
     #[serde(default = "default_rise")]
     rise: u32,
@@ -744,6 +742,14 @@ const MAX_MILLIS: u64 = 7 * 24 * 3600 * 1000;
 fn at_most_a_week(value: u64, field: String, err: &mut impl FnMut(String, String)) {
     if value > MAX_MILLIS {
         err(field, format!("{value} is more than a week ({MAX_MILLIS} ms)"));
+    }
+}
+
+/// An interval or timeout that must pass at all: above 0, at most a week.
+fn some_time_up_to_a_week(value: u64, field: String, err: &mut impl FnMut(String, String)) {
+    match value {
+        0 => err(field, "must be more than 0".into()),
+        _ => at_most_a_week(value, field, err),
     }
 }
 
@@ -1497,10 +1503,7 @@ impl ProxyConfig {
                     err(format!("{field}.agent.port"), "port 0 is not an agent's port".into());
                 }
                 for (key, value) in [("interval_ms", a.interval_ms), ("timeout_ms", a.timeout_ms)] {
-                    if value == 0 {
-                        err(format!("{field}.agent.{key}"), "must be more than 0".into());
-                    }
-                    at_most_a_week(value, format!("{field}.agent.{key}"), &mut err);
+                    some_time_up_to_a_week(value, format!("{field}.agent.{key}"), &mut err);
                 }
                 crate::agent::AgentConfig {
                     port: a.port,
@@ -1976,10 +1979,7 @@ fn validate_resolvers(raw: &RawResolvers, err: &mut impl FnMut(String, String)) 
         }
     }
     for (key, value) in [("hold_valid_ms", raw.hold_valid_ms), ("timeout_ms", raw.timeout_ms)] {
-        if value == 0 {
-            err(format!("resolvers.{key}"), "must be more than 0".into());
-        }
-        at_most_a_week(value, format!("resolvers.{key}"), err);
+        some_time_up_to_a_week(value, format!("resolvers.{key}"), err);
     }
     Resolvers {
         nameservers,

@@ -831,6 +831,8 @@ pub fn apply_error_page(pages: &[(StatusCode, crate::config::ErrorPage)], respon
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_request_for_an_http2_server_names_its_target_once_and_keeps_it_when_handed_back() {
         let mut req = Request::get("/pkg.Service/Call?x=1").header("host", "api.foobar.com").body(()).unwrap();
@@ -843,8 +845,6 @@ mod tests {
         into_http2_form(&mut req, "https");
         assert_eq!(req.uri(), "https://api.foobar.com/pkg.Service/Call?x=1");
     }
-
-    use super::*;
 
     #[test]
     fn a_routes_prefix_is_replaced_keeping_the_rest_and_the_query() {

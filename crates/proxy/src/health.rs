@@ -255,7 +255,8 @@ pub fn read_check_answer(
         }
     };
     if complete || body.len() >= CHECK_BODY_LIMIT {
-        let body = body.get(..CHECK_BODY_LIMIT).map_or(body.clone(), <[u8]>::to_vec);
+        let mut body = body;
+        body.truncate(CHECK_BODY_LIMIT);
         return Ok(CheckAnswer::Complete { status, body });
     }
     Ok(CheckAnswer::Partial)

@@ -881,7 +881,13 @@ enum Target<'a, F> {
     /// A file from a static route.
     Static(&'a crate::config::StaticRoute, &'a str, Request<Incoming>),
     /// A password to check (off the event loop) before routing goes on.
-    Verify(&'a Arc<crate::basic_auth::BasicAuth>, crate::basic_auth::Pending, &'a Listener, Request<Incoming>),
+    Verify(
+        &'a Arc<crate::basic_auth::BasicAuth>,
+        crate::basic_auth::Pending,
+        &'a Listener,
+        &'a Route,
+        Request<Incoming>,
+    ),
 }
 
 /// What forwarding ends with: the answer, and the index of the server that gave it.
@@ -930,7 +936,13 @@ fn route<'a>(
         None => (Target::Answer(error_response(StatusCode::SERVICE_UNAVAILABLE)), None),
         Some(listener) => match listener.redirect_https_port {
             Some(port) => (Target::Answer(redirect_to_https(&req, port)), None),
-            None => target_on(shared, listener, client, req),
+            None => match admit(listener, client, req) {
+                (Admission::Answer(response), route) => (Target::Answer(response), route),
+                (Admission::Verify(auth, pending, route, req), chosen) => {
+                    (Target::Verify(auth, pending, listener, route, req), chosen)
+                }
+                (Admission::Pass(route, req), chosen) => (target_of(shared, listener, route, client, req), chosen),
+            },
         },
     };
     async move {
@@ -945,13 +957,14 @@ fn route<'a>(
                 Target::Static(files, prefix, ref req) => {
                     break (static_files::serve(files, prefix, req).await, None, None)
                 }
-                Target::Verify(auth, pending, listener, req) => {
+                Target::Verify(auth, pending, listener, route, req) => {
                     // Boxed: rare, and it would grow every request's future.
                     if !Box::pin(auth.verify(pending)).await {
                         break (auth.challenge(), None, None);
                     }
-                    // Remembered now: routing again goes past the check.
-                    target = target_on(shared, listener, client, req).0;
+                    // Let through: on to what the route answers with (its rate and
+                    // access rules were applied already).
+                    target = target_of(shared, listener, route, client, req);
                 }
             }
         };
@@ -997,33 +1010,49 @@ fn route<'a>(
     }
 }
 
-/// The synchronous part of routing on a listener that routes: the route, whether it turns
-/// the client away, and what answers. The route comes back with a refusal too, so its
-/// response header rules apply to that answer as to any other.
-fn target_on<'a>(
-    shared: &'a Runtime,
-    listener: &'a Listener,
-    client: SocketAddr,
-    mut req: Request<Incoming>,
-) -> (Target<'a, impl Future<Output = Forwarded> + Send + 'a>, Option<&'a Route>) {
+/// What the routing of a request decided before its target is looked at.
+enum Admission<'a> {
+    /// Answered already: no route, refused, or asked for credentials.
+    Answer(Response<ProxyBody>),
+    /// Credentials to check before the route's target.
+    Verify(&'a Arc<crate::basic_auth::BasicAuth>, crate::basic_auth::Pending, &'a Route, Request<Incoming>),
+    /// On to the route's target.
+    Pass(&'a Route, Request<Incoming>),
+}
+
+/// The synchronous part of routing on a listener that routes: the route, and whether it
+/// turns the client away or asks for credentials. The route comes back with a refusal too,
+/// so its response header rules apply to that answer as to any other.
+fn admit<'a>(listener: &'a Listener, client: SocketAddr, req: Request<Incoming>) -> (Admission<'a>, Option<&'a Route>) {
     let host = match listener.virtual_hosts {
         true => request_host(&req),
         false => None,
     };
     let Some(route) = listener.route_for(host.as_deref(), req.uri().path(), req.method(), req.headers()) else {
-        return (Target::Answer(error_response(StatusCode::NOT_FOUND)), None);
+        return (Admission::Answer(error_response(StatusCode::NOT_FOUND)), None);
     };
     if let Some(refused) = refusal(route, client.ip()) {
-        return (Target::Answer(refused), Some(route));
+        return (Admission::Answer(refused), Some(route));
     }
     if let Some(auth) = &route.basic_auth {
         match auth.check(req.headers()) {
             AuthCheck::Admitted => {}
-            AuthCheck::Refused => return (Target::Answer(auth.challenge()), Some(route)),
-            AuthCheck::Verify(pending) => return (Target::Verify(auth, pending, listener, req), Some(route)),
+            AuthCheck::Refused => return (Admission::Answer(auth.challenge()), Some(route)),
+            AuthCheck::Verify(pending) => return (Admission::Verify(auth, pending, route, req), Some(route)),
         }
     }
-    let target = match &route.target {
+    (Admission::Pass(route, req), Some(route))
+}
+
+/// What answers a request its route let through.
+fn target_of<'a>(
+    shared: &'a Runtime,
+    listener: &'a Listener,
+    route: &'a Route,
+    client: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Target<'a, impl Future<Output = Forwarded> + Send + 'a> {
+    match &route.target {
         RouteTarget::Pool(p) => {
             let pool = &shared.pools[*p];
             if let Some(rules) = &route.headers {
@@ -1037,7 +1066,7 @@ fn target_on<'a>(
             }
             if let Some(to) = &route.replace_prefix {
                 if crate::forward::replace_path_prefix(&mut req, route.path.len(), to).is_err() {
-                    return (Target::Answer(error_response(StatusCode::BAD_REQUEST)), Some(route));
+                    return Target::Answer(error_response(StatusCode::BAD_REQUEST));
                 }
             }
             Target::Forward(Box::pin(forward(pool, req, client, listener)), pool)
@@ -1050,8 +1079,7 @@ fn target_on<'a>(
             response.headers_mut().insert(http::header::CONTENT_TYPE, content_type.clone());
             Target::Answer(response)
         }
-    };
-    (target, Some(route))
+    }
 }
 
 /// A route's redirect, its `$variables` taken from the request; 400 for a request whose host

@@ -1998,16 +1998,23 @@ fn ask_on(stream: &mut TcpStream, path: &str) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// The servers behind an edge with send_proxy: a webstack web server on 127.210.`net`.11:9000
+/// (admin on :8404) that takes the PROXY header (accept_proxy) and says in X-Forwarded-For
+/// whom it names, in front of an echoing app on .21:9000.
+fn proxy_protocol_web_server(net: u8) -> (Upstream, Proxy) {
+    let echo = addr(&format!("127.210.{net}.21:9000"));
+    let app = Upstream::start("app", echo);
+    let web = Proxy::start(&format!(
+        "name = \"web\"\n[admin]\nbind = \"127.210.{net}.11:8404\"\n[[listeners]]\nname = \"www\"\n\
+         bind = \"127.210.{net}.11:9000\"\naccept_proxy = true\n[[listeners.routes]]\nprefix = \"/\"\npool = \"app\"\n\
+         [pools.app]\n[[pools.app.servers]]\nname = \"app\"\naddress = \"{echo}\"\n"
+    ));
+    (app, web)
+}
+
 #[test]
 fn send_proxy_names_each_client_to_the_servers_on_connections_of_its_own() {
-    // The servers: a webstack web server that takes the PROXY header (accept_proxy) and
-    // says in X-Forwarded-For whom it names, in front of an echoing app.
-    let echo = addr("127.210.53.21:9000");
-    let _app = Upstream::start("app", echo);
-    let _web = Proxy::start(&format!(
-        "name = \"web\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.53.11:9000\"\naccept_proxy = true\n\
-         [[listeners.routes]]\nprefix = \"/\"\npool = \"app\"\n[pools.app]\n[[pools.app.servers]]\nname = \"app\"\naddress = \"{echo}\"\n"
-    ));
+    let (_app, _web) = proxy_protocol_web_server(53);
     // The edge, writing PROXY v2, its checks a LOCAL header (else the web server would drop them).
     let health = "send_proxy = \"v2\"\n[pools.web.health]\ninterval_ms = 50\nfall = 1\nrise = 1\n";
     let _edge = Proxy::start(&config(53, &[("web", addr("127.210.53.11:9000"))], health));
@@ -2354,15 +2361,9 @@ fn an_agent_check_sets_weight_admin_state_and_state() {
 
 #[test]
 fn a_clients_own_server_connections_close_when_it_leaves() {
-    let echo = addr("127.210.61.21:9000");
-    let _app = Upstream::start("app", echo);
-    // The server: a webstack web server taking the PROXY header, counting its open connections.
+    // Its admin listener counts its open connections.
+    let (_app, _web) = proxy_protocol_web_server(61);
     let web_admin = addr("127.210.61.11:8404");
-    let _web = Proxy::start(&format!(
-        "name = \"web\"\n[admin]\nbind = \"{web_admin}\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.61.11:9000\"\n\
-         accept_proxy = true\n[[listeners.routes]]\nprefix = \"/\"\npool = \"app\"\n\
-         [pools.app]\n[[pools.app.servers]]\nname = \"app\"\naddress = \"{echo}\"\n"
-    ));
     let _edge = Proxy::start(&config(61, &[("web", addr("127.210.61.11:9000"))], "send_proxy = \"v1\"\n"));
     let mut client = connect_from("127.210.61.101", addr("127.210.61.1:8080"));
     assert!(ask_on(&mut client, "/").contains("xff=127.210.61.101 "));

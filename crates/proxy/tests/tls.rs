@@ -400,29 +400,31 @@ struct TlsOrigin {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// An origin's TLS: the chain and key `dir/stem.pem`, `dir/stem-key.pem`; with
+/// `clients_from`, a CA (PEM) every client must show a certificate of (mutual TLS).
+fn origin_tls_config(dir: &Path, stem: &str, clients_from: Option<&str>) -> rustls::ServerConfig {
+    let chain = CertificateDer::pem_file_iter(dir.join(format!("{stem}.pem"))).unwrap().map(Result::unwrap).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(format!("{stem}-key.pem"))).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().unwrap();
+    let builder = match clients_from {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder.with_single_cert(chain, key).unwrap()
+}
+
 impl TlsOrigin {
     /// `clients_from`: a CA (PEM) every client must show a certificate of (mutual TLS).
     fn start(address: SocketAddr, dir: &Path, stem: &str, clients_from: Option<&str>) -> TlsOrigin {
-        let chain =
-            CertificateDer::pem_file_iter(dir.join(format!("{stem}.pem"))).unwrap().map(Result::unwrap).collect();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(format!("{stem}-key.pem"))).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let builder = match clients_from {
-            Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .unwrap();
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let config = builder.with_single_cert(chain, key).unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(origin_tls_config(dir, stem, clients_from)));
         let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = requests.clone();
         let listener = std::net::TcpListener::bind(address).unwrap();
@@ -630,15 +632,7 @@ fn a_server_that_asks_for_a_client_certificate_gets_the_pools() {
 /// An HTTP/2-only HTTPS server (ALPN h2 and nothing else), as a gRPC server behind TLS is:
 /// answers with its protocol, the scheme and path it was asked for, and a trailer.
 fn h2_tls_origin(address: SocketAddr, dir: &Path, stem: &str) -> std::thread::JoinHandle<()> {
-    let chain = CertificateDer::pem_file_iter(dir.join(format!("{stem}.pem"))).unwrap().map(Result::unwrap).collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(format!("{stem}-key.pem"))).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
+    let mut config = origin_tls_config(dir, stem, None);
     config.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = std::net::TcpListener::bind(address).unwrap();
