@@ -269,7 +269,11 @@ pub(crate) fn metrics(runtime: &Runtime) -> String {
             "Responses by status class, including the proxy's own 502/504 for the server.",
         ),
         ("webstack_proxy_connect_failures_total", "counter", "Requests that could not be sent to the server."),
-        ("webstack_proxy_retries_total", "counter", "Requests this server got after another server failed them."),
+        (
+            "webstack_proxy_retries_total",
+            "counter",
+            "Requests this server got again after a server failed them or did not process them.",
+        ),
         ("webstack_proxy_idle_connections", "gauge", "Idle keep-alive connections to the server."),
         ("webstack_proxy_in_flight_requests", "gauge", "Requests sent to the server and not yet answered in full."),
     ];

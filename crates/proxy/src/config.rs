@@ -125,7 +125,9 @@
 //! protocol = "http1"              # or "h2": HTTP/2 to the servers, over TLS (ALPN h2) with
 //!                                  # [pools.P.tls], else without ("h2c" says so); HAProxy's
 //!                                  # proto h2, gRPC: one multiplexed connection per server,
-//!                                  # trailers passed on; HTTP checks go over HTTP/2 too
+//!                                  # trailers passed on; HTTP checks go over HTTP/2 too;
+//!                                  # a stream the server refused or left past its GOAWAY
+//!                                  # goes again (any method, a bodiless one)
 //! agent = { port = 9999, interval_ms = 2000 }   # optional (HAProxy's agent-check): each
 //!                                  # server's agent says "75%", "drain", "maint", "ready",
 //!                                  # "down" or "up"; the weight (from the configured one),

@@ -27,6 +27,12 @@ use hyper_util::rt::TokioIo;
 /// `option redispatch`).
 const MAX_ATTEMPTS: usize = 3;
 
+/// How many times one request may be sent again because a server did not process it (an
+/// HTTP/2 stream refused, a connection going away). Apart from the attempts: such a request
+/// did not fail, and a server that closes its connections every few streams refuses the
+/// streams in flight each time.
+const MAX_REFUSALS: usize = 8;
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
@@ -262,7 +268,9 @@ async fn send(
     let mut req = req;
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut last_failure = Failure::NoServer;
-    for attempt in 0..MAX_ATTEMPTS {
+    let mut refusals = 0;
+    let mut attempt = 0;
+    while attempt < MAX_ATTEMPTS {
         let (index, flight) = match reserve(pool, &tried, key, pinned.filter(|_| attempt == 0)).await {
             Ok(reserved) => reserved,
             Err(Some(failure)) => return Err(failure),
@@ -270,7 +278,7 @@ async fn send(
         };
         tried[attempt] = index;
         let server = &pool.servers[index];
-        if attempt > 0 {
+        if attempt + refusals > 0 {
             server.retries.fetch_add(1, Ordering::Relaxed);
         }
         server.requests.fetch_add(1, Ordering::Relaxed);
@@ -292,6 +300,25 @@ async fn send(
                 last_failure = Failure::Connect(server.clone(), reason);
                 req = back;
             }
+            Err(SendError::Refused(None, reason)) => return Err(Failure::Upstream(server.clone(), reason)),
+            Err(SendError::Refused(Some(back), reason)) => {
+                tracing::info!(
+                    pool = pool.config.name,
+                    server = server.config.name,
+                    reason,
+                    "the server did not process the request; sending it again"
+                );
+                last_failure = Failure::Upstream(server.clone(), reason);
+                if refusals == MAX_REFUSALS {
+                    break;
+                }
+                refusals += 1;
+                // Not an attempt used up: the same server may take it again, on a new
+                // connection after a GOAWAY.
+                tried[attempt] = usize::MAX;
+                req = back;
+                continue;
+            }
             Err(SendError::Failed(reason, back)) => {
                 note_failure(pool, server, &reason);
                 match back {
@@ -312,6 +339,7 @@ async fn send(
             Err(SendError::TimedOut) => return Err(Failure::Timeout(server.clone())),
             Err(SendError::Client(status, reason)) => return Err(Failure::Client(server.clone(), status, reason)),
         }
+        attempt += 1;
     }
     Err(last_failure)
 }
@@ -421,6 +449,10 @@ enum SendError {
     NotSent(Request<RequestBody>, String),
     /// Sent, and failed; the request comes back when it had no body, for a replay.
     Failed(String, Option<Request<RequestBody>>),
+    /// The server did not process it (an HTTP/2 stream refused, a connection going away):
+    /// it counts against no one's health, and the request comes back to go again, whatever
+    /// its method, unless its body went out with it.
+    Refused(Option<Request<RequestBody>>, String),
     TimedOut,
     TooLarge,
     /// The client's body failed: the answer for the client, and why.
@@ -500,9 +532,9 @@ async fn send_to(
     Ok(into_client_response(head, connection, keep_alive, flight, pool.config.idle_timeout))
 }
 
-/// A request on the server's HTTP/2 connection (an h2c pool). Only a request that never
-/// left (no connection, a connection that would not take a stream) comes back for another
-/// server: once sent, hyper owns it.
+/// A request on the server's HTTP/2 connection (an h2 or h2c pool). Once sent, hyper owns
+/// it: a request without a body is copied first, to go again when the server says it never
+/// processed it (RFC 9113 §8.7) or, idempotent, within the retry budget.
 async fn send_h2(
     pool: &PoolState,
     server: &Arc<ServerState>,
@@ -513,23 +545,81 @@ async fn send_h2(
     if upgrade {
         return Err(SendError::Failed("an upgrade (WebSocket) cannot go to an HTTP/2 server".into(), None));
     }
-    let mut sender = match server.h2_sender(pool.config.connect_timeout, pool.config.tls.as_ref()).await {
-        Ok(sender) => sender,
+    let connection = match server.h2_connection(pool.config.connect_timeout, pool.config.tls.as_ref()).await {
+        Ok(connection) => connection,
         Err(e) => return Err(SendError::NotSent(req, e.to_string())),
     };
+    let mut sender = connection.sender.clone();
     if let Err(e) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
-        return Err(SendError::NotSent(req, format!("HTTP/2 connection: {e}")));
+        server.forget_h2(&connection);
+        return Err(SendError::Refused(Some(req), format!("HTTP/2 connection closed: {e}")));
     }
     into_http2_form(&mut req, if pool.config.tls.is_some() { "https" } else { "http" });
+    let again = req.body().is_end_stream().then(|| head_copy(&req));
     match tokio::time::timeout(pool.config.first_byte_timeout, sender.try_send_request(req)).await {
         Err(_) => Err(SendError::TimedOut),
-        // Handed back unsent (the connection closed before taking it): another server may.
-        Ok(Err(mut e)) => match e.take_message() {
-            Some(req) => Err(SendError::NotSent(req, format!("HTTP/2: {}", e.error()))),
-            None => Err(SendError::Failed(format!("HTTP/2: {}", e.error()), None)),
-        },
+        Ok(Err(mut e)) => {
+            // Handed back unsent: the connection closed before taking it.
+            if let Some(req) = e.take_message() {
+                server.forget_h2(&connection);
+                return Err(SendError::Refused(Some(req), format!("HTTP/2 connection closed: {}", e.error())));
+            }
+            match refusal(e.error()) {
+                Some(Refusal::Stream) => {
+                    Err(SendError::Refused(again, "the server refused the HTTP/2 stream (REFUSED_STREAM)".into()))
+                }
+                Some(Refusal::GoingAway) => {
+                    server.forget_h2(&connection);
+                    let reason = "the server closed the HTTP/2 connection (GOAWAY) before the stream";
+                    Err(SendError::Refused(again, reason.into()))
+                }
+                None => Err(SendError::Failed(h2_failure(e.error()), again)),
+            }
+        }
         Ok(Ok(response)) => Ok(response.map(|body| ProxyBody::h2(body, flight, pool.config.idle_timeout))),
     }
+}
+
+/// How an HTTP/2 server said it never processed a stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// RST_STREAM with REFUSED_STREAM: the stream alone, the connection goes on.
+    Stream,
+    /// A GOAWAY whose last stream came before this one (or before it was opened): the
+    /// server is closing the connection.
+    GoingAway,
+}
+
+fn refusal(error: &hyper::Error) -> Option<Refusal> {
+    let h2 = std::error::Error::source(error)?.downcast_ref::<h2::Error>()?;
+    if !h2.is_remote() {
+        return None;
+    }
+    if h2.is_go_away() {
+        Some(Refusal::GoingAway)
+    } else if h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        Some(Refusal::Stream)
+    } else {
+        None
+    }
+}
+
+/// What went wrong, with the HTTP/2 layer's own words (hyper's alone say "http2 error").
+fn h2_failure(error: &hyper::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => format!("HTTP/2: {cause}"),
+        None => format!("HTTP/2: {error}"),
+    }
+}
+
+/// A bodiless request's head, to send again.
+fn head_copy(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// HTTP/2 names the target in `:scheme` and `:authority`: the URI becomes absolute (from
@@ -844,6 +934,20 @@ mod tests {
         // Unsent and handed back, it goes to the next server as it is.
         into_http2_form(&mut req, "https");
         assert_eq!(req.uri(), "https://api.foobar.com/pkg.Service/Call?x=1");
+    }
+
+    #[test]
+    fn a_copy_to_send_again_is_the_same_request_in_http2_form() {
+        let req = Request::delete("/items/7").header("host", "api").header("x-request-id", "r1");
+        let mut req = req.body(RequestBody::empty()).unwrap();
+        into_http2_form(&mut req, "http");
+        let copy = head_copy(&req);
+        assert_eq!(
+            (copy.method(), copy.uri(), copy.version()),
+            (&http::Method::DELETE, req.uri(), http::Version::HTTP_2)
+        );
+        assert_eq!(copy.headers(), req.headers());
+        assert!(copy.body().is_end_stream());
     }
 
     #[test]

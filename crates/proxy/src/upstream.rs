@@ -276,7 +276,7 @@ pub struct ServerState {
     failures_in_row: AtomicU32,
     idle: Mutex<Vec<Connection>>,
     /// The HTTP/2 connection of an h2c pool's server, shared by every request.
-    h2: Mutex<Option<H2Sender>>,
+    h2: Mutex<Option<H2Connection>>,
     /// Held while one is opened, so requests that find none wait for it instead of each
     /// opening their own.
     h2_opening: tokio::sync::Mutex<()>,
@@ -496,20 +496,24 @@ impl ServerState {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<H2Sender>> {
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<H2Connection>> {
         self.h2.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The server's HTTP/2 connection, opened (within `timeout`) when there is none or the
     /// last one closed; requests that find none meanwhile wait for that one.
-    pub async fn h2_sender(&self, timeout: Duration, tls: Option<&crate::tls::UpstreamTls>) -> io::Result<H2Sender> {
-        let open = || self.lock_h2().as_ref().filter(|s| !s.is_closed()).cloned();
-        if let Some(sender) = open() {
-            return Ok(sender);
+    pub async fn h2_connection(
+        &self,
+        timeout: Duration,
+        tls: Option<&crate::tls::UpstreamTls>,
+    ) -> io::Result<H2Connection> {
+        let open = || self.lock_h2().as_ref().filter(|c| !c.sender.is_closed()).cloned();
+        if let Some(connection) = open() {
+            return Ok(connection);
         }
         let _opening = self.h2_opening.lock().await;
-        if let Some(sender) = open() {
-            return Ok(sender);
+        if let Some(connection) = open() {
+            return Ok(connection);
         }
         let tls = tls.map(crate::tls::UpstreamTls::http2);
         let stream =
@@ -530,8 +534,19 @@ impl ServerState {
                 tracing::info!(server = name, error = %e, "HTTP/2 connection to the server ended");
             }
         });
-        *self.lock_h2() = Some(sender.clone());
-        Ok(sender)
+        static OPENED: AtomicU64 = AtomicU64::new(0);
+        let connection = H2Connection { number: OPENED.fetch_add(1, Ordering::Relaxed), sender };
+        *self.lock_h2() = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Stops handing out `connection` (the server is closing it with a GOAWAY): the next
+    /// request opens a new one. A newer connection in its place stays.
+    pub fn forget_h2(&self, connection: &H2Connection) {
+        let mut slot = self.lock_h2();
+        if slot.as_ref().is_some_and(|c| c.number == connection.number) {
+            *slot = None;
+        }
     }
 
     /// The most recently used idle connection of `owner` (`None`: shared ones) that the
@@ -592,6 +607,14 @@ impl ServerState {
 
 /// Sends requests on a server's HTTP/2 connection (h2c pools).
 pub type H2Sender = hyper::client::conn::http2::SendRequest<crate::body::RequestBody>;
+
+/// A server's shared HTTP/2 connection, numbered so that a request that found it going away
+/// forgets that one and not a newer one.
+#[derive(Clone, Debug)]
+pub struct H2Connection {
+    number: u64,
+    pub sender: H2Sender,
+}
 
 /// What a connection to a pool with `send_proxy` opens with: the client and where it
 /// connected to.

@@ -1747,8 +1747,13 @@ fn a_check_that_expects_text_fails_on_an_answer_without_it() {
 /// The requests a proxy's listener `www` has answered, from its own /metrics.
 fn requests_answered(admin: SocketAddr) -> u64 {
     let metrics = get(admin, "/metrics").body;
-    let line = metrics.lines().find(|l| l.starts_with("webstack_proxy_listener_requests_total{listener=\"www\"}"));
-    line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("no request count in {metrics}"))
+    metric_value(&metrics, "webstack_proxy_listener_requests_total{listener=\"www\"}")
+}
+
+/// The value of the series `name` (with its labels) in a `/metrics` text.
+fn metric_value(metrics: &str, name: &str) -> u64 {
+    let line = metrics.lines().find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ')));
+    line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("no {name} in {metrics}"))
 }
 
 #[test]
@@ -2372,4 +2377,173 @@ fn a_clients_own_server_connections_close_when_it_leaves() {
     // too (not at the server's idle timeout, 30 s here).
     drop(client);
     wait_for_metric(web_admin, "webstack_proxy_listener_connections{listener=\"www\"} 0");
+}
+
+/// nginx as an HTTP/2 server (h2c, prior knowledge) on `listen`, closing each connection
+/// with a GOAWAY after `keepalive_requests` streams (nginx's default is 1000; gRPC servers
+/// do the same with their max connection age). One process, stopped by PID when dropped.
+struct Nginx {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start_h2c(listen: &[SocketAddr], keepalive_requests: u32) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let listens: String = listen.iter().map(|a| format!("listen {a} http2; ")).collect();
+        let config = format!(
+            "master_process off;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               server {{ {listens}keepalive_requests {keepalive_requests};\n\
+                 location / {{ return 200 \"nginx $request_method $request_uri\\n\"; }} }}\n}}\n"
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, config).unwrap();
+        let child = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx (scripts/setup installs it)");
+        let nginx = Nginx { child, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for address in listen {
+            while TcpStream::connect(address).is_err() {
+                assert!(Instant::now() < deadline, "nginx did not listen on {address}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn requests_an_http2_server_did_not_process_go_to_a_server_again() {
+    // nginx sends GOAWAY every 3 streams: streams past its last one were never processed
+    // (RFC 9113 §8.7), so any request, a POST too, may go again; none may fail for it.
+    let servers = [("n1", addr("127.210.62.11:9000")), ("n2", addr("127.210.62.12:9000"))];
+    let _nginx = Nginx::start_h2c(&[servers[0].1, servers[1].1], 3);
+    let _proxy = Proxy::start(&config(62, &servers, "protocol = \"h2c\"\n"));
+    let lb = addr("127.210.62.1:8080");
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut failed = Vec::new();
+                for i in 0..25 {
+                    let method = if i % 2 == 0 { "GET" } else { "POST" };
+                    let raw = format!(
+                        "{method} /c{c}/{i} HTTP/1.1\r\nHost: www.foobar.com\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let answer = request(lb, &raw);
+                    if answer.status != 200 || answer.body != format!("nginx {method} /c{c}/{i}\n") {
+                        failed.push(format!("{method} /c{c}/{i}: {} {}", answer.status, answer.body));
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let failed: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    assert!(failed.is_empty(), "{} of 200 failed, the first: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    // Not a failure of the server's: both still up. And there were streams to send again.
+    let metrics = get(addr("127.210.62.1:8404"), "/metrics").body;
+    let mut sent_again = 0;
+    for server in ["n1", "n2"] {
+        assert!(
+            metrics.contains(&format!("webstack_proxy_server_up{{pool=\"web\",server=\"{server}\"}} 1")),
+            "{metrics}"
+        );
+        sent_again +=
+            metric_value(&metrics, &format!("webstack_proxy_retries_total{{pool=\"web\",server=\"{server}\"}}"));
+    }
+    assert!(sent_again > 0, "nginx's GOAWAYs refused no stream in flight: {metrics}");
+}
+
+/// An HTTP/2 server (h2c) that refuses every other stream with RST_STREAM REFUSED_STREAM,
+/// as a server over its stream limit or shedding load does, and answers the others with
+/// `METHOD PATH body-length`. Counts the streams it refused.
+fn refusing_h2c_server(address: SocketAddr) -> Arc<AtomicUsize> {
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counted = refused.clone();
+    let listener = std::net::TcpListener::bind(address).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let streams = Arc::new(AtomicUsize::new(0));
+            while let Ok((stream, _)) = listener.accept().await {
+                let (streams, refused) = (streams.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(stream).await else { return };
+                    while let Some(Ok((req, mut respond))) = connection.accept().await {
+                        if streams.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        tokio::spawn(async move {
+                            let (head, mut body) = req.into_parts();
+                            let mut length = 0;
+                            while let Some(Ok(data)) = body.data().await {
+                                length += data.len();
+                                let _ = body.flow_control().release_capacity(data.len());
+                            }
+                            let answer = format!("{} {} {length}", head.method, head.uri.path());
+                            let head =
+                                hyper::Response::builder().header("content-length", answer.len()).body(()).unwrap();
+                            let Ok(mut send) = respond.send_response(head, false) else { return };
+                            let _ = send.send_data(Bytes::from(answer), true);
+                        });
+                    }
+                });
+            }
+        });
+    });
+    refused
+}
+
+#[test]
+fn a_refused_http2_stream_goes_again_and_a_body_already_sent_is_not_sent_twice() {
+    let server = addr("127.210.63.11:9000");
+    let refused = refusing_h2c_server(server);
+    // One server: the request goes to it again, as a refused stream does not count against it.
+    let _proxy = Proxy::start(&config(63, &[("grpc", server)], "protocol = \"h2c\"\n"));
+    let lb = addr("127.210.63.1:8080");
+    for i in 0..6 {
+        for method in ["GET", "DELETE", "POST"] {
+            let answer = request(
+                lb,
+                &format!("{method} /r{i} HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            );
+            assert_eq!((answer.status, answer.body.as_str()), (200, format!("{method} /r{i} 0").as_str()));
+        }
+    }
+    assert_eq!(refused.load(Ordering::SeqCst), 18, "every request refused once, then answered");
+    let metrics = get(addr("127.210.63.1:8404"), "/metrics").body;
+    assert_eq!(metric_value(&metrics, "webstack_proxy_retries_total{pool=\"web\",server=\"grpc\"}"), 18);
+    assert!(metrics.contains("webstack_proxy_server_up{pool=\"web\",server=\"grpc\"} 1"), "{metrics}");
+
+    // A body went out with the refused stream and is gone: the client is told, not
+    // answered as if it had been sent.
+    let answer =
+        request(lb, "POST /upload HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    let answer =
+        request(lb, "POST /upload HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+    assert_eq!((answer.status, answer.body.as_str()), (200, "POST /upload 5"));
 }
