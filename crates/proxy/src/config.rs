@@ -128,6 +128,13 @@
 //!                                  # trailers passed on; HTTP checks go over HTTP/2 too;
 //!                                  # a stream the server refused or left past its GOAWAY
 //!                                  # goes again (any method, a bodiless one)
+//! retry_on = ["503", "response-timeout"]   # optional (HAProxy's retry-on, nginx's
+//!                                  # proxy_next_upstream http_503 timeout): an idempotent
+//!                                  # request without a body that got such an answer (a status
+//!                                  # 400-599) or none within first_byte_timeout_ms goes to
+//!                                  # another server, within the retry budget; when none is
+//!                                  # left the last answer goes to the client. Also
+//!                                  # "all-retryable-errors" (a timeout, 500, 502, 503, 504)
 //! agent = { port = 9999, interval_ms = 2000 }   # optional (HAProxy's agent-check): each
 //!                                  # server's agent says "75%", "drain", "maint", "ready",
 //!                                  # "down" or "up"; the weight (from the configured one),
@@ -507,6 +514,10 @@ struct RawPool {
     /// `http1` (the default), `h2` (HTTP/2: over TLS with ALPN h2 when the pool has `tls`,
     /// else cleartext) or `h2c` (HTTP/2 without TLS).
     protocol: Option<String>,
+    /// What else sends a request to another server (HAProxy's `retry-on`): statuses,
+    /// `response-timeout`.
+    #[serde(default)]
+    retry_on: Vec<String>,
     #[serde(default)]
     servers: Vec<RawServer>,
     #[serde(default)]
@@ -818,6 +829,58 @@ pub struct HaConfig {
 pub struct AccessLogConfig {
     pub path: PathBuf,
     pub format: crate::access_log::Format,
+}
+
+/// What, besides a request that could not be sent, sends an idempotent request without a
+/// body to another server within the retry budget (HAProxy's `retry-on`, nginx's
+/// `proxy_next_upstream`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// Statuses 400 to 599, one bit each from 400.
+    statuses: [u64; 4],
+    /// No response head within the first-byte timeout.
+    pub response_timeout: bool,
+}
+
+impl RetryOn {
+    /// From HAProxy's words: a status from 400 to 599, `response-timeout`,
+    /// `all-retryable-errors` (a timeout, 500, 502, 503, 504); `conn-failure`,
+    /// `empty-response` and `junk-response` are always on here.
+    fn add(&mut self, word: &str) -> Result<(), String> {
+        match word {
+            "response-timeout" => self.response_timeout = true,
+            "all-retryable-errors" => {
+                self.response_timeout = true;
+                for status in [500, 502, 503, 504] {
+                    self.add_status(status);
+                }
+            }
+            "conn-failure" | "empty-response" | "junk-response" => {}
+            _ => match word.parse::<u16>() {
+                Ok(status @ 400..=599) => self.add_status(status),
+                _ => {
+                    return Err(format!(
+                        "`{word}` is not something to retry on: a status from 400 to 599, \
+                         `response-timeout` or `all-retryable-errors`"
+                    ))
+                }
+            },
+        }
+        Ok(())
+    }
+
+    fn add_status(&mut self, status: u16) {
+        let bit = usize::from(status - 400);
+        self.statuses[bit / 64] |= 1 << (bit % 64);
+    }
+
+    /// Whether an answer with this status goes to another server.
+    pub fn status(&self, status: http::StatusCode) -> bool {
+        match status.as_u16().checked_sub(400).map(usize::from) {
+            Some(bit) if bit < 200 => self.statuses[bit / 64] & (1 << (bit % 64)) != 0,
+            _ => false,
+        }
+    }
 }
 
 /// Passive health: taken out after `failures` connect failures or 5xx answers in a row.
@@ -1213,6 +1276,7 @@ pub struct Pool {
     /// HTTP/2 to the servers (HAProxy's `proto h2`, `alpn h2` with `ssl`): one multiplexed
     /// connection per server, trailers passed on (gRPC).
     pub http2: bool,
+    pub retry_on: RetryOn,
     pub servers: Vec<Server>,
 }
 
@@ -1428,6 +1492,12 @@ impl ProxyConfig {
             if p.passive.as_ref().is_some_and(|x| x.failures == 0) {
                 err(format!("{field}.passive.failures"), "must be at least 1".into());
             }
+            let mut retry_on = RetryOn::default();
+            for (j, word) in p.retry_on.iter().enumerate() {
+                if let Err(e) = retry_on.add(word) {
+                    err(format!("{field}.retry_on[{j}]"), e);
+                }
+            }
             let mut names = BTreeSet::new();
             let mut addresses = Vec::new();
             for (j, s) in p.servers.iter().enumerate() {
@@ -1608,6 +1678,7 @@ impl ProxyConfig {
                 send_proxy,
                 agent,
                 http2,
+                retry_on,
                 servers,
             });
         }
@@ -2516,6 +2587,23 @@ respond = { body = "eu" }
             expand_redirect("$scheme://$host$uri?$args&cost=5$", vars).unwrap(),
             "<scheme>://<host><uri>?<args>&cost=5$"
         );
+    }
+
+    #[test]
+    fn retry_on_takes_haproxys_words_and_names_the_entry_it_cannot() {
+        let with = |list: &str| GOOD.replace("[pools.web]\n", &format!("[pools.web]\nretry_on = {list}\n"));
+        let retry_on = load(&with(r#"["503", "404", "conn-failure"]"#)).unwrap().pools[0].retry_on;
+        let statuses: Vec<u16> =
+            (100..700).filter(|s| retry_on.status(http::StatusCode::from_u16(*s).unwrap())).collect();
+        assert_eq!((statuses, retry_on.response_timeout), (vec![404, 503], false));
+        let all = load(&with(r#"["all-retryable-errors"]"#)).unwrap().pools[0].retry_on;
+        let statuses: Vec<u16> = (100..700).filter(|s| all.status(http::StatusCode::from_u16(*s).unwrap())).collect();
+        assert_eq!((statuses, all.response_timeout), (vec![500, 502, 503, 504], true));
+        assert_eq!(load(GOOD).unwrap().pools[0].retry_on, RetryOn::default(), "nothing more by default");
+        let e = load(&with(r#"["503", "5xx"]"#)).unwrap_err();
+        assert_eq!(e.0[0].field, "pools.web.retry_on[1]", "{e}");
+        assert!(e.0[0].message.contains("`5xx` is not something to retry on"), "{e}");
+        assert!(load(&with(r#"["200"]"#)).is_err(), "a success is never retried");
     }
 
     #[test]

@@ -100,15 +100,7 @@ pub async fn forward(
                 response = keep_in_cache(cache, key, response);
             }
             let server = &pool.servers[index];
-            let status = response.status().as_u16();
-            server.count_response(status);
-            if pool.config.passive.is_some() {
-                if status >= 500 {
-                    note_failure(pool, server, &format!("answered {status}"));
-                } else {
-                    server.record_success();
-                }
-            }
+            record_answer(pool, server, response.status().as_u16());
             let headers = response.headers_mut();
             if pool.config.served_by_header {
                 headers.insert(X_SERVED_BY.clone(), server.name_header.clone());
@@ -122,40 +114,45 @@ pub async fn forward(
             (response, Some(index))
         }
         Err(failure) => {
-            let (status, server, reason) = match &failure {
-                Failure::NoServer => {
-                    pool.no_server_available.fetch_add(1, Ordering::Relaxed);
-                    (StatusCode::SERVICE_UNAVAILABLE, "-".to_string(), "no server is up".to_string())
-                }
-                Failure::QueueTimeout => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "-".to_string(),
-                    format!(
-                        "every server is at its maxconn; waited {} ms in the queue",
-                        pool.config.queue_timeout.as_millis()
-                    ),
-                ),
-                Failure::Connect(s, e) => (StatusCode::BAD_GATEWAY, s.config.name.clone(), format!("connect: {e}")),
-                Failure::TooLarge(s) => {
-                    (StatusCode::PAYLOAD_TOO_LARGE, s.config.name.clone(), "request body over the limit".into())
-                }
-                Failure::Upstream(s, e) => (StatusCode::BAD_GATEWAY, s.config.name.clone(), e.clone()),
-                Failure::Client(s, status, e) => (*status, s.config.name.clone(), e.clone()),
-                Failure::Timeout(s) => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    s.config.name.clone(),
-                    format!("no response within {} ms", pool.config.first_byte_timeout.as_millis()),
-                ),
-            };
-            // A client's fault is not an answer of the server's: its counters do not see it.
-            if let Failure::Connect(s, _) | Failure::Upstream(s, _) | Failure::Timeout(s) | Failure::TooLarge(s) =
-                &failure
-            {
-                s.count_response(status.as_u16());
+            if let Failure::NoServer = failure {
+                pool.no_server_available.fetch_add(1, Ordering::Relaxed);
             }
+            let (status, server, reason) = failure_answer(pool, &failure);
+            count_failure(&failure, status);
             tracing::warn!(pool = pool.config.name, server, %method, path = uri.path(), status = status.as_u16(), reason, "request failed");
             (error_response(status), None)
         }
+    }
+}
+
+/// The proxy's own answer to a failure, the server it concerns and why.
+fn failure_answer(pool: &PoolState, failure: &Failure) -> (StatusCode, String, String) {
+    match failure {
+        Failure::NoServer => (StatusCode::SERVICE_UNAVAILABLE, "-".to_string(), "no server is up".to_string()),
+        Failure::QueueTimeout => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "-".to_string(),
+            format!("every server is at its maxconn; waited {} ms in the queue", pool.config.queue_timeout.as_millis()),
+        ),
+        Failure::Connect(s, e) => (StatusCode::BAD_GATEWAY, s.config.name.clone(), format!("connect: {e}")),
+        Failure::TooLarge(s) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, s.config.name.clone(), "request body over the limit".into())
+        }
+        Failure::Upstream(s, e) => (StatusCode::BAD_GATEWAY, s.config.name.clone(), e.clone()),
+        Failure::Client(s, status, e) => (*status, s.config.name.clone(), e.clone()),
+        Failure::Timeout(s) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            s.config.name.clone(),
+            format!("no response within {} ms", pool.config.first_byte_timeout.as_millis()),
+        ),
+    }
+}
+
+/// Counts a failure among its server's answers. A client's fault is not an answer of the
+/// server's: its counters do not see it.
+fn count_failure(failure: &Failure, status: StatusCode) {
+    if let Failure::Connect(s, _) | Failure::Upstream(s, _) | Failure::Timeout(s) | Failure::TooLarge(s) = failure {
+        s.count_response(status.as_u16());
     }
 }
 
@@ -264,6 +261,48 @@ async fn send(
     replay: bool,
     preface: Option<Preface>,
 ) -> Result<(usize, Response<ProxyBody>), Failure> {
+    // An answer the pool retries on, held while another server is tried: when none does
+    // better, it is the client's (as nginx's proxy_next_upstream gives the last answer).
+    let mut held = None;
+    let outcome = try_servers(pool, req, key, pinned, client_upgrade, replay, preface, &mut held).await;
+    match (outcome, held) {
+        (Err(failure), Some(answer)) => {
+            let (status, server, reason) = failure_answer(pool, &failure);
+            count_failure(&failure, status);
+            tracing::info!(pool = pool.config.name, server, reason, "no server did better; the last answer goes back");
+            Ok(answer)
+        }
+        (outcome, Some((index, answer))) => {
+            record_answer(pool, &pool.servers[index], answer.status().as_u16());
+            outcome
+        }
+        (outcome, None) => outcome,
+    }
+}
+
+/// Counts a server's answer and tells passive health about it.
+fn record_answer(pool: &PoolState, server: &Arc<ServerState>, status: u16) {
+    server.count_response(status);
+    if pool.config.passive.is_some() {
+        if status >= 500 {
+            note_failure(pool, server, &format!("answered {status}"));
+        } else {
+            server.record_success();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn try_servers(
+    pool: &PoolState,
+    req: Request<RequestBody>,
+    key: Option<u64>,
+    pinned: Option<usize>,
+    client_upgrade: Option<OnUpgrade>,
+    replay: bool,
+    preface: Option<Preface>,
+    held: &mut Option<(usize, Response<ProxyBody>)>,
+) -> Result<(usize, Response<ProxyBody>), Failure> {
     let mut client_upgrade = client_upgrade;
     let mut req = req;
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
@@ -283,6 +322,8 @@ async fn send(
         }
         server.requests.fetch_add(1, Ordering::Relaxed);
         let sent_at = Instant::now();
+        // Whether a request that reached the server may go to another one.
+        let may_go_again = replay && attempt + 1 < MAX_ATTEMPTS;
         match send_to(pool, server, req, flight, &mut client_upgrade, preface).await {
             Ok(response) => {
                 server.latency.observe(sent_at.elapsed());
@@ -319,10 +360,27 @@ async fn send(
                 req = back;
                 continue;
             }
+            Err(SendError::Answered(response, back)) => {
+                server.latency.observe(sent_at.elapsed());
+                if !(may_go_again && pool.spend_retry()) {
+                    return Ok((index, response));
+                }
+                let status = response.status().as_u16();
+                tracing::info!(
+                    pool = pool.config.name,
+                    server = server.config.name,
+                    status,
+                    "answered with a status the pool retries on; trying another server"
+                );
+                if let Some((before, answer)) = held.replace((index, response)) {
+                    record_answer(pool, &pool.servers[before], answer.status().as_u16());
+                }
+                req = back;
+            }
             Err(SendError::Failed(reason, back)) => {
                 note_failure(pool, server, &reason);
                 match back {
-                    Some(back) if replay && attempt + 1 < MAX_ATTEMPTS && pool.spend_retry() => {
+                    Some(back) if may_go_again && pool.spend_retry() => {
                         tracing::info!(
                             pool = pool.config.name,
                             server = server.config.name,
@@ -335,8 +393,23 @@ async fn send(
                     _ => return Err(Failure::Upstream(server.clone(), reason)),
                 }
             }
+            Err(SendError::TimedOut(back)) => match back {
+                Some(back) if may_go_again && pool.spend_retry() => {
+                    let reason = format!("no response within {} ms", pool.config.first_byte_timeout.as_millis());
+                    server.count_response(StatusCode::GATEWAY_TIMEOUT.as_u16());
+                    note_failure(pool, server, &reason);
+                    tracing::info!(
+                        pool = pool.config.name,
+                        server = server.config.name,
+                        reason,
+                        "no response in time; trying another server"
+                    );
+                    last_failure = Failure::Timeout(server.clone());
+                    req = back;
+                }
+                _ => return Err(Failure::Timeout(server.clone())),
+            },
             Err(SendError::TooLarge) => return Err(Failure::TooLarge(server.clone())),
-            Err(SendError::TimedOut) => return Err(Failure::Timeout(server.clone())),
             Err(SendError::Client(status, reason)) => return Err(Failure::Client(server.clone(), status, reason)),
         }
         attempt += 1;
@@ -453,7 +526,11 @@ enum SendError {
     /// it counts against no one's health, and the request comes back to go again, whatever
     /// its method, unless its body went out with it.
     Refused(Option<Request<RequestBody>>, String),
-    TimedOut,
+    /// No response head in time; the request comes back when the pool retries on that.
+    TimedOut(Option<Request<RequestBody>>),
+    /// An answer whose status the pool retries on, and the request (without a body) that
+    /// may go to another server.
+    Answered(Response<ProxyBody>, Request<RequestBody>),
     TooLarge,
     /// The client's body failed: the answer for the client, and why.
     Client(StatusCode, String),
@@ -513,7 +590,10 @@ async fn send_to(
     let head_request = req.method() == http::Method::HEAD;
     let head = match connection.read_head(head_request, pool.config.first_byte_timeout).await {
         Ok(head) => head,
-        Err(client::Error::TimedOut) => return Err(SendError::TimedOut),
+        Err(client::Error::TimedOut) => {
+            let again = !framing.has_body() && pool.config.retry_on.response_timeout;
+            return Err(SendError::TimedOut(again.then_some(req)));
+        }
         Err(e) => {
             let reason = match body_failure {
                 Some(write) => format!("sending the body: {write}"),
@@ -529,7 +609,12 @@ async fn send_to(
             None => Err(SendError::Failed("101 answer to a request that asked no upgrade".into(), None)),
         };
     }
-    Ok(into_client_response(head, connection, keep_alive, flight, pool.config.idle_timeout))
+    let retry = !framing.has_body() && pool.config.retry_on.status(head.status);
+    let response = into_client_response(head, connection, keep_alive, flight, pool.config.idle_timeout);
+    match retry {
+        true => Err(SendError::Answered(response, req)),
+        false => Ok(response),
+    }
 }
 
 /// A request on the server's HTTP/2 connection (an h2 or h2c pool). Once sent, hyper owns
@@ -557,7 +642,7 @@ async fn send_h2(
     into_http2_form(&mut req, if pool.config.tls.is_some() { "https" } else { "http" });
     let again = req.body().is_end_stream().then(|| head_copy(&req));
     match tokio::time::timeout(pool.config.first_byte_timeout, sender.try_send_request(req)).await {
-        Err(_) => Err(SendError::TimedOut),
+        Err(_) => Err(SendError::TimedOut(again.filter(|_| pool.config.retry_on.response_timeout))),
         Ok(Err(mut e)) => {
             // Handed back unsent: the connection closed before taking it.
             if let Some(req) = e.take_message() {
@@ -576,7 +661,13 @@ async fn send_h2(
                 None => Err(SendError::Failed(h2_failure(e.error()), again)),
             }
         }
-        Ok(Ok(response)) => Ok(response.map(|body| ProxyBody::h2(body, flight, pool.config.idle_timeout))),
+        Ok(Ok(response)) => {
+            let response = response.map(|body| ProxyBody::h2(body, flight, pool.config.idle_timeout));
+            match again {
+                Some(req) if pool.config.retry_on.status(response.status()) => Err(SendError::Answered(response, req)),
+                _ => Ok(response),
+            }
+        }
     }
 }
 

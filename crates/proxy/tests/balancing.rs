@@ -2547,3 +2547,75 @@ fn a_refused_http2_stream_goes_again_and_a_body_already_sent_is_not_sent_twice()
         request(lb, "POST /upload HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
     assert_eq!((answer.status, answer.body.as_str()), (200, "POST /upload 5"));
 }
+
+/// A server that accepts every connection and never answers, holding them for 5 s.
+fn silent_server(address: SocketAddr) {
+    let listener = std::net::TcpListener::bind(address).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let until = Instant::now() + Duration::from_secs(5);
+        listener.set_nonblocking(true).unwrap();
+        while Instant::now() < until {
+            match listener.accept() {
+                Ok((stream, _)) => held.push(stream),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+}
+
+#[test]
+fn retry_on_sends_a_get_to_another_server_after_a_named_status_but_never_a_post() {
+    let (busy, good) = (addr("127.210.64.11:9000"), addr("127.210.64.12:9000"));
+    let busy_server = Upstream::start("busy", busy);
+    busy_server.status.store(503, Ordering::SeqCst);
+    let good_server = Upstream::start("good", good);
+    let _proxy = Proxy::start(&pool_config(64, "retry_on = [\"503\"]", &[("busy", busy, ""), ("good", good, "")]));
+    let lb = addr("127.210.64.1:8080");
+    // HAProxy's retry-on 503: every GET is answered by the good server, half of them after
+    // the busy one's 503.
+    for i in 0..6 {
+        let answer = get(lb, &format!("/page{i}"));
+        assert_eq!((answer.status, answer.header("x-served-by").as_deref()), (200, Some("good")), "{}", answer.body);
+    }
+    let met_busy = busy_server.seen.lock().unwrap().len();
+    assert!(met_busy >= 3, "round robin sends GETs to the busy server first: {met_busy}");
+    // A POST may have done its work before the 503: it is never sent twice.
+    let statuses: Vec<u16> = (0..2).map(|i| post(lb, &format!("/form{i}")).status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 1, "{statuses:?}");
+    let posts = |server: &Upstream| server.seen.lock().unwrap().iter().filter(|r| r.starts_with("POST")).count();
+    assert_eq!((posts(&busy_server), posts(&good_server)), (1, 1));
+    // When no server does better, the last answer is the client's: the server's own 503.
+    good_server.status.store(503, Ordering::SeqCst);
+    let answer = get(lb, "/last");
+    assert_eq!(answer.status, 503);
+    assert!(answer.body.starts_with("busy /last") || answer.body.starts_with("good /last"), "{}", answer.body);
+    let metrics = get(addr("127.210.64.1:8404"), "/metrics").body;
+    let retried =
+        |s: &str| metric_value(&metrics, &format!("webstack_proxy_retries_total{{pool=\"web\",server=\"{s}\"}}"));
+    assert_eq!(retried("busy") + retried("good"), met_busy as u64 + 1, "{metrics}");
+    // Each 503 is counted as the server's answer, the ones sent again too.
+    let fives = |s: &str| {
+        metric_value(&metrics, &format!("webstack_proxy_responses_total{{pool=\"web\",server=\"{s}\",class=\"5xx\"}}"))
+    };
+    assert_eq!(fives("busy") + fives("good"), met_busy as u64 + 1 + 2, "{metrics}");
+}
+
+#[test]
+fn retry_on_response_timeout_sends_a_get_on_after_the_first_byte_timeout() {
+    let (silent, good) = (addr("127.210.65.11:9000"), addr("127.210.65.12:9000"));
+    silent_server(silent);
+    let _good = Upstream::start("good", good);
+    let options = "first_byte_timeout_ms = 300\nretry_on = [\"response-timeout\"]";
+    let _proxy = Proxy::start(&pool_config(65, options, &[("silent", silent, ""), ("good", good, "")]));
+    let lb = addr("127.210.65.1:8080");
+    for i in 0..2 {
+        let started = Instant::now();
+        let answer = get(lb, &format!("/page{i}"));
+        assert_eq!((answer.status, answer.header("x-served-by").as_deref()), (200, Some("good")), "{}", answer.body);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+    // A POST that met the silent server is a 504, not sent again.
+    let statuses: Vec<u16> = (0..2).map(|i| post(lb, &format!("/form{i}")).status).collect();
+    assert!(statuses.contains(&504) && statuses.contains(&200), "{statuses:?}");
+}
