@@ -252,35 +252,8 @@ fn replayable(req: &Request<Incoming>, pool: &PoolState, upgrading: bool) -> boo
     idempotent && !upgrading && req.body().is_end_stream() && pool.can_retry()
 }
 
-async fn send(
-    pool: &PoolState,
-    req: Request<RequestBody>,
-    key: Option<u64>,
-    pinned: Option<usize>,
-    client_upgrade: Option<OnUpgrade>,
-    replay: bool,
-    preface: Option<Preface>,
-) -> Result<(usize, Response<ProxyBody>), Failure> {
-    // An answer the pool retries on, held while another server is tried: when none does
-    // better, it is the client's (as nginx's proxy_next_upstream gives the last answer).
-    let mut held = None;
-    let outcome = try_servers(pool, req, key, pinned, client_upgrade, replay, preface, &mut held).await;
-    match (outcome, held) {
-        (Err(failure), Some(answer)) => {
-            let (status, server, reason) = failure_answer(pool, &failure);
-            count_failure(&failure, status);
-            tracing::info!(pool = pool.config.name, server, reason, "no server did better; the last answer goes back");
-            Ok(answer)
-        }
-        (outcome, Some((index, answer))) => {
-            record_answer(pool, &pool.servers[index], answer.status().as_u16());
-            outcome
-        }
-        (outcome, None) => outcome,
-    }
-}
-
 /// Counts a server's answer and tells passive health about it.
+#[inline]
 fn record_answer(pool: &PoolState, server: &Arc<ServerState>, status: u16) {
     server.count_response(status);
     if pool.config.passive.is_some() {
@@ -292,8 +265,7 @@ fn record_answer(pool: &PoolState, server: &Arc<ServerState>, status: u16) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn try_servers(
+async fn send(
     pool: &PoolState,
     req: Request<RequestBody>,
     key: Option<u64>,
@@ -301,8 +273,10 @@ async fn try_servers(
     client_upgrade: Option<OnUpgrade>,
     replay: bool,
     preface: Option<Preface>,
-    held: &mut Option<(usize, Response<ProxyBody>)>,
 ) -> Result<(usize, Response<ProxyBody>), Failure> {
+    // An answer the pool retries on, held while another server is tried: when none does
+    // better, it is the client's (as nginx's proxy_next_upstream gives the last answer).
+    let mut held: Option<(usize, Box<Response<ProxyBody>>)> = None;
     let mut client_upgrade = client_upgrade;
     let mut req = req;
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
@@ -312,7 +286,7 @@ async fn try_servers(
     while attempt < MAX_ATTEMPTS {
         let (index, flight) = match reserve(pool, &tried, key, pinned.filter(|_| attempt == 0)).await {
             Ok(reserved) => reserved,
-            Err(Some(failure)) => return Err(failure),
+            Err(Some(failure)) => return settle(pool, Err(failure), held),
             Err(None) => break,
         };
         tried[attempt] = index;
@@ -327,7 +301,7 @@ async fn try_servers(
         match send_to(pool, server, req, flight, &mut client_upgrade, preface).await {
             Ok(response) => {
                 server.latency.observe(sent_at.elapsed());
-                return Ok((index, response));
+                return settle(pool, Ok((index, response)), held);
             }
             Err(SendError::NotSent(back, reason)) => {
                 server.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -341,7 +315,9 @@ async fn try_servers(
                 last_failure = Failure::Connect(server.clone(), reason);
                 req = back;
             }
-            Err(SendError::Refused(None, reason)) => return Err(Failure::Upstream(server.clone(), reason)),
+            Err(SendError::Refused(None, reason)) => {
+                return settle(pool, Err(Failure::Upstream(server.clone(), reason)), held)
+            }
             Err(SendError::Refused(Some(back), reason)) => {
                 tracing::info!(
                     pool = pool.config.name,
@@ -360,10 +336,11 @@ async fn try_servers(
                 req = back;
                 continue;
             }
-            Err(SendError::Answered(response, back)) => {
+            Err(SendError::Answered(answered)) => {
+                let (response, back) = *answered;
                 server.latency.observe(sent_at.elapsed());
                 if !(may_go_again && pool.spend_retry()) {
-                    return Ok((index, response));
+                    return settle(pool, Ok((index, response)), held);
                 }
                 let status = response.status().as_u16();
                 tracing::info!(
@@ -372,7 +349,7 @@ async fn try_servers(
                     status,
                     "answered with a status the pool retries on; trying another server"
                 );
-                if let Some((before, answer)) = held.replace((index, response)) {
+                if let Some((before, answer)) = held.replace((index, Box::new(response))) {
                     record_answer(pool, &pool.servers[before], answer.status().as_u16());
                 }
                 req = back;
@@ -390,7 +367,7 @@ async fn try_servers(
                         last_failure = Failure::Upstream(server.clone(), reason);
                         req = back;
                     }
-                    _ => return Err(Failure::Upstream(server.clone(), reason)),
+                    _ => return settle(pool, Err(Failure::Upstream(server.clone(), reason)), held),
                 }
             }
             Err(SendError::TimedOut(back)) => match back {
@@ -407,14 +384,51 @@ async fn try_servers(
                     last_failure = Failure::Timeout(server.clone());
                     req = back;
                 }
-                _ => return Err(Failure::Timeout(server.clone())),
+                _ => return settle(pool, Err(Failure::Timeout(server.clone())), held),
             },
-            Err(SendError::TooLarge) => return Err(Failure::TooLarge(server.clone())),
-            Err(SendError::Client(status, reason)) => return Err(Failure::Client(server.clone(), status, reason)),
+            Err(SendError::TooLarge) => return settle(pool, Err(Failure::TooLarge(server.clone())), held),
+            Err(SendError::Client(status, reason)) => {
+                return settle(pool, Err(Failure::Client(server.clone(), status, reason)), held)
+            }
         }
         attempt += 1;
     }
-    Err(last_failure)
+    settle(pool, Err(last_failure), held)
+}
+
+/// The outcome, or the answer held back when no server did better (a better answer counts
+/// the held one among its server's).
+#[inline]
+fn settle(
+    pool: &PoolState,
+    outcome: Result<(usize, Response<ProxyBody>), Failure>,
+    held: Option<(usize, Box<Response<ProxyBody>>)>,
+) -> Result<(usize, Response<ProxyBody>), Failure> {
+    match held {
+        None => outcome,
+        Some((index, answer)) => settle_held(pool, outcome, index, answer),
+    }
+}
+
+#[cold]
+fn settle_held(
+    pool: &PoolState,
+    outcome: Result<(usize, Response<ProxyBody>), Failure>,
+    index: usize,
+    answer: Box<Response<ProxyBody>>,
+) -> Result<(usize, Response<ProxyBody>), Failure> {
+    match outcome {
+        Err(failure) => {
+            let (status, server, reason) = failure_answer(pool, &failure);
+            count_failure(&failure, status);
+            tracing::info!(pool = pool.config.name, server, reason, "no server did better; the last answer goes back");
+            Ok((index, *answer))
+        }
+        Ok(better) => {
+            record_answer(pool, &pool.servers[index], answer.status().as_u16());
+            Ok(better)
+        }
+    }
 }
 
 /// How often a queued request looks again without being told a slot was freed: a freed slot
@@ -529,8 +543,8 @@ enum SendError {
     /// No response head in time; the request comes back when the pool retries on that.
     TimedOut(Option<Request<RequestBody>>),
     /// An answer whose status the pool retries on, and the request (without a body) that
-    /// may go to another server.
-    Answered(Response<ProxyBody>, Request<RequestBody>),
+    /// may go to another server. Boxed: rare, and every request's result would grow.
+    Answered(Box<(Response<ProxyBody>, Request<RequestBody>)>),
     TooLarge,
     /// The client's body failed: the answer for the client, and why.
     Client(StatusCode, String),
@@ -545,7 +559,8 @@ async fn send_to(
     preface: Option<Preface>,
 ) -> Result<Response<ProxyBody>, SendError> {
     if pool.config.http2 {
-        return send_h2(pool, server, req, flight, client_upgrade.is_some()).await;
+        // Boxed: its state would make the HTTP/1.1 path's future larger (and slower to move).
+        return Box::pin(send_h2(pool, server, req, flight, client_upgrade.is_some())).await;
     }
     let mut req = req;
     let framing = RequestFraming::of(&req);
@@ -558,8 +573,10 @@ async fn send_to(
             }
             continue;
         }
-        let mut connection = match server.connect(pool.config.connect_timeout, pool.config.tls.as_ref(), preface).await
-        {
+        // Boxed: a new connection is rare with keep-alive, and its connect and TLS handshake
+        // would make every request's future larger (and slower to move).
+        let connecting = Box::pin(server.connect(pool.config.connect_timeout, pool.config.tls.as_ref(), preface));
+        let mut connection = match connecting.await {
             Ok(connection) => connection,
             Err(e) => return Err(SendError::NotSent(req, e.to_string())),
         };
@@ -612,7 +629,7 @@ async fn send_to(
     let retry = !framing.has_body() && pool.config.retry_on.status(head.status);
     let response = into_client_response(head, connection, keep_alive, flight, pool.config.idle_timeout);
     match retry {
-        true => Err(SendError::Answered(response, req)),
+        true => Err(SendError::Answered(Box::new((response, req)))),
         false => Ok(response),
     }
 }
@@ -664,7 +681,9 @@ async fn send_h2(
         Ok(Ok(response)) => {
             let response = response.map(|body| ProxyBody::h2(body, flight, pool.config.idle_timeout));
             match again {
-                Some(req) if pool.config.retry_on.status(response.status()) => Err(SendError::Answered(response, req)),
+                Some(req) if pool.config.retry_on.status(response.status()) => {
+                    Err(SendError::Answered(Box::new((response, req))))
+                }
                 _ => Ok(response),
             }
         }

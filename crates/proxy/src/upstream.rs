@@ -507,12 +507,25 @@ impl ServerState {
         timeout: Duration,
         tls: Option<&crate::tls::UpstreamTls>,
     ) -> io::Result<H2Connection> {
-        let open = || self.lock_h2().as_ref().filter(|c| !c.sender.is_closed()).cloned();
-        if let Some(connection) = open() {
-            return Ok(connection);
+        match self.open_h2() {
+            Some(connection) => Ok(connection),
+            // Boxed: its connect and handshake would make every request's future larger.
+            None => Box::pin(self.new_h2_connection(timeout, tls)).await,
         }
+    }
+
+    /// The server's HTTP/2 connection, when one is open.
+    fn open_h2(&self) -> Option<H2Connection> {
+        self.lock_h2().as_ref().filter(|c| !c.sender.is_closed()).cloned()
+    }
+
+    async fn new_h2_connection(
+        &self,
+        timeout: Duration,
+        tls: Option<&crate::tls::UpstreamTls>,
+    ) -> io::Result<H2Connection> {
         let _opening = self.h2_opening.lock().await;
-        if let Some(connection) = open() {
+        if let Some(connection) = self.open_h2() {
             return Ok(connection);
         }
         let tls = tls.map(crate::tls::UpstreamTls::http2);
