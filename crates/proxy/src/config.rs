@@ -66,6 +66,12 @@
 //!                                  # (301 for GET and HEAD, 308 otherwise)
 //! [listeners.tls]                  # optional: this listener speaks HTTPS
 //! hsts_max_age = 31536000          # optional: Strict-Transport-Security on every answer
+//! client_ca = "clients.pem"       # optional (nginx's ssl_client_certificate, HAProxy's
+//!                                  # ca-file + verify): clients must show a certificate of
+//!                                  # these CAs; $ssl_client_verify, $ssl_client_s_dn,
+//!                                  # $ssl_client_i_dn, $ssl_client_serial,
+//!                                  # $ssl_client_fingerprint for request_headers
+//! verify_client = "required"       # or "optional": a client without one is let in (NONE)
 //! [[listeners.tls.certificates]]   # chosen by SNI; the first is the default
 //! cert = "/etc/webstack/foobar.com.pem"      # the chain, leaf first
 //! key = "/etc/webstack/foobar.com-key.pem"
@@ -77,7 +83,8 @@
 //! request_headers = { set = { "X-Env" = "prod" }, remove = ["X-Debug"] }    # to the pool
 //! response_headers = { set = { "X-Frame-Options" = "DENY" }, remove = ["Server"] }
 //!                                  # request values may hold $host, $scheme, $remote_addr,
-//!                                  # $remote_port, $server_port, $request_uri, $uri, $args
+//!                                  # $remote_port, $server_port, $request_uri, $uri, $args,
+//!                                  # $ssl_client_* (a listener with client_ca)
 //!                                  # (nginx's proxy_set_header / add_header, HAProxy's
 //!                                  # http-request / http-response set-header, del-header)
 //! allow = ["10.0.0.0/8"]           # optional: only these clients (nginx's allow); others 403
@@ -368,6 +375,11 @@ struct RawListener {
 struct RawTls {
     hsts_max_age: Option<u64>,
     certificates: Vec<RawCertificate>,
+    /// CA certificates (PEM, relative to the config) client certificates are verified
+    /// against; clients are then asked for one.
+    client_ca: Option<PathBuf>,
+    /// `required` (the default with `client_ca`) or `optional`.
+    verify_client: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1436,7 +1448,7 @@ impl ProxyConfig {
                 redirect_https_port: l.redirect_https_port,
                 compress: l.compress,
                 compress_min_bytes: l.compress_min_bytes,
-                tls: l.tls.as_ref().and_then(|t| load_tls(t, &field, &mut err)),
+                tls: l.tls.as_ref().and_then(|t| load_tls(t, &base, &field, &mut err)),
                 virtual_hosts: routes.iter().any(|r| r.host.is_some()),
                 routes,
             });
@@ -1771,8 +1783,21 @@ impl ProxyConfig {
 /// The variables a redirect's `to` may hold, as nginx's `return 301 …$request_uri`.
 pub const REDIRECT_VARIABLES: [&str; 5] = ["request_uri", "uri", "args", "host", "scheme"];
 /// The variables a request header rule's value may hold (nginx's `proxy_set_header`).
-pub const REQUEST_HEADER_VARIABLES: [&str; 8] =
-    ["request_uri", "uri", "args", "host", "scheme", "remote_addr", "remote_port", "server_port"];
+pub const REQUEST_HEADER_VARIABLES: [&str; 13] = [
+    "request_uri",
+    "uri",
+    "args",
+    "host",
+    "scheme",
+    "remote_addr",
+    "remote_port",
+    "server_port",
+    "ssl_client_verify",
+    "ssl_client_s_dn",
+    "ssl_client_i_dn",
+    "ssl_client_serial",
+    "ssl_client_fingerprint",
+];
 
 /// A redirect's `to`, with its variables replaced (see [`expand_variables`]).
 pub fn expand_redirect<'v>(
@@ -2199,7 +2224,7 @@ fn load_upstream_tls(
 }
 
 /// Loads a listener's certificates; each bad file is reported on its own field.
-fn load_tls(raw: &RawTls, field: &str, err: &mut impl FnMut(String, String)) -> Option<Tls> {
+fn load_tls(raw: &RawTls, base: &Path, field: &str, err: &mut impl FnMut(String, String)) -> Option<Tls> {
     if raw.certificates.is_empty() {
         err(format!("{field}.tls.certificates"), "at least one certificate is needed".into());
         return None;
@@ -2220,8 +2245,33 @@ fn load_tls(raw: &RawTls, field: &str, err: &mut impl FnMut(String, String)) -> 
     if loaded.len() != raw.certificates.len() {
         return None;
     }
+    let required = match raw.verify_client.as_deref() {
+        None | Some("required") => true,
+        Some("optional") => false,
+        Some(other) => {
+            err(format!("{field}.tls.verify_client"), format!("expected required or optional, not `{other}`"));
+            return None;
+        }
+    };
+    let clients = match &raw.client_ca {
+        None if raw.verify_client.is_some() => {
+            err(
+                format!("{field}.tls.verify_client"),
+                "needs `client_ca`: the CAs client certificates come from".into(),
+            );
+            return None;
+        }
+        None => None,
+        Some(ca) => match tls::load_roots(&base.join(ca)) {
+            Ok(roots) => Some(tls::ClientVerification { roots, required }),
+            Err(e) => {
+                err(format!("{field}.tls.client_ca"), e);
+                return None;
+            }
+        },
+    };
     let hsts = raw.hsts_max_age.and_then(|age| http::HeaderValue::from_str(&format!("max-age={age}")).ok());
-    match tls::Acceptor::new(loaded) {
+    match tls::Acceptor::new(loaded, clients) {
         Ok(acceptor) => Some(Tls { acceptor, files, hsts }),
         Err(e) => {
             err(format!("{field}.tls"), e);

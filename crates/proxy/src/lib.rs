@@ -16,6 +16,7 @@ pub mod basic_auth;
 pub mod body;
 pub mod cache;
 pub mod client;
+pub mod client_cert;
 pub mod compression;
 pub mod config;
 pub mod forward;

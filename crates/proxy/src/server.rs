@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use crate::access_log::{valid_request_id, AccessLog, Entry};
 use crate::basic_auth::AuthCheck;
 use crate::body::ProxyBody;
+use crate::client_cert::ClientIdentity;
 use crate::config::{Listener, ProxyConfig, Route, RouteTarget};
 use crate::forward::{error_response, forward};
 use crate::stall::WriteTimeout;
@@ -624,18 +625,25 @@ async fn accept_loop(
                 },
             };
             let after = proxy.clone();
-            let service = service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move {
-                    let response = match serves {
-                        // Boxed: the admin answer's future is large and rare; unboxed it would
-                        // make every proxied request's future (moved per request) as large.
-                        Serves::Admin => Box::pin(admin::handle(&proxy, req, client.ip())).await,
-                        Serves::Site => route(&proxy.runtime(), address, client, req).await,
-                    };
-                    Ok::<_, Infallible>(response)
-                }
-            });
+            // On a listener that verifies clients, each request carries what its client's
+            // certificate says (the `$ssl_client_*` variables).
+            let service = move |identity: Option<Arc<ClientIdentity>>| {
+                service_fn(move |mut req: Request<Incoming>| {
+                    if let Some(identity) = &identity {
+                        req.extensions_mut().insert(identity.clone());
+                    }
+                    let proxy = proxy.clone();
+                    async move {
+                        let response = match serves {
+                            // Boxed: the admin answer's future is large and rare; unboxed it would
+                            // make every proxied request's future (moved per request) as large.
+                            Serves::Admin => Box::pin(admin::handle(&proxy, req, client.ip())).await,
+                            Serves::Site => route(&proxy.runtime(), address, client, req).await,
+                        };
+                        Ok::<_, Infallible>(response)
+                    }
+                })
+            };
             // TLS listeners: the handshake first, then ALPN says h2 or HTTP/1.1.
             if let Some(tls) = tls {
                 let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
@@ -649,20 +657,30 @@ async fn accept_loop(
                     }
                 };
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let identity = tls.verifies_clients().then(|| Arc::new(client_identity(stream.get_ref().1)));
                 let stream = WriteTimeout::new(stream, limits.client_timeout);
-                serve(TokioIo::new(stream), h2, service, stop_rx, client, limits).await;
+                serve(TokioIo::new(stream), h2, service(identity), stop_rx, client, limits).await;
             } else {
                 // HTTP/2 when the client opens with its preface (h2c, prior knowledge), else
                 // HTTP/1.1. Deciding here keeps HTTP/1.1 connections on hyper's plain path,
                 // which costs less per request than a connection that could still switch.
                 let h2 = starts_with_h2_preface(&stream).await;
                 let stream = WriteTimeout::new(stream, limits.client_timeout);
-                serve(TokioIo::new(stream), h2, service, stop_rx, client, limits).await;
+                serve(TokioIo::new(stream), h2, service(None), stop_rx, client, limits).await;
             }
             if let Serves::Site = serves {
                 after.release_private_connections(client, address);
             }
         });
+    }
+}
+
+/// What the client's certificate says; rustls verified it in the handshake.
+fn client_identity(connection: &rustls::ServerConnection) -> ClientIdentity {
+    match connection.peer_certificates().and_then(|chain| chain.first()) {
+        // A verified certificate this reader cannot describe is still verified.
+        Some(leaf) => ClientIdentity::Verified(crate::client_cert::describe(leaf).unwrap_or_default()),
+        None => ClientIdentity::None,
     }
 }
 
@@ -1121,8 +1139,18 @@ fn request_variable<'r, B>(
         "remote_addr" => client.ip().to_string().into(),
         "remote_port" => client.port().to_string().into(),
         "server_port" => listener.bind.port().to_string().into(),
+        "ssl_client_verify" => req.extensions().get::<Arc<ClientIdentity>>().map_or("NONE", |i| i.verify()).into(),
+        "ssl_client_s_dn" => client_certificate(req).map_or("", |c| &c.subject).into(),
+        "ssl_client_i_dn" => client_certificate(req).map_or("", |c| &c.issuer).into(),
+        "ssl_client_serial" => client_certificate(req).map_or("", |c| &c.serial).into(),
+        "ssl_client_fingerprint" => client_certificate(req).map_or("", |c| &c.fingerprint).into(),
         _ => safe_host(req)?.into(),
     })
+}
+
+/// The verified certificate of the request's client, on a listener that asks for one.
+fn client_certificate<B>(req: &Request<B>) -> Option<&crate::client_cert::ClientCertificate> {
+    req.extensions().get::<Arc<ClientIdentity>>()?.certificate()
 }
 
 /// The request's host without its port, if it can go into a Location as it is.

@@ -56,6 +56,32 @@ pub fn load(files: &CertFiles) -> Result<CertifiedKey, CertError> {
     Ok(certified)
 }
 
+/// CA certificates (PEM) to verify peers against; the error names the file.
+pub fn load_roots(ca: &Path) -> Result<rustls::RootCertStore, String> {
+    roots_from_pem(&read(ca)?, ca)
+}
+
+fn roots_from_pem(pem: &[u8], ca: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("{}: not PEM certificates: {e}", ca.display()))?;
+        roots.add(cert).map_err(|e| format!("{}: a certificate cannot be used as a CA: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no certificate in the file", ca.display()));
+    }
+    Ok(roots)
+}
+
+/// Clients a listener asks for a certificate (nginx's `ssl_verify_client`, HAProxy's
+/// `verify`): verified against these CAs; without one, a client is refused at the handshake
+/// unless the certificate is optional.
+#[derive(Debug, Clone)]
+pub struct ClientVerification {
+    pub roots: rustls::RootCertStore,
+    pub required: bool,
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -93,15 +119,24 @@ pub struct Acceptor {
     server_order: Arc<ServerConfig>,
     /// The client's order, for clients that put ChaCha20 first.
     client_order: Arc<ServerConfig>,
+    verifies_clients: bool,
 }
 
 impl Acceptor {
-    /// The configs for a listener with these certificates (at least one).
-    pub fn new(certificates: Vec<CertifiedKey>) -> Result<Acceptor, String> {
-        let server_order = server_config(certificates)?;
+    /// The configs for a listener with these certificates (at least one), asking clients
+    /// for theirs when `clients` says so.
+    pub fn new(certificates: Vec<CertifiedKey>, clients: Option<ClientVerification>) -> Result<Acceptor, String> {
+        let verifies_clients = clients.is_some();
+        let server_order = server_config(certificates, clients)?;
         let mut client_order = (*server_order).clone();
         client_order.ignore_client_order = false;
-        Ok(Acceptor { server_order, client_order: Arc::new(client_order) })
+        Ok(Acceptor { server_order, client_order: Arc::new(client_order), verifies_clients })
+    }
+
+    /// Whether clients are asked for a certificate (its description then goes with each
+    /// request, for the `$ssl_client_*` variables).
+    pub fn verifies_clients(&self) -> bool {
+        self.verifies_clients
     }
 
     /// The config for this ClientHello. AES-GCM with a 128-bit key and SHA-256 costs both sides
@@ -164,13 +199,26 @@ fn suite_family(suite: rustls::CipherSuite) -> Option<SuiteFamily> {
 
 /// The server-order config: ring's suites (all AEAD with forward secrecy) ordered AES-128-GCM,
 /// AES-256-GCM, ChaCha20, as Mozilla's intermediate profile lists them.
-fn server_config(certificates: Vec<CertifiedKey>) -> Result<Arc<ServerConfig>, String> {
+fn server_config(
+    certificates: Vec<CertifiedKey>,
+    clients: Option<ClientVerification>,
+) -> Result<Arc<ServerConfig>, String> {
     let mut provider = rustls::crypto::ring::default_provider();
     provider.cipher_suites.sort_by_key(|s| suite_family(s.suite()));
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+    let provider = Arc::new(provider);
+    let versions = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let authenticated = match clients {
+        None => versions.with_no_client_auth(),
+        Some(clients) => {
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(clients.roots), provider);
+            let verifier = if clients.required { verifier } else { verifier.allow_unauthenticated() };
+            versions.with_client_cert_verifier(verifier.build().map_err(|e| e.to_string())?)
+        }
+    };
+    let mut config = authenticated
         .with_cert_resolver(Arc::new(SniResolver { certificates: certificates.into_iter().map(Arc::new).collect() }));
     config.ignore_client_order = true;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -381,17 +429,7 @@ impl UpstreamTls {
             })
             .transpose()?;
         let pem = read(ca).map_err(UpstreamTlsError::Ca)?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert =
-                cert.map_err(|e| UpstreamTlsError::Ca(format!("{}: not PEM certificates: {e}", ca.display())))?;
-            roots.add(cert).map_err(|e| {
-                UpstreamTlsError::Ca(format!("{}: a certificate cannot be used as a CA: {e}", ca.display()))
-            })?;
-        }
-        if roots.is_empty() {
-            return Err(UpstreamTlsError::Ca(format!("{}: no certificate in the file", ca.display())));
-        }
+        let roots = roots_from_pem(&pem, ca).map_err(UpstreamTlsError::Ca)?;
         let client = client_files
             .map(|files| {
                 load(files)

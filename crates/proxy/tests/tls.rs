@@ -690,3 +690,174 @@ fn a_pool_with_protocol_h2_and_tls_speaks_http2_over_https_to_its_servers() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("HTTP/2.0 https /pkg.Service/Call"), "over HTTP/2 and TLS: {answer}");
 }
+
+/// A plain HTTP server answering each request with its `x-client-*` header lines.
+fn client_header_echo(address: SocketAddr) {
+    let listener = std::net::TcpListener::bind(address).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                        continue;
+                    };
+                    let head: Vec<u8> = buf.drain(..end + 4).collect();
+                    let lines: Vec<String> = String::from_utf8_lossy(&head)
+                        .lines()
+                        .filter(|l| l.to_ascii_lowercase().starts_with("x-client-"))
+                        .map(|l| {
+                            l.to_ascii_lowercase().split_once(':').map(|(n, _)| n.to_string()).unwrap_or_default()
+                                + ":"
+                                + l.split_once(':').map_or("", |(_, v)| v.trim())
+                        })
+                        .collect();
+                    let body = lines.join("\n");
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A client certificate for `subject` (common name, organization), issued by `ca`.
+fn client_certificate(
+    ca: &Ca,
+    cn: &str,
+    org: &str,
+) -> (Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, org);
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+    (vec![cert.der().clone()], key)
+}
+
+/// GET / over TLS (verifying the server for www.foobar.com), showing `identity` when given
+/// and sending `headers`; the answer's body, or why there is none.
+async fn fetch_as(
+    server_ca: &Ca,
+    address: SocketAddr,
+    identity: Option<(Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
+    headers: &str,
+) -> Result<String, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(server_ca.pem.as_bytes()).unwrap()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(address).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("www.foobar.com").unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let request = format!("GET / HTTP/1.1\r\nHost: www.foobar.com\r\n{headers}Connection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(format!("no answer: {text:?}")),
+    }
+}
+
+#[test]
+fn listeners_verify_client_certificates_and_pass_what_they_say_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, clients_ca, stranger_ca) = (Ca::new(), Ca::new(), Ca::new());
+    server_ca.issue(dir.path(), "site", &["www.foobar.com"]);
+    std::fs::write(dir.path().join("clients-ca.pem"), &clients_ca.pem).unwrap();
+    let origin = addr("127.211.12.11:9000");
+    client_header_echo(origin);
+    let listener = |name: &str, port: u16, verify: &str| {
+        format!(
+            "[[listeners]]\nname = \"{name}\"\nbind = \"127.211.12.1:{port}\"\n[listeners.tls]\n\
+             client_ca = \"clients-ca.pem\"\nverify_client = \"{verify}\"\n\
+             [[listeners.tls.certificates]]\ncert = \"{d}/site.pem\"\nkey = \"{d}/site-key.pem\"\n\
+             [[listeners.routes]]\nprefix = \"/\"\npool = \"web\"\n\
+             request_headers = {{ set = {{ \"X-Client-Verify\" = \"$ssl_client_verify\", \
+             \"X-Client-DN\" = \"$ssl_client_s_dn\", \"X-Client-Issuer\" = \"$ssl_client_i_dn\", \
+             \"X-Client-SHA1\" = \"$ssl_client_fingerprint\" }} }}\n",
+            d = dir.path().display()
+        )
+    };
+    let config = format!(
+        "name = \"mtls\"\n{}{}[pools.web]\n[[pools.web.servers]]\nname = \"echo\"\naddress = \"{origin}\"\n",
+        listener("required", 8443, "required"),
+        listener("optional", 8444, "optional")
+    );
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let _proxy = Proxy::start_file(&path);
+    let (required, optional) = (addr("127.211.12.1:8443"), addr("127.211.12.1:8444"));
+    let alice = || Some(client_certificate(&clients_ca, "alice", "Acme, Inc."));
+    runtime().block_on(async {
+        // nginx's ssl_verify_client on: a client of the CA gets in, and the server is told who.
+        let body = fetch_as(&server_ca, required, alice(), "X-Client-DN: CN=admin\r\n").await.unwrap();
+        let lines: Vec<&str> = body.lines().collect();
+        assert!(lines.contains(&"x-client-verify:SUCCESS"), "{body}");
+        assert!(lines.contains(&"x-client-dn:CN=alice,O=Acme\\, Inc."), "the client's own header is replaced: {body}");
+        assert!(lines.iter().any(|l| l.starts_with("x-client-issuer:CN=")), "{body}");
+        assert!(lines.iter().any(|l| l.strip_prefix("x-client-sha1:").is_some_and(|h| h.len() == 40)), "{body}");
+        // Without a certificate, or with one of another CA: no answer at all.
+        let none = fetch_as(&server_ca, required, None, "").await;
+        assert!(none.is_err(), "{none:?}");
+        let stranger = fetch_as(&server_ca, required, Some(client_certificate(&stranger_ca, "mallory", "Evil")), "");
+        assert!(stranger.await.is_err());
+        // ssl_verify_client optional: no certificate is let in, and said so.
+        let body = fetch_as(&server_ca, optional, None, "X-Client-DN: CN=admin\r\n").await.unwrap();
+        let lines: Vec<&str> = body.lines().collect();
+        assert!(lines.contains(&"x-client-verify:NONE") && lines.contains(&"x-client-dn:"), "{body}");
+        let body = fetch_as(&server_ca, optional, alice(), "").await.unwrap();
+        assert!(body.lines().any(|l| l == "x-client-verify:SUCCESS"), "{body}");
+        let stranger = fetch_as(&server_ca, optional, Some(client_certificate(&stranger_ca, "mallory", "Evil")), "");
+        assert!(stranger.await.is_err(), "optional, but a certificate shown must verify");
+    });
+}
+
+#[test]
+fn a_bad_client_ca_or_verify_mode_is_a_config_error_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    ca.issue(dir.path(), "site", &["www.foobar.com"]);
+    let with = |tls: &str| {
+        format!(
+            "name = \"x\"\n[[listeners]]\nname = \"www\"\nbind = \"127.211.12.1:9443\"\n[listeners.tls]\n{tls}\
+             [[listeners.tls.certificates]]\ncert = \"{d}/site.pem\"\nkey = \"{d}/site-key.pem\"\n\
+             [[listeners.routes]]\nprefix = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+            d = dir.path().display()
+        )
+    };
+    let error = |tls: &str| {
+        let path = dir.path().join("proxy.toml");
+        ProxyConfig::from_source(&Source::from_text(&path, with(tls))).unwrap_err().to_string()
+    };
+    let e = error("client_ca = \"missing.pem\"\n");
+    assert!(e.contains("listeners[0].tls.client_ca") && e.contains("missing.pem"), "{e}");
+    let e = error("verify_client = \"optional\"\n");
+    assert!(e.contains("listeners[0].tls.verify_client") && e.contains("needs `client_ca`"), "{e}");
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+    let e = error("client_ca = \"ca.pem\"\nverify_client = \"on\"\n");
+    assert!(e.contains("expected required or optional"), "{e}");
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
