@@ -1,12 +1,14 @@
 //! The access log: one line per request, in the combined format (with the proxy's own fields
-//! after it, as HAProxy's httplog adds them) or as JSON. Lines go through a buffer that a
-//! background task flushes, so the request path never waits on the disk.
+//! after it, as HAProxy's httplog adds them) or as JSON, to a file or to a syslog daemon
+//! (HAProxy's `log 127.0.0.1:514 local0`, nginx's `access_log syslog:`). Lines go through a
+//! buffer that a background task flushes, so the request path never waits on the disk; a
+//! syslog daemon that is away or cannot keep up loses lines rather than stalling requests.
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -159,12 +161,99 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
 }
 
+/// Where the lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A file appended to; stderr for `-`.
+    File(PathBuf),
+    /// A syslog daemon, one datagram per line (RFC 3164, as HAProxy sends by default).
+    Syslog(Syslog),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Syslog {
+    pub to: SyslogTarget,
+    /// 0 (kern) to 23 (local7).
+    pub facility: u8,
+    /// The program name each line is sent as.
+    pub tag: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogTarget {
+    Udp(SocketAddr),
+    /// A Unix datagram socket, as `/dev/log`.
+    Unix(PathBuf),
+}
+
+impl Syslog {
+    /// From the config's words: `host:port` (`ip` alone: port 514) or a socket path, and a
+    /// facility name (`local0` …).
+    pub fn from_config(to: &str, facility: &str, tag: &str) -> Result<Syslog, (&'static str, String)> {
+        let to = if to.starts_with('/') {
+            SyslogTarget::Unix(PathBuf::from(to))
+        } else if let Ok(address) = to.parse::<SocketAddr>() {
+            SyslogTarget::Udp(address)
+        } else if let Ok(ip) = to.parse::<std::net::IpAddr>() {
+            SyslogTarget::Udp(SocketAddr::new(ip, 514))
+        } else {
+            return Err(("syslog", format!("`{to}` is neither ip:port nor a socket path (/dev/log)")));
+        };
+        const FACILITIES: [&str; 24] = [
+            "kern",
+            "user",
+            "mail",
+            "daemon",
+            "auth",
+            "syslog",
+            "lpr",
+            "news",
+            "uucp",
+            "cron",
+            "authpriv",
+            "ftp",
+            "ntp",
+            "security",
+            "console",
+            "solaris-cron",
+            "local0",
+            "local1",
+            "local2",
+            "local3",
+            "local4",
+            "local5",
+            "local6",
+            "local7",
+        ];
+        let Some(facility) = FACILITIES.iter().position(|f| *f == facility) else {
+            return Err(("facility", format!("`{facility}` is not a syslog facility (local0 … local7, daemon, …)")));
+        };
+        let tag_ok =
+            !tag.is_empty() && tag.len() <= 32 && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !tag_ok {
+            return Err(("tag", format!("`{tag}` is not a program name (1 to 32 letters, digits, - _ .)")));
+        }
+        Ok(Syslog { to, facility: facility as u8, tag: tag.to_string() })
+    }
+}
+
 impl AccessLog {
-    /// Appends to `path`, or writes to stderr when `path` is `-`.
-    pub fn open(path: &Path, format: Format) -> io::Result<AccessLog> {
-        let sink: Box<dyn Write + Send> =
-            if path == Path::new("-") { Box::new(io::stderr()) } else { Box::new(open_append(path)?) };
-        Ok(AccessLog { format, out: Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, sink))) })
+    /// Appends to the file (stderr for `-`), or sends to the syslog daemon.
+    pub fn open(destination: &Destination, format: Format) -> io::Result<AccessLog> {
+        let out = match destination {
+            Destination::File(path) => {
+                let sink: Box<dyn Write + Send> =
+                    if path == Path::new("-") { Box::new(io::stderr()) } else { Box::new(open_append(path)?) };
+                BufWriter::with_capacity(64 * 1024, sink)
+            }
+            // A smaller buffer: its lines go out as datagrams a few dozen at a time, not in
+            // bursts the daemon's socket buffer would drop.
+            Destination::Syslog(syslog) => {
+                let sink: Box<dyn Write + Send> = Box::new(SyslogWriter::connect(syslog)?);
+                BufWriter::with_capacity(8 * 1024, sink)
+            }
+        };
+        Ok(AccessLog { format, out: Arc::new(Mutex::new(out)) })
     }
 
     /// Flushes the buffer every `every` until the task is dropped.
@@ -197,6 +286,103 @@ impl AccessLog {
     }
 }
 
+/// Sends each line it is given as one syslog datagram, never waiting: a daemon whose socket
+/// is full or gone loses the line (HAProxy does the same).
+struct SyslogWriter {
+    socket: SyslogSocket,
+    target: SyslogTarget,
+    /// `<PRI>` for info messages of the facility.
+    priority: String,
+    /// `tag[pid]: `
+    program: String,
+    datagram: Vec<u8>,
+}
+
+enum SyslogSocket {
+    Udp(std::net::UdpSocket),
+    Unix(std::os::unix::net::UnixDatagram),
+}
+
+impl SyslogWriter {
+    fn connect(syslog: &Syslog) -> io::Result<SyslogWriter> {
+        let socket = open_syslog_socket(&syslog.to)?;
+        const INFO: u8 = 6;
+        Ok(SyslogWriter {
+            socket,
+            target: syslog.to.clone(),
+            priority: format!("<{}>", u16::from(syslog.facility) * 8 + u16::from(INFO)),
+            program: format!("{}[{}]: ", syslog.tag, std::process::id()),
+            datagram: Vec::with_capacity(512),
+        })
+    }
+
+    fn send(&mut self) -> io::Result<usize> {
+        match &self.socket {
+            SyslogSocket::Udp(socket) => socket.send(&self.datagram),
+            SyslogSocket::Unix(socket) => socket.send(&self.datagram),
+        }
+    }
+}
+
+fn open_syslog_socket(to: &SyslogTarget) -> io::Result<SyslogSocket> {
+    let named =
+        |e: io::Error, what: &dyn std::fmt::Display| io::Error::new(e.kind(), format!("access log syslog {what}: {e}"));
+    match to {
+        SyslogTarget::Udp(address) => {
+            let any: SocketAddr = if address.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+            let socket = std::net::UdpSocket::bind(any).map_err(|e| named(e, address))?;
+            socket.connect(address).map_err(|e| named(e, address))?;
+            socket.set_nonblocking(true).map_err(|e| named(e, address))?;
+            Ok(SyslogSocket::Udp(socket))
+        }
+        SyslogTarget::Unix(path) => {
+            let socket = std::os::unix::net::UnixDatagram::unbound().map_err(|e| named(e, &path.display()))?;
+            socket.connect(path).map_err(|e| named(e, &path.display()))?;
+            socket.set_nonblocking(true).map_err(|e| named(e, &path.display()))?;
+            Ok(SyslogSocket::Unix(socket))
+        }
+    }
+}
+
+impl Write for SyslogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut stamp = String::with_capacity(16);
+        rfc3164_time(&mut stamp, SystemTime::now());
+        for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            self.datagram.clear();
+            self.datagram.extend_from_slice(self.priority.as_bytes());
+            self.datagram.extend_from_slice(stamp.as_bytes());
+            self.datagram.extend_from_slice(self.program.as_bytes());
+            self.datagram.extend_from_slice(line);
+            if let Err(e) = self.send() {
+                // A restarted daemon has a new socket: connect to it again, once.
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    if let Ok(socket) = open_syslog_socket(&self.target) {
+                        self.socket = socket;
+                        let _ = self.send();
+                    }
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `Nov 26 13:52:35 ` (RFC 3164's timestamp, the day padded with a space), in UTC.
+fn rfc3164_time(out: &mut String, now: SystemTime) {
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (_, m, d) = civil_from_days(days as i64);
+    let _ =
+        write!(out, "{} {d:>2} {:02}:{:02}:{:02} ", MONTHS[(m - 1) as usize], rem / 3600, rem % 3600 / 60, rem % 60);
+}
+
+const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
@@ -219,7 +405,6 @@ fn clf_time(out: &mut String, now: SystemTime) {
     let secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let _ = write!(
         out,
         "{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000",
@@ -370,6 +555,24 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_417), (2025, 11, 25));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn syslog_targets_facilities_and_tags_are_read_as_haproxy_writes_them() {
+        let syslog = Syslog::from_config("127.0.0.1", "local0", "webstack").unwrap();
+        assert_eq!((syslog.to, syslog.facility), (SyslogTarget::Udp("127.0.0.1:514".parse().unwrap()), 16));
+        let syslog = Syslog::from_config("[::1]:1514", "daemon", "lb-01").unwrap();
+        assert_eq!((syslog.to, syslog.facility), (SyslogTarget::Udp("[::1]:1514".parse().unwrap()), 3));
+        assert_eq!(Syslog::from_config("/dev/log", "local7", "x").unwrap().to, SyslogTarget::Unix("/dev/log".into()));
+        assert_eq!(Syslog::from_config("logs.internal:514", "local0", "x").unwrap_err().0, "syslog");
+        assert_eq!(Syslog::from_config("127.0.0.1", "local8", "x").unwrap_err().0, "facility");
+        assert_eq!(Syslog::from_config("127.0.0.1", "local0", "has space").unwrap_err().0, "tag");
+        let mut stamp = String::new();
+        rfc3164_time(&mut stamp, SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_165_155));
+        assert_eq!(stamp, "Nov 26 13:52:35 ");
+        stamp.clear();
+        rfc3164_time(&mut stamp, SystemTime::UNIX_EPOCH + Duration::from_secs(86_400 * 5));
+        assert_eq!(stamp, "Jan  6 00:00:00 ", "the day padded with a space");
     }
 
     #[test]

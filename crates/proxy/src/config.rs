@@ -27,7 +27,10 @@
 //! [error_pages]                    # optional: files (relative to this one) sent instead of
 //! 503 = "errors/503.html"          # the proxy's own short pages (HAProxy's errorfile)
 //! [access_log]
-//! path = "/var/log/webstack/access.log"   # "-" for stderr
+//! path = "/var/log/webstack/access.log"   # "-" for stderr; or, instead:
+//! # syslog = "127.0.0.1:514"       # a syslog daemon (UDP ip:port, or "/dev/log"), one RFC 3164
+//! # facility = "local0"            # datagram per line, as HAProxy's log / nginx's syslog:
+//! # tag = "webstack"               # (lines a daemon cannot take are dropped, never waited on)
 //! format = "combined"              # or "json", or "custom" with its line (nginx's log_format):
 //! # line = '$remote_addr [$time_local] "$request" $status $body_bytes_sent $request_time $pool/$server $request_id'
 //! #   variables: remote_addr remote_port time_local time_iso8601 msec request request_method
@@ -310,7 +313,14 @@ fn default_true() -> bool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAccessLog {
-    path: PathBuf,
+    /// A file, `-` for stderr; or `syslog`.
+    path: Option<PathBuf>,
+    /// A syslog daemon: `ip:port` (UDP) or a socket path (`/dev/log`).
+    syslog: Option<String>,
+    #[serde(default = "default_syslog_facility")]
+    facility: String,
+    #[serde(default = "default_syslog_tag")]
+    tag: String,
     #[serde(default = "default_log_format")]
     format: String,
     /// With `format = "custom"`: the line, with nginx's `$variables`.
@@ -319,6 +329,15 @@ struct RawAccessLog {
 
 fn default_log_format() -> String {
     "combined".into()
+}
+
+/// HAProxy's habit (nginx's default is local7).
+fn default_syslog_facility() -> String {
+    "local0".into()
+}
+
+fn default_syslog_tag() -> String {
+    "webstack".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -839,7 +858,7 @@ pub struct HaConfig {
 
 #[derive(Debug, Clone)]
 pub struct AccessLogConfig {
-    pub path: PathBuf,
+    pub destination: crate::access_log::Destination,
     pub format: crate::access_log::Format,
 }
 
@@ -1735,8 +1754,23 @@ impl ProxyConfig {
         });
         let error_pages = load_error_pages(&raw.error_pages, &base, &mut err);
         let access_log = raw.access_log.as_ref().and_then(|a| {
-            match crate::access_log::Format::from_config(&a.format, a.line.as_deref()) {
-                Ok(format) => Some(AccessLogConfig { path: a.path.clone(), format }),
+            use crate::access_log::{Destination, Format, Syslog};
+            let destination = match (&a.path, &a.syslog) {
+                (Some(path), None) => Destination::File(path.clone()),
+                (None, Some(to)) => match Syslog::from_config(to, &a.facility, &a.tag) {
+                    Ok(syslog) => Destination::Syslog(syslog),
+                    Err((key, e)) => {
+                        err(format!("access_log.{key}"), e);
+                        return None;
+                    }
+                },
+                _ => {
+                    err("access_log".into(), "give `path` (a file, - for stderr) or `syslog`, one of them".into());
+                    return None;
+                }
+            };
+            match Format::from_config(&a.format, a.line.as_deref()) {
+                Ok(format) => Some(AccessLogConfig { destination, format }),
                 Err((key, e)) => {
                     err(format!("access_log.{key}"), e);
                     None
@@ -2637,6 +2671,19 @@ respond = { body = "eu" }
             expand_redirect("$scheme://$host$uri?$args&cost=5$", vars).unwrap(),
             "<scheme>://<host><uri>?<args>&cost=5$"
         );
+    }
+
+    #[test]
+    fn an_access_log_goes_to_a_file_or_a_syslog_daemon_not_both() {
+        let with = |log: &str| format!("{GOOD}[access_log]\n{log}");
+        let c = load(&with("syslog = \"127.0.0.1:514\"\nformat = \"json\"\n")).unwrap();
+        assert!(matches!(c.access_log.unwrap().destination, crate::access_log::Destination::Syslog(_)));
+        for both_or_neither in ["path = \"-\"\nsyslog = \"/dev/log\"\n", "format = \"json\"\n"] {
+            let e = load(&with(both_or_neither)).unwrap_err();
+            assert!(e.to_string().contains("give `path` (a file, - for stderr) or `syslog`"), "{e}");
+        }
+        let e = load(&with("syslog = \"127.0.0.1\"\nfacility = \"local9\"\n")).unwrap_err();
+        assert_eq!(e.0[0].field, "access_log.facility", "{e}");
     }
 
     #[test]

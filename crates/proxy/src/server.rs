@@ -206,12 +206,13 @@ fn on_vip(config: &ProxyConfig, address: SocketAddr) -> bool {
 fn open_access_log(config: &ProxyConfig, previous: Option<&Runtime>) -> io::Result<Option<AccessLog>> {
     let Some(c) = &config.access_log else { return Ok(None) };
     if let Some(old) = previous {
-        let same = old.config.access_log.as_ref().is_some_and(|o| o.path == c.path && o.format == c.format);
+        let same =
+            old.config.access_log.as_ref().is_some_and(|o| o.destination == c.destination && o.format == c.format);
         if same {
             return Ok(old.access_log.clone());
         }
     }
-    AccessLog::open(&c.path, c.format.clone()).map(Some)
+    AccessLog::open(&c.destination, c.format.clone()).map(Some)
 }
 
 /// The health checks of every pool, and the DNS watch of every server named by host name

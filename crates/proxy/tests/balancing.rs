@@ -2619,3 +2619,52 @@ fn retry_on_response_timeout_sends_a_get_on_after_the_first_byte_timeout() {
     let statuses: Vec<u16> = (0..2).map(|i| post(lb, &format!("/form{i}")).status).collect();
     assert!(statuses.contains(&504) && statuses.contains(&200), "{statuses:?}");
 }
+
+#[test]
+fn access_log_lines_go_to_a_syslog_daemon_over_udp_or_a_unix_socket() {
+    let s1 = addr("127.210.66.11:9000");
+    let _u = Upstream::start("s1", s1);
+    let daemon = std::net::UdpSocket::bind("127.210.66.2:5514").unwrap();
+    daemon.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let access_log = "[access_log]\nsyslog = \"127.210.66.2:5514\"\nfacility = \"local3\"\ntag = \"lb-01\"\n[admin]";
+    let proxy = Proxy::start(&pool_config(66, "", &[("s1", s1, "")]).replacen("[admin]", access_log, 1));
+    for path in ["/first", "/second"] {
+        assert_eq!(get(addr("127.210.66.1:8080"), path).status, 200);
+    }
+    drop(proxy); // flushes the log
+    let mut datagrams = Vec::new();
+    let mut buf = [0u8; 2048];
+    while datagrams.len() < 2 {
+        let n = daemon.recv(&mut buf).expect("a syslog datagram");
+        datagrams.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // RFC 3164: <local3.info = 19*8+6>, a timestamp, the program and its PID, then the line.
+    for (datagram, path) in datagrams.iter().zip(["/first", "/second"]) {
+        let (header, line) = datagram.split_once(": ").unwrap();
+        assert!(
+            header.starts_with("<158>") && header.ends_with(&format!(" lb-01[{}]", std::process::id())),
+            "{datagram}"
+        );
+        assert!(
+            line.starts_with("127.0.0.1 - - [") && line.contains(&format!("\"GET {path} HTTP/1.1\" 200")),
+            "{datagram}"
+        );
+        assert!(!line.contains('\n'), "one line per datagram: {datagram:?}");
+    }
+
+    // A Unix datagram socket, as /dev/log.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("log");
+    let daemon = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    daemon.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let access_log = format!("[access_log]\nsyslog = \"{}\"\nformat = \"json\"\n[admin]", socket.display());
+    let proxy = Proxy::start(&pool_config(66, "", &[("s1", s1, "")]).replacen("[admin]", &access_log, 1));
+    assert_eq!(get(addr("127.210.66.1:8080"), "/third").status, 200);
+    drop(proxy);
+    let n = daemon.recv(&mut buf).expect("a syslog datagram");
+    let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let (header, line) = datagram.split_once(": ").unwrap();
+    assert!(header.starts_with("<134>") && header.contains(" webstack["), "local0.info by default: {datagram}");
+    let json: serde_json::Value = serde_json::from_str(line).expect("the JSON line");
+    assert_eq!(json["uri"], "/third");
+}
