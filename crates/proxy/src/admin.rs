@@ -157,6 +157,10 @@ fn change_server(pools: &[Arc<PoolState>], rest: &str) -> Response<ProxyBody> {
             }
             _ => text(StatusCode::BAD_REQUEST, format!("weight `{weight}` is not a number from 0 to {MAX_WEIGHT}\n")),
         },
+        ("address", _) if server.config.unix.is_some() => text(
+            StatusCode::CONFLICT,
+            format!("{pool_name}/{server_name} listens on a Unix socket; change it in the config and reload\n"),
+        ),
         ("address", address) => match address.parse::<std::net::SocketAddr>() {
             Ok(address) if address.port() != 0 && !address.ip().is_unspecified() => {
                 let old = server.follow_addresses(&[address.ip()], address.port());
@@ -211,6 +215,9 @@ fn servers_json(pools: &[Arc<PoolState>]) -> String {
 
 /// Where a server is: `-` for a template's slot that DNS has not filled.
 fn shown_address(server: &ServerState) -> String {
+    if let Some(path) = &server.config.unix {
+        return format!("unix:{}", path.display());
+    }
     let address = server.address();
     if !server.is_resolved() && address.ip().is_unspecified() {
         return "-".into();

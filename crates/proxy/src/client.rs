@@ -376,13 +376,36 @@ pub enum UpstreamStream {
     Plain(TcpStream),
     /// Boxed: rustls's state is kilobytes, which plain connections need not carry.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A server on this host's Unix socket (nginx's `unix:/run/app.sock`).
+    Unix(tokio::net::UnixStream),
+}
+
+/// Where a server listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint<'a> {
+    Tcp(SocketAddr),
+    Unix(&'a std::path::Path),
+}
+
+impl std::fmt::Display for Endpoint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(address) => write!(f, "{address}"),
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 impl UpstreamStream {
-    fn tcp(&self) -> &TcpStream {
+    fn peer(&self) -> String {
         match self {
-            UpstreamStream::Plain(tcp) => tcp,
-            UpstreamStream::Tls(tls) => tls.get_ref().0,
+            UpstreamStream::Plain(tcp) => tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            UpstreamStream::Tls(tls) => tls.get_ref().0.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            UpstreamStream::Unix(unix) => unix
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+                .unwrap_or_default(),
         }
     }
 
@@ -406,6 +429,14 @@ impl UpstreamStream {
                 let mut probe = ReadBuf::new(&mut probe);
                 !Pin::new(&mut **tls).poll_read(&mut cx, &mut probe).is_pending()
             }
+            UpstreamStream::Unix(unix) => match unix.poll_read_ready(&mut cx) {
+                Poll::Pending => false,
+                Poll::Ready(Err(_)) => true,
+                Poll::Ready(Ok(())) => {
+                    let mut probe = [0u8; 1];
+                    !matches!(unix.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                }
+            },
         }
     }
 }
@@ -415,6 +446,7 @@ impl AsyncRead for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
             UpstreamStream::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+            UpstreamStream::Unix(unix) => Pin::new(unix).poll_read(cx, buf),
         }
     }
 }
@@ -424,6 +456,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
             UpstreamStream::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, data),
+            UpstreamStream::Unix(unix) => Pin::new(unix).poll_write(cx, data),
         }
     }
 
@@ -431,6 +464,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
             UpstreamStream::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+            UpstreamStream::Unix(unix) => Pin::new(unix).poll_flush(cx),
         }
     }
 
@@ -438,6 +472,7 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
             UpstreamStream::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+            UpstreamStream::Unix(unix) => Pin::new(unix).poll_shutdown(cx),
         }
     }
 }
@@ -447,7 +482,7 @@ impl UpstreamStream {
     /// Whether TLS agreed on HTTP/2 (ALPN h2); false on a plain connection.
     pub fn negotiated_h2(&self) -> bool {
         match self {
-            UpstreamStream::Plain(_) => false,
+            UpstreamStream::Plain(_) | UpstreamStream::Unix(_) => false,
             UpstreamStream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
         }
     }
@@ -456,13 +491,18 @@ impl UpstreamStream {
 /// `host` is the name the server's address was written with, if any (TLS's default name);
 /// `preface`, a PROXY protocol header written first, under TLS.
 pub async fn connect(
-    address: SocketAddr,
+    endpoint: Endpoint<'_>,
     host: Option<&str>,
     timeout: Duration,
     tls: Option<&crate::tls::UpstreamTls>,
     preface: Option<&[u8]>,
 ) -> io::Result<UpstreamStream> {
     let deadline = Instant::now() + timeout;
+    let address = match endpoint {
+        Endpoint::Tcp(address) => address,
+        // The config refuses TLS to a Unix socket.
+        Endpoint::Unix(path) => return connect_unix(path, deadline, preface).await.map(UpstreamStream::Unix),
+    };
     let mut tcp = connect_tcp(address, timeout).await?;
     if let Some(header) = preface {
         use tokio::io::AsyncWriteExt;
@@ -499,20 +539,20 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("peer", &self.stream.tcp().peer_addr().ok()).finish()
+        f.debug_struct("Connection").field("peer", &self.stream.peer()).finish()
     }
 }
 
 impl Connection {
     /// Opens a connection within `timeout` (TLS to the server when `tls` is given).
     pub async fn open(
-        address: SocketAddr,
+        endpoint: Endpoint<'_>,
         host: Option<&str>,
         timeout: Duration,
         tls: Option<&crate::tls::UpstreamTls>,
         preface: Option<&[u8]>,
     ) -> io::Result<Connection> {
-        let stream = connect(address, host, timeout, tls, preface).await?;
+        let stream = connect(endpoint, host, timeout, tls, preface).await?;
         Ok(Connection {
             stream,
             buf: BytesMut::with_capacity(READ_BUFFER),
@@ -676,6 +716,25 @@ impl Connection {
         let read = std::pin::pin!(self.stream.read_buf(&mut self.buf));
         read.poll(cx)
     }
+}
+
+/// A connection to a Unix socket by `deadline`, opening with `preface` when given.
+async fn connect_unix(
+    path: &std::path::Path,
+    deadline: Instant,
+    preface: Option<&[u8]>,
+) -> io::Result<tokio::net::UnixStream> {
+    let mut unix = tokio::time::timeout_at(deadline, tokio::net::UnixStream::connect(path))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    if let Some(header) = preface {
+        use tokio::io::AsyncWriteExt;
+        match tokio::time::timeout_at(deadline, unix.write_all(header)).await {
+            Ok(written) => written?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "PROXY header: no room to write it in time")),
+        }
+    }
+    Ok(unix)
 }
 
 /// A TCP connection to `address` within `timeout`, without Nagle's delay.

@@ -202,7 +202,9 @@
 //!                                  # loaded, and again at each reload (HAProxy's init-addr);
 //!                                  # with [resolvers], also every hold_valid_ms: the server
 //!                                  # follows its name, and takes no requests while DNS says
-//!                                  # the name has no address
+//!                                  # the name has no address; or "unix:/run/app.sock" (also
+//!                                  # HAProxy's "unix@…"; relative to this file): a server on
+//!                                  # this host's Unix socket (no tls, agent or check port)
 //! weight = 1                       # 0 to 256; 0 takes no new requests
 //! backup = false                   # true: only used when every other server is down
 //! maxconn = 0                      # at most this many requests at once; more wait in the
@@ -1364,6 +1366,9 @@ pub struct Server {
     /// A template's slot that DNS gave no address at load: it waits for one, taking no
     /// requests (its `address` is only a placeholder with the port).
     pub unresolved: bool,
+    /// A server on this host's Unix socket (`address = "unix:/run/app.sock"`); its `address`
+    /// is then only a placeholder.
+    pub unix: Option<PathBuf>,
 }
 
 impl ProxyConfig {
@@ -1541,7 +1546,12 @@ impl ProxyConfig {
                 if !names.insert(s.name.clone()) {
                     err(format!("{field}.servers[{j}].name"), format!("server `{}` is in this pool twice", s.name));
                 }
-                match server_address(&s.address, resolve) {
+                let unix = unix_socket_path(&s.address, &base);
+                match unix
+                    .as_ref()
+                    .map_or_else(|| server_address(&s.address, resolve), |_| Ok((UNIX_PLACEHOLDER, None)))
+                {
+                    Ok(resolved) if unix.is_some() => addresses.push(resolved),
                     Ok((address, _)) if address.port() == 0 => {
                         err(format!("{field}.servers[{j}].address"), "port 0 is not a server's port".into())
                     }
@@ -1568,6 +1578,7 @@ impl ProxyConfig {
                     maxconn: (s.maxconn > 0).then_some(s.maxconn),
                     template: None,
                     unresolved: false,
+                    unix: unix_socket_path(&s.address, &base),
                 })
                 .collect();
             for (k, t) in p.server_templates.iter().enumerate() {
@@ -1578,6 +1589,23 @@ impl ProxyConfig {
                         err(format!("{field}.name"), format!("server `{}` is in this pool twice", slot.name));
                     }
                     servers.push(slot);
+                }
+            }
+            if servers.iter().any(|s| s.unix.is_some()) {
+                // Each of these reaches the server by its IP address, which a socket has not.
+                let without_ip = [
+                    ("tls", p.tls.is_some(), "TLS to a server on a Unix socket"),
+                    ("agent", p.agent.is_some(), "an agent (on the server's IP address) for a server on a Unix socket"),
+                    (
+                        "health.port",
+                        p.health.as_ref().is_some_and(|h| h.port.is_some()),
+                        "a check port for a server on a Unix socket",
+                    ),
+                ];
+                for (key, given, what) in without_ip {
+                    if given {
+                        err(format!("{field}.{key}"), format!("{what} is not supported"));
+                    }
                 }
             }
             let tls = p.tls.as_ref().and_then(|t| load_upstream_tls(t, &base, &field, &mut err));
@@ -2188,6 +2216,7 @@ fn template_servers(
             maxconn: (t.maxconn > 0).then_some(t.maxconn),
             template: Some(t.name.clone()),
             unresolved: i > found.len(),
+            unix: None,
         })
         .collect()
 }
@@ -2210,6 +2239,16 @@ fn host_and_port(text: &str) -> Result<(&str, u16), String> {
 /// A server's `address`: an IP address and port, or a host name and port resolved now to the
 /// first address the resolver gives, as HAProxy resolves server names when it starts (its
 /// default `init-addr libc`) and nginx when it loads; a reload resolves them again.
+/// What a Unix socket server's `address` holds, unused: the socket path says where it is.
+const UNIX_PLACEHOLDER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0));
+
+/// The socket path of a server written `unix:/run/app.sock` (nginx) or `unix@/run/app.sock`
+/// (HAProxy); a relative path is relative to the config file.
+fn unix_socket_path(address: &str, base: &Path) -> Option<PathBuf> {
+    let path = address.strip_prefix("unix:").or_else(|| address.strip_prefix("unix@"))?;
+    Some(base.join(path))
+}
+
 fn server_address(text: &str, resolve: Resolver<'_>) -> Result<(SocketAddr, Option<String>), String> {
     if let Ok(address) = text.parse::<SocketAddr>() {
         return Ok((address, None));
@@ -2671,6 +2710,22 @@ respond = { body = "eu" }
             expand_redirect("$scheme://$host$uri?$args&cost=5$", vars).unwrap(),
             "<scheme>://<host><uri>?<args>&cost=5$"
         );
+    }
+
+    #[test]
+    fn a_server_may_be_a_unix_socket_written_as_nginx_or_haproxy_writes_it() {
+        let with_address = |address: &str| GOOD.replace("127.0.0.1:9001", address);
+        let c = load(&with_address("unix:/run/app.sock")).unwrap();
+        assert_eq!(c.pools[0].servers[0].unix.as_deref(), Some(Path::new("/run/app.sock")));
+        let c = ProxyConfig::from_source(&Source::from_text("/etc/webstack/p.toml", with_address("unix@app.sock")));
+        let c = c.unwrap();
+        assert_eq!(c.pools[0].servers[0].unix.as_deref(), Some(Path::new("/etc/webstack/app.sock")), "relative to it");
+        assert_eq!(load(GOOD).unwrap().pools[0].servers[0].unix, None);
+        let on_socket = with_address("unix:/run/app.sock");
+        let e = load(&on_socket.replace("[pools.web]\n", "[pools.web]\nagent = { port = 9999 }\n")).unwrap_err();
+        assert_eq!(e.0[0].field, "pools.web.agent", "{e}");
+        let e = load(&on_socket.replace("[pools.web]\n", "[pools.web]\n[pools.web.health]\nport = 8081\n"));
+        assert!(e.unwrap_err().to_string().contains("pools.web.health.port"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::client::connect;
+use crate::client::{connect, Endpoint};
 use crate::config::{Health, HealthKind};
 use crate::upstream::ServerState;
 
@@ -109,8 +109,12 @@ pub async fn watch(pool: String, server: Arc<ServerState>, health: Health) {
 pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> {
     let attempt = async {
         let address = server.address();
-        // HAProxy's `check port`: the check may go to another port of the same address.
-        let target = health.port.map_or(address, |port| SocketAddr::new(address.ip(), port));
+        // HAProxy's `check port`: the check may go to another port of the same address (the
+        // config refuses one for a Unix socket server).
+        let target = match (health.port, server.endpoint()) {
+            (Some(port), Endpoint::Tcp(address)) => Endpoint::Tcp(SocketAddr::new(address.ip(), port)),
+            (_, endpoint) => endpoint,
+        };
         let local = health.send_proxy.map(|version| crate::proxy_protocol::encode(version, None));
         let mut stream =
             connect(target, server.config.host.as_deref(), health.timeout, health.tls.as_ref(), local.as_deref())
@@ -122,6 +126,7 @@ pub async fn check(server: &ServerState, health: &Health) -> Result<(), String> 
         let host = match (&health.host, &server.config.host) {
             (Some(host), _) => host.clone(),
             (None, Some(name)) => format!("{name}:{}", address.port()),
+            (None, None) if server.config.unix.is_some() => "localhost".to_string(),
             (None, None) => address.to_string(),
         };
         let (status, body) = if health.http2 {

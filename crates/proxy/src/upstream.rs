@@ -372,6 +372,14 @@ impl ServerState {
         **self.address.load()
     }
 
+    /// Where connections to it go: its (live) address, or its Unix socket.
+    pub fn endpoint(&self) -> crate::client::Endpoint<'_> {
+        match &self.config.unix {
+            Some(path) => crate::client::Endpoint::Unix(path),
+            None => crate::client::Endpoint::Tcp(self.address()),
+        }
+    }
+
     /// False while DNS says the server's name has no address.
     pub fn is_resolved(&self) -> bool {
         self.resolved.load(Ordering::Relaxed)
@@ -530,7 +538,7 @@ impl ServerState {
         }
         let tls = tls.map(crate::tls::UpstreamTls::http2);
         let stream =
-            crate::client::connect(self.address(), self.config.host.as_deref(), timeout, tls.as_ref(), None).await?;
+            crate::client::connect(self.endpoint(), self.config.host.as_deref(), timeout, tls.as_ref(), None).await?;
         if tls.is_some() && !stream.negotiated_h2() {
             return Err(io::Error::other("the server did not agree to HTTP/2 in TLS (ALPN h2)"));
         }
@@ -611,7 +619,7 @@ impl ServerState {
         let generation = self.address_generation.load(Ordering::Relaxed);
         let header = preface.map(|p| crate::proxy_protocol::encode(p.version, Some((p.client, p.destination))));
         let host = self.config.host.as_deref();
-        let mut connection = Connection::open(self.address(), host, timeout, tls, header.as_deref()).await?;
+        let mut connection = Connection::open(self.endpoint(), host, timeout, tls, header.as_deref()).await?;
         connection.generation = generation;
         connection.owner = preface.map(|p| (p.client, p.destination));
         Ok(connection)
@@ -659,6 +667,7 @@ mod tests {
             maxconn: None,
             template: None,
             unresolved: false,
+            unix: None,
         };
         ServerState::new(config, Arc::new(Notify::new()))
     }

@@ -2668,3 +2668,59 @@ fn access_log_lines_go_to_a_syslog_daemon_over_udp_or_a_unix_socket() {
     let json: serde_json::Value = serde_json::from_str(line).expect("the JSON line");
     assert_eq!(json["uri"], "/third");
 }
+
+/// An HTTP/1.1 server on a Unix socket, as an application server (gunicorn, php-fpm's
+/// HTTP front) often listens: answers `unix PATH` and `/healthz` with 200.
+fn unix_socket_server(path: &std::path::Path) {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let body = format!("unix {}", req.uri().path());
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+    });
+}
+
+#[test]
+fn a_server_on_a_unix_socket_takes_requests_and_health_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("app.sock");
+    unix_socket_server(&socket);
+    let tcp = addr("127.210.67.11:9000");
+    let _tcp_server = Upstream::start("tcp", tcp);
+    let options = "[pools.web.health]\npath = \"/healthz\"\ninterval_ms = 50\n";
+    let servers = [("app", &format!("unix:{}", socket.display()) as &str), ("tcp", &tcp.to_string())];
+    let mut text = pool_config(67, options, &[]);
+    for (name, address) in servers {
+        text.push_str(&format!("[[pools.web.servers]]\nname = \"{name}\"\naddress = \"{address}\"\n"));
+    }
+    let _proxy = Proxy::start(&text);
+    let (lb, admin) = (addr("127.210.67.1:8080"), addr("127.210.67.1:8404"));
+    wait_for_metric(admin, "webstack_proxy_server_up{pool=\"web\",server=\"app\"} 1");
+    let answers: Vec<String> = (0..4).map(|i| get(lb, &format!("/p{i}")).body).collect();
+    assert_eq!(answers.iter().filter(|a| a.starts_with("unix /p")).count(), 2, "{answers:?}");
+    assert_eq!(answers.iter().filter(|a| a.starts_with("tcp /p")).count(), 2, "{answers:?}");
+    let servers = get(admin, "/api/servers").body;
+    assert!(servers.contains(&format!("unix:{}", socket.display())), "{servers}");
+    let moved = request(
+        admin,
+        "POST /api/servers/web/app/address/127.0.0.1:9 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(moved.status, 409, "{}", moved.body);
+    // The socket gone: the check takes the server out, and the TCP server answers all.
+    std::fs::remove_file(&socket).unwrap();
+    wait_for_metric(admin, "webstack_proxy_server_up{pool=\"web\",server=\"app\"} 0");
+    for i in 0..4 {
+        assert!(get(lb, &format!("/q{i}")).body.starts_with("tcp /q"));
+    }
+}
