@@ -237,6 +237,11 @@ fn write_cache_metrics(out: &mut String, pools: &[Arc<PoolState>]) {
     let families = [
         ("webstack_proxy_cache_hits_total", "counter", "Requests answered from the pool's cache."),
         ("webstack_proxy_cache_misses_total", "counter", "GET and HEAD requests the cache could not answer."),
+        (
+            "webstack_proxy_cache_stale_total",
+            "counter",
+            "Requests answered from stale entries because the servers failed (stale_if_error_ms).",
+        ),
         ("webstack_proxy_cache_entries", "gauge", "Answers held in the pool's cache."),
         ("webstack_proxy_cache_bytes", "gauge", "Bytes the pool's cache holds, headers included."),
     ];
@@ -251,6 +256,7 @@ fn write_cache_metrics(out: &mut String, pools: &[Arc<PoolState>]) {
             let value = match name {
                 "webstack_proxy_cache_hits_total" => cache.hits.load(Ordering::Relaxed),
                 "webstack_proxy_cache_misses_total" => cache.misses.load(Ordering::Relaxed),
+                "webstack_proxy_cache_stale_total" => cache.stale_hits.load(Ordering::Relaxed),
                 "webstack_proxy_cache_entries" => entries as u64,
                 _ => bytes as u64,
             };

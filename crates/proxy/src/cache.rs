@@ -13,7 +13,12 @@
 //! - a request with `Cache-Control: no-cache` (or `Pragma: no-cache`) goes to the servers and
 //!   refreshes the entry; `no-store` is neither served nor stored; a POST, PUT, PATCH or
 //!   DELETE to a path drops its entries (RFC 9111 §4.4);
-//! - past `max_bytes`, the least recently used entries go.
+//! - past `max_bytes`, the least recently used entries go;
+//! - with `stale_if_error`, an entry past its freshness is kept that much longer and answers
+//!   when the servers cannot (a 500, 502, 503 or 504, or no answer at all): nginx's
+//!   `proxy_cache_use_stale error timeout http_500 http_502 http_503 http_504`, RFC 5861's
+//!   stale-if-error; never an entry whose server said `must-revalidate`, `proxy-revalidate`
+//!   or `s-maxage` (RFC 9111 §4.2.4).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +40,8 @@ pub struct CacheConfig {
     pub max_object_bytes: usize,
     /// The longest an entry is served (HAProxy's `max-age`).
     pub max_age: Duration,
+    /// How long past its freshness an entry may still answer when the servers fail.
+    pub stale_if_error: Duration,
 }
 
 /// What a cache lookup decided for a request.
@@ -65,6 +72,8 @@ struct Entry {
     /// The `Age` it had when it arrived, in seconds.
     age_at_store: u64,
     fresh_until: Instant,
+    /// Its server allows it served stale (no must-revalidate, proxy-revalidate, s-maxage).
+    may_go_stale: bool,
     size: usize,
 }
 
@@ -106,6 +115,8 @@ pub struct Cache {
     store: Mutex<Store>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Answers given from stale entries because the servers failed.
+    pub stale_hits: AtomicU64,
 }
 
 impl std::fmt::Debug for Cache {
@@ -116,7 +127,13 @@ impl std::fmt::Debug for Cache {
 
 impl Cache {
     pub fn new(config: CacheConfig) -> Self {
-        Cache { config, store: Mutex::new(Store::default()), hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+        Cache {
+            config,
+            store: Mutex::new(Store::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            stale_hits: AtomicU64::new(0),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -147,12 +164,15 @@ impl Cache {
         }
         if !directives.no_cache {
             let mut store = self.lock();
+            let now = Instant::now();
             match store.touch(&key) {
-                Some(entry) if Instant::now() < entry.fresh_until => {
+                Some(entry) if now < entry.fresh_until => {
                     drop(store);
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     return Lookup::Hit(Box::new(answer_from(&entry, req)));
                 }
+                // Kept for the servers' failures while it may still stand in for them.
+                Some(entry) if self.may_stand_in(&entry, now) => {}
                 Some(_) => store.remove(&key),
                 None => {}
             }
@@ -163,6 +183,29 @@ impl Cache {
             return Lookup::Bypass;
         }
         Lookup::Miss(key)
+    }
+
+    fn may_stand_in(&self, entry: &Entry, now: Instant) -> bool {
+        entry.may_go_stale && now < entry.fresh_until + self.config.stale_if_error
+    }
+
+    /// The stale entry under `key` as an answer, when it may stand in for servers that
+    /// failed (a full 200 with its `Age`: the request's conditions are not looked at).
+    pub fn stale_answer(&self, key: &Key) -> Option<Response<ProxyBody>> {
+        if self.config.stale_if_error.is_zero() {
+            return None;
+        }
+        let entry = self.lock().touch(key)?;
+        if !self.may_stand_in(&entry, Instant::now()) {
+            return None;
+        }
+        self.stale_hits.fetch_add(1, Ordering::Relaxed);
+        let age = entry.age_at_store + entry.stored_at.elapsed().as_secs();
+        let mut response = Response::new(ProxyBody::full(entry.body.clone()));
+        *response.status_mut() = entry.status;
+        *response.headers_mut() = entry.headers.clone();
+        response.headers_mut().insert(header::AGE, HeaderValue::from(age));
+        Some(response)
     }
 
     /// Drops the entries of a path, whichever encodings they were for.
@@ -212,9 +255,11 @@ impl Cache {
             return;
         }
         let now = Instant::now();
+        let revalidate = directives(&headers);
         let entry = Entry {
             status,
             age_at_store: age_of(&headers),
+            may_go_stale: !revalidate.must_revalidate && revalidate.s_maxage.is_none(),
             headers,
             body,
             stored_at: now,
@@ -365,6 +410,8 @@ struct Directives {
     private: bool,
     max_age: Option<u64>,
     s_maxage: Option<u64>,
+    /// `must-revalidate` or `proxy-revalidate`: never served stale.
+    must_revalidate: bool,
 }
 
 fn directives(headers: &HeaderMap) -> Directives {
@@ -384,6 +431,7 @@ fn directives(headers: &HeaderMap) -> Directives {
                 "private" => d.private = true,
                 "max-age" => d.max_age = seconds().or(Some(0)),
                 "s-maxage" => d.s_maxage = seconds().or(Some(0)),
+                "must-revalidate" | "proxy-revalidate" => d.must_revalidate = true,
                 _ => {}
             }
         }
@@ -477,7 +525,12 @@ mod tests {
     use super::*;
 
     fn cache() -> Cache {
-        Cache::new(CacheConfig { max_bytes: 4096, max_object_bytes: 1024, max_age: Duration::from_secs(60) })
+        Cache::new(CacheConfig {
+            max_bytes: 4096,
+            max_object_bytes: 1024,
+            max_age: Duration::from_secs(60),
+            stale_if_error: Duration::ZERO,
+        })
     }
 
     fn get(path: &str, headers: &[(&str, &str)]) -> Request<()> {
@@ -551,6 +604,32 @@ mod tests {
         assert!(matches!(c.lookup(&get("/a.css", &[("authorization", "Basic eDp5")]), false), Lookup::Bypass));
         assert!(matches!(c.lookup(&get("/a.css", &[("cache-control", "no-cache")]), false), Lookup::Miss(_)));
         assert!(matches!(c.lookup(&get("/a.css", &[("cache-control", "no-store")]), false), Lookup::Bypass));
+    }
+
+    #[test]
+    fn a_stale_entry_stands_in_only_within_its_window_and_when_its_server_allows() {
+        let c = Cache::new(CacheConfig { stale_if_error: Duration::from_millis(600), ..cache().config });
+        let key = |path: &str| key_of(&get(path, &[]), false).unwrap();
+        let h = answer(&[("cache-control", "max-age=30")]);
+        c.store(key("/a"), StatusCode::OK, h.clone(), Bytes::from_static(b"a"), Duration::from_millis(20));
+        let strict = answer(&[("cache-control", "max-age=30, proxy-revalidate")]);
+        c.store(key("/strict"), StatusCode::OK, strict, Bytes::from_static(b"s"), Duration::from_millis(20));
+        let shared = answer(&[("cache-control", "s-maxage=30")]);
+        c.store(key("/shared"), StatusCode::OK, shared, Bytes::from_static(b"s"), Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(40));
+        // Past freshness: a miss, but kept for the servers' failures.
+        assert!(matches!(c.lookup(&get("/a", &[]), false), Lookup::Miss(_)));
+        let stale = c.stale_answer(&key("/a")).expect("within the window");
+        assert_eq!((stale.status(), stale.headers().contains_key("age")), (StatusCode::OK, true));
+        assert!(c.stale_answer(&key("/strict")).is_none(), "proxy-revalidate");
+        assert!(c.stale_answer(&key("/shared")).is_none(), "s-maxage implies proxy-revalidate");
+        std::thread::sleep(Duration::from_millis(650));
+        assert!(c.stale_answer(&key("/a")).is_none(), "past the window");
+        assert_eq!(c.stale_hits.load(Ordering::Relaxed), 1);
+        let off = cache();
+        off.store(key("/a"), StatusCode::OK, h, Bytes::from_static(b"a"), Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(off.stale_answer(&key("/a")).is_none(), "off by default");
     }
 
     #[test]

@@ -192,6 +192,10 @@
 //!                                  # used go first
 //! max_object_bytes = 1048576       # one answer's body (HAProxy's max-object-size)
 //! max_age_ms = 60000               # the longest an answer is served (HAProxy's max-age)
+//! stale_if_error_ms = 0            # an answer this long past its freshness still answers when
+//!                                  # the servers fail (500/502/503/504, or none): nginx's
+//!                                  # proxy_cache_use_stale error timeout http_5xx; never one
+//!                                  # that said must-revalidate, proxy-revalidate or s-maxage
 //! [[pools.web.server_templates]]   # optional, with [resolvers] (HAProxy's server-template):
 //! name = "web"                     # servers web1…web5 filled from every address DNS gives
 //! count = 5                        # the name; a slot without one takes no requests
@@ -601,6 +605,9 @@ struct RawCache {
     max_object_bytes: u64,
     #[serde(default = "default_cache_age")]
     max_age_ms: u64,
+    /// How long past its freshness an entry answers for servers that fail (0: never).
+    #[serde(default)]
+    stale_if_error_ms: u64,
 }
 
 fn default_cache_bytes() -> u64 {
@@ -627,10 +634,12 @@ fn validate_cache(raw: &RawCache, field: &str, err: &mut impl FnMut(String, Stri
         err(format!("{field}.cache.max_age_ms"), "must be at least 1000 (ages are counted in seconds)".into());
     }
     at_most_a_week(raw.max_age_ms, format!("{field}.cache.max_age_ms"), err);
+    at_most_a_week(raw.stale_if_error_ms, format!("{field}.cache.stale_if_error_ms"), err);
     crate::cache::CacheConfig {
         max_bytes: usize::try_from(raw.max_bytes).unwrap_or(usize::MAX),
         max_object_bytes: usize::try_from(raw.max_object_bytes).unwrap_or(usize::MAX),
         max_age: Duration::from_millis(raw.max_age_ms),
+        stale_if_error: Duration::from_millis(raw.stale_if_error_ms),
     }
 }
 

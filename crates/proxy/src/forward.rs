@@ -95,6 +95,19 @@ pub async fn forward(
     let preface = pool.config.send_proxy.map(|version| Preface { version, client, destination: listener.bind });
     match send(pool, req, key, pinned, client_upgrade, replay, preface).await {
         Ok((index, mut response)) => {
+            if is_server_error(response.status()) {
+                if let Some(stale) = stale_answer(pool, cache_key.as_ref()) {
+                    record_answer(pool, &pool.servers[index], response.status().as_u16());
+                    tracing::info!(
+                        pool = pool.config.name,
+                        server = pool.servers[index].config.name,
+                        status = response.status().as_u16(),
+                        path = uri.path(),
+                        "the server failed; a stale cached answer goes back"
+                    );
+                    return (stale, None);
+                }
+            }
             if let (Some(cache), Some(key)) = (&pool.cache, cache_key) {
                 // Kept as the server sent it, before this proxy's own headers go on.
                 response = keep_in_cache(cache, key, response);
@@ -119,10 +132,25 @@ pub async fn forward(
             }
             let (status, server, reason) = failure_answer(pool, &failure);
             count_failure(&failure, status);
+            if let Some(stale) = stale_answer(pool, cache_key.as_ref()) {
+                tracing::info!(pool = pool.config.name, server, %method, path = uri.path(), reason, "no server answered; a stale cached answer goes back");
+                return (stale, None);
+            }
             tracing::warn!(pool = pool.config.name, server, %method, path = uri.path(), status = status.as_u16(), reason, "request failed");
             (error_response(status), None)
         }
     }
+}
+
+/// The statuses a stale cached answer stands in for (nginx's `http_500 http_502 http_503
+/// http_504`).
+fn is_server_error(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// A stale entry of the pool's cache that may answer for servers that failed.
+fn stale_answer(pool: &PoolState, key: Option<&cache::Key>) -> Option<Response<ProxyBody>> {
+    pool.cache.as_ref()?.stale_answer(key?)
 }
 
 /// The proxy's own answer to a failure, the server it concerns and why.

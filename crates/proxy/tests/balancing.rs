@@ -57,6 +57,7 @@ impl Upstream {
                             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                                 let (h, st, sn, pk, bz) = (h.clone(), st.clone(), sn.clone(), pk.clone(), bz.clone());
                                 async move {
+                                    let path = req.uri().path().to_string();
                                     let counted = req.uri().path() != "/healthz";
                                     if counted {
                                         sn.lock().unwrap().push(format!("{} {}", req.method(), req.uri().path()));
@@ -93,6 +94,19 @@ impl Upstream {
                                     response
                                         .headers_mut()
                                         .insert("x-upstream", hyper::header::HeaderValue::from_static(name));
+                                    // Pages a cache may keep for a second (and, `/strict`,
+                                    // never serve stale).
+                                    if let Some(rest) = path.strip_prefix("/fresh-for-a-second") {
+                                        let value = if rest.starts_with("/strict") {
+                                            "public, max-age=1, must-revalidate"
+                                        } else {
+                                            "public, max-age=1"
+                                        };
+                                        response.headers_mut().insert(
+                                            hyper::header::CACHE_CONTROL,
+                                            hyper::header::HeaderValue::from_static(value),
+                                        );
+                                    }
                                     Ok::<_, std::convert::Infallible>(response)
                                 }
                             });
@@ -2723,4 +2737,33 @@ fn a_server_on_a_unix_socket_takes_requests_and_health_checks() {
     for i in 0..4 {
         assert!(get(lb, &format!("/q{i}")).body.starts_with("tcp /q"));
     }
+}
+
+#[test]
+fn a_stale_cached_answer_stands_in_for_servers_that_fail() {
+    let server = addr("127.210.68.11:9000");
+    let mut upstream = Upstream::start("s1", server);
+    let cache = "[pools.web.cache]\nstale_if_error_ms = 30000\n";
+    let _edge = Proxy::start(&config(68, &[("s1", server)], cache));
+    let (lb, admin) = (addr("127.210.68.1:8080"), addr("127.210.68.1:8404"));
+    for path in ["/fresh-for-a-second/page", "/fresh-for-a-second/strict"] {
+        assert_eq!(get(lb, path).status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    // The server now fails with 503: the page past its freshness answers instead, with its
+    // age; the one its server said must be revalidated does not.
+    upstream.status.store(503, Ordering::SeqCst);
+    let stale = get(lb, "/fresh-for-a-second/page");
+    assert_eq!(stale.status, 200, "{}", stale.body);
+    assert!(stale.body.starts_with("s1 /fresh-for-a-second/page"), "{}", stale.body);
+    assert!(stale.header("age").is_some_and(|a| a.parse::<u64>().unwrap() >= 1), "{}", stale.head);
+    assert_eq!(get(lb, "/fresh-for-a-second/strict").status, 503, "must-revalidate: never stale");
+    // No server at all: the same.
+    upstream.stop();
+    assert_eq!(get(lb, "/fresh-for-a-second/page").status, 200);
+    assert_eq!(get(lb, "/fresh-for-a-second/strict").status, 502);
+    // Nothing cached for a page: the failure as it is.
+    assert_eq!(get(lb, "/other").status, 502);
+    let metrics = get(admin, "/metrics").body;
+    assert!(metrics.contains("webstack_proxy_cache_stale_total{pool=\"web\"} 2"), "{metrics}");
 }
