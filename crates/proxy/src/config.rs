@@ -99,6 +99,8 @@
 //!                                  # optional, per client address: `burst` at once (default:
 //!                                  # one second's worth), then the rate; beyond it 429 with
 //!                                  # Retry-After (nginx's limit_req with nodelay)
+//!                                  # key = "header:X-Api-Key" (or "cookie:sid"): per value
+//!                                  # instead; a request without one counts per address
 //! static_root = "/srv/static"      # the prefix is replaced by this directory (nginx's alias)
 //! index = ["index.html"]           # tried for a directory
 //! cache_control = "public, max-age=3600"
@@ -474,6 +476,8 @@ struct RawHeaderMatch {
 struct RawRateLimit {
     requests_per_second: f64,
     burst: Option<u32>,
+    /// `client` (the default), `header:NAME` or `cookie:NAME`.
+    key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -2093,7 +2097,15 @@ fn validate_route(
             return None;
         }
         let burst = limit.burst.unwrap_or(rate.ceil() as u32);
-        Some(Arc::new(crate::rate_limit::RateLimit::new(rate, burst)))
+        let key = match limit.key.as_deref().map(crate::rate_limit::RateKey::parse) {
+            None => crate::rate_limit::RateKey::Client,
+            Some(Ok(key)) => key,
+            Some(Err(e)) => {
+                err(format!("{field}.rate_limit.key"), e);
+                return None;
+            }
+        };
+        Some(Arc::new(crate::rate_limit::RateLimit::new(rate, burst, key)))
     });
     let replace_prefix = r.replace_prefix.as_deref().and_then(|to| {
         let field = format!("{field}.replace_prefix");
@@ -2501,12 +2513,15 @@ respond = { body = "eu" }
     fn a_rate_limit_needs_a_rate_above_zero_and_defaults_its_burst_to_a_second() {
         let c = load(&with_api_route("rate_limit = { requests_per_second = 5 }")).unwrap();
         let limit = c.listeners[0].routes[0].rate_limit.as_ref().expect("a limit");
-        let at_once = (0..10).filter(|_| limit.check("192.0.2.1".parse().unwrap()).is_ok()).count();
+        let at_once =
+            (0..10).filter(|_| limit.check("192.0.2.1".parse().unwrap(), &http::HeaderMap::new()).is_ok()).count();
         assert_eq!(at_once, 6, "the burst (5) and the first request");
         let e = load(&with_api_route("rate_limit = { requests_per_second = 0 }")).unwrap_err();
         assert_eq!(e.0[0].field, "listeners[0].routes[1].rate_limit.requests_per_second", "{e}");
         let e = load(&with_api_route("rate_limit = { per_second = 5 }")).unwrap_err();
         assert!(e.to_string().contains("per_second"), "{e}");
+        let e = load(&with_api_route("rate_limit = { requests_per_second = 5, key = \"header:\" }")).unwrap_err();
+        assert_eq!(e.0[0].field, "listeners[0].routes[1].rate_limit.key", "{e}");
     }
 
     #[test]

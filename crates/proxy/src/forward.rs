@@ -246,7 +246,8 @@ fn request_key<B>(algorithm: &Algorithm, req: &Request<B>, client: SocketAddr) -
     }
 }
 
-fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// The value of the cookie `name` the request carries.
+pub(crate) fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()

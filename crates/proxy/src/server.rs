@@ -688,11 +688,15 @@ fn client_identity(connection: &rustls::ServerConnection) -> ClientIdentity {
 /// The answer for a client the route turns away: 403 outside its `allow`/`deny`, else 429
 /// over its rate (with when it may come back); `None` lets the request on. A refused
 /// client's requests do not count against its rate.
-fn refusal(route: &crate::config::Route, client: std::net::IpAddr) -> Option<Response<ProxyBody>> {
+fn refusal(
+    route: &crate::config::Route,
+    client: std::net::IpAddr,
+    headers: &http::HeaderMap,
+) -> Option<Response<ProxyBody>> {
     if route.access.as_ref().is_some_and(|a| !a.permits(client)) {
         return Some(error_response(StatusCode::FORBIDDEN));
     }
-    let wait = route.rate_limit.as_ref()?.check(client).err()?;
+    let wait = route.rate_limit.as_ref()?.check(client, headers).err()?;
     let mut response = error_response(StatusCode::TOO_MANY_REQUESTS);
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds.max(1)));
@@ -1050,7 +1054,7 @@ fn admit<'a>(listener: &'a Listener, client: SocketAddr, req: Request<Incoming>)
     let Some(route) = listener.route_for(host.as_deref(), req.uri().path(), req.method(), req.headers()) else {
         return (Admission::Answer(error_response(StatusCode::NOT_FOUND)), None);
     };
-    if let Some(refused) = refusal(route, client.ip()) {
+    if let Some(refused) = refusal(route, client.ip(), req.headers()) {
         return (Admission::Answer(refused), Some(route));
     }
     if let Some(auth) = &route.basic_auth {

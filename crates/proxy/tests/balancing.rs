@@ -2767,3 +2767,22 @@ fn a_stale_cached_answer_stands_in_for_servers_that_fail() {
     let metrics = get(admin, "/metrics").body;
     assert!(metrics.contains("webstack_proxy_cache_stale_total{pool=\"web\"} 2"), "{metrics}");
 }
+
+#[test]
+fn a_rate_limit_may_count_per_api_key_instead_of_per_address() {
+    let config = "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.210.69.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/api/\"\nrespond = { body = \"api\" }\n\
+         rate_limit = { requests_per_second = 0.1, burst = 1, key = \"header:X-Api-Key\" }\n";
+    let _proxy = Proxy::start(config);
+    let lb = addr("127.210.69.1:8080");
+    let with_key = |key: &str| {
+        let header = if key.is_empty() { String::new() } else { format!("X-Api-Key: {key}\r\n") };
+        request(lb, &format!("GET /api/x HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n")).status
+    };
+    // Every client comes from one address (a NAT, a partner's gateway): each key has its
+    // own allowance (a burst of 1 and the first request), not the address.
+    assert_eq!([with_key("alice"), with_key("alice"), with_key("alice")], [200, 200, 429]);
+    assert_eq!([with_key("bob"), with_key("bob"), with_key("bob")], [200, 200, 429]);
+    // Without a key, the address is counted.
+    assert_eq!([with_key(""), with_key(""), with_key("")], [200, 200, 429]);
+}
