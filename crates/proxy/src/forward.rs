@@ -281,6 +281,11 @@ fn replayable(req: &Request<Incoming>, pool: &PoolState, upgrading: bool) -> boo
     idempotent && !upgrading && req.body().is_end_stream() && pool.can_retry()
 }
 
+/// Logs why a request goes to a server again.
+fn note_retry(pool: &PoolState, server: &ServerState, reason: &str, what: &'static str) {
+    tracing::info!(pool = pool.config.name, server = server.config.name, reason, "{what}");
+}
+
 /// Counts a server's answer and tells passive health about it.
 #[inline]
 fn record_answer(pool: &PoolState, server: &Arc<ServerState>, status: u16) {
@@ -335,12 +340,7 @@ async fn send(
             Err(SendError::NotSent(back, reason)) => {
                 server.connect_failures.fetch_add(1, Ordering::Relaxed);
                 note_failure(pool, server, &reason);
-                tracing::info!(
-                    pool = pool.config.name,
-                    server = server.config.name,
-                    reason,
-                    "could not send; trying another server"
-                );
+                note_retry(pool, server, &reason, "could not send; trying another server");
                 last_failure = Failure::Connect(server.clone(), reason);
                 req = back;
             }
@@ -348,12 +348,7 @@ async fn send(
                 return settle(pool, Err(Failure::Upstream(server.clone(), reason)), held)
             }
             Err(SendError::Refused(Some(back), reason)) => {
-                tracing::info!(
-                    pool = pool.config.name,
-                    server = server.config.name,
-                    reason,
-                    "the server did not process the request; sending it again"
-                );
+                note_retry(pool, server, &reason, "the server did not process the request; sending it again");
                 last_failure = Failure::Upstream(server.clone(), reason);
                 if refusals == MAX_REFUSALS {
                     break;
@@ -387,11 +382,11 @@ async fn send(
                 note_failure(pool, server, &reason);
                 match back {
                     Some(back) if may_go_again && pool.spend_retry() => {
-                        tracing::info!(
-                            pool = pool.config.name,
-                            server = server.config.name,
-                            reason,
-                            "idempotent request failed once sent; retrying on another server"
+                        note_retry(
+                            pool,
+                            server,
+                            &reason,
+                            "idempotent request failed once sent; retrying on another server",
                         );
                         last_failure = Failure::Upstream(server.clone(), reason);
                         req = back;
@@ -404,12 +399,7 @@ async fn send(
                     let reason = format!("no response within {} ms", pool.config.first_byte_timeout.as_millis());
                     server.count_response(StatusCode::GATEWAY_TIMEOUT.as_u16());
                     note_failure(pool, server, &reason);
-                    tracing::info!(
-                        pool = pool.config.name,
-                        server = server.config.name,
-                        reason,
-                        "no response in time; trying another server"
-                    );
+                    note_retry(pool, server, &reason, "no response in time; trying another server");
                     last_failure = Failure::Timeout(server.clone());
                     req = back;
                 }

@@ -2144,11 +2144,12 @@ impl http_body::Body for Stalled {
     }
 }
 
-/// An HTTP/2-only server (h2c, prior knowledge), as a gRPC server is: answers with what it
-/// saw and a `grpc-status` trailer; counts the connections it accepted.
-fn h2c_server(address: SocketAddr) -> Arc<AtomicUsize> {
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counted = connections.clone();
+/// Binds `address` and, on a thread of its own, hands each connection to `serve` (as a task).
+fn serve_connections<F, Fut>(address: SocketAddr, serve: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = std::net::TcpListener::bind(address).unwrap();
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
@@ -2156,33 +2157,44 @@ fn h2c_server(address: SocketAddr) -> Arc<AtomicUsize> {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((stream, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    if req.uri().path() == "/stall" {
-                        // A first piece of the body, then nothing more, ever.
-                        return Ok(hyper::Response::new(http_body_util::Either::Right(Stalled(false))));
-                    }
-                    let te = req.headers().get("te").map(|v| v.to_str().unwrap_or("").to_string()).unwrap_or_default();
-                    let body = format!(
-                        "{:?} {} authority={} te={te}",
-                        req.version(),
-                        req.uri().path(),
-                        req.uri().authority().map(|a| a.to_string()).unwrap_or_default()
-                    );
-                    let mut trailers = hyper::HeaderMap::new();
-                    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
-                    let body = http_body_util::BodyExt::with_trailers(
-                        Full::new(Bytes::from(body)),
-                        std::future::ready(Some(Ok::<_, std::convert::Infallible>(trailers))),
-                    );
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Either::Left(body)))
-                });
-                tokio::spawn(
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service),
-                );
+                tokio::spawn(serve(stream));
             }
         });
+    });
+}
+
+/// An HTTP/2-only server (h2c, prior knowledge), as a gRPC server is: answers with what it
+/// saw and a `grpc-status` trailer; counts the connections it accepted.
+fn h2c_server(address: SocketAddr) -> Arc<AtomicUsize> {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    serve_connections(address, move |stream| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+            if req.uri().path() == "/stall" {
+                // A first piece of the body, then nothing more, ever.
+                return Ok(hyper::Response::new(http_body_util::Either::Right(Stalled(false))));
+            }
+            let te = req.headers().get("te").map(|v| v.to_str().unwrap_or("").to_string()).unwrap_or_default();
+            let body = format!(
+                "{:?} {} authority={} te={te}",
+                req.version(),
+                req.uri().path(),
+                req.uri().authority().map(|a| a.to_string()).unwrap_or_default()
+            );
+            let mut trailers = hyper::HeaderMap::new();
+            trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+            let body = http_body_util::BodyExt::with_trailers(
+                Full::new(Bytes::from(body)),
+                std::future::ready(Some(Ok::<_, std::convert::Infallible>(trailers))),
+            );
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Either::Left(body)))
+        });
+        async move {
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
     });
     connections
 }
@@ -2492,41 +2504,31 @@ fn requests_an_http2_server_did_not_process_go_to_a_server_again() {
 /// `METHOD PATH body-length`. Counts the streams it refused.
 fn refusing_h2c_server(address: SocketAddr) -> Arc<AtomicUsize> {
     let refused = Arc::new(AtomicUsize::new(0));
-    let counted = refused.clone();
-    let listener = std::net::TcpListener::bind(address).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let streams = Arc::new(AtomicUsize::new(0));
-            while let Ok((stream, _)) = listener.accept().await {
-                let (streams, refused) = (streams.clone(), counted.clone());
+    let (counted, streams) = (refused.clone(), Arc::new(AtomicUsize::new(0)));
+    serve_connections(address, move |stream| {
+        let (streams, refused) = (streams.clone(), counted.clone());
+        async move {
+            let Ok(mut connection) = h2::server::handshake(stream).await else { return };
+            while let Some(Ok((req, mut respond))) = connection.accept().await {
+                if streams.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                }
                 tokio::spawn(async move {
-                    let Ok(mut connection) = h2::server::handshake(stream).await else { return };
-                    while let Some(Ok((req, mut respond))) = connection.accept().await {
-                        if streams.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
-                            refused.fetch_add(1, Ordering::SeqCst);
-                            respond.send_reset(h2::Reason::REFUSED_STREAM);
-                            continue;
-                        }
-                        tokio::spawn(async move {
-                            let (head, mut body) = req.into_parts();
-                            let mut length = 0;
-                            while let Some(Ok(data)) = body.data().await {
-                                length += data.len();
-                                let _ = body.flow_control().release_capacity(data.len());
-                            }
-                            let answer = format!("{} {} {length}", head.method, head.uri.path());
-                            let head =
-                                hyper::Response::builder().header("content-length", answer.len()).body(()).unwrap();
-                            let Ok(mut send) = respond.send_response(head, false) else { return };
-                            let _ = send.send_data(Bytes::from(answer), true);
-                        });
+                    let (head, mut body) = req.into_parts();
+                    let mut length = 0;
+                    while let Some(Ok(data)) = body.data().await {
+                        length += data.len();
+                        let _ = body.flow_control().release_capacity(data.len());
                     }
+                    let answer = format!("{} {} {length}", head.method, head.uri.path());
+                    let head = hyper::Response::builder().header("content-length", answer.len()).body(()).unwrap();
+                    let Ok(mut send) = respond.send_response(head, false) else { return };
+                    let _ = send.send_data(Bytes::from(answer), true);
                 });
             }
-        });
+        }
     });
     refused
 }
