@@ -5,6 +5,9 @@
 //! name = "lb-01"
 //! workers = 1                      # threads serving connections (HAProxy's nbthread); 0: one
 //!                                  # per CPU. Read at start; a reload keeps the running count.
+//! shutdown_timeout_ms = 10000      # on shutdown, in-flight requests (a long download) get
+//!                                  # this long to finish (HAProxy's hard-stop-after, nginx's
+//!                                  # worker_shutdown_timeout)
 //! [admin]
 //! bind = "127.0.1.1:8404"          # /healthz, /ready, /metrics, /stats, /ha
 //! allow = ["10.0.0.0/8"]           # optional: only these clients use it at all (default: any)
@@ -235,6 +238,8 @@ struct RawConfig {
     name: String,
     #[serde(default = "one_worker")]
     workers: usize,
+    #[serde(default = "default_shutdown_timeout")]
+    shutdown_timeout_ms: u64,
     admin: Option<RawAdmin>,
     access_log: Option<RawAccessLog>,
     ha: Option<RawHa>,
@@ -269,6 +274,10 @@ fn default_answer_timeout() -> u64 {
 
 fn one_worker() -> usize {
     1
+}
+
+fn default_shutdown_timeout() -> u64 {
+    10_000
 }
 
 /// More worker threads than this is a typo, not a machine.
@@ -762,6 +771,8 @@ pub struct ProxyConfig {
     pub name: String,
     /// Threads serving connections, resolved (`0` in the file: one per CPU).
     pub workers: usize,
+    /// How long a shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
     pub admin: Option<SocketAddr>,
     /// Who may read the admin listener, and who may change things through it.
     pub admin_access: AdminAccess,
@@ -1426,6 +1437,7 @@ impl ProxyConfig {
         if let Some(admin) = &raw.admin {
             binds.insert(admin.bind);
         }
+        at_most_a_week(raw.shutdown_timeout_ms, "shutdown_timeout_ms".into(), &mut err);
         if raw.listeners.is_empty() {
             err("listeners".into(), "at least one [[listeners]] is needed".into());
         }
@@ -1846,6 +1858,7 @@ impl ProxyConfig {
                 0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
                 n => n,
             },
+            shutdown_timeout: Duration::from_millis(raw.shutdown_timeout_ms),
             admin: raw.admin.as_ref().map(|a| a.bind),
             admin_access,
             access_log,

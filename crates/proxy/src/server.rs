@@ -39,9 +39,6 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// How long shutdown waits for in-flight requests before it gives up on them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// One config at work: what every request reads, swapped whole on reload.
 pub(crate) struct Runtime {
     pub config: ProxyConfig,
@@ -179,8 +176,9 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io:
         control.flusher.take()
     };
     // Every connection task holds a clone of `alive_tx`; recv() ends when the last one is gone.
-    if tokio::time::timeout(DRAIN_TIMEOUT, alive_rx.recv()).await.is_err() {
-        tracing::warn!("some connections were still busy after {} s", DRAIN_TIMEOUT.as_secs());
+    let drain = proxy.current.load().config.shutdown_timeout;
+    if tokio::time::timeout(drain, alive_rx.recv()).await.is_err() {
+        tracing::warn!("some connections were still busy after {} ms (shutdown_timeout_ms)", drain.as_millis());
     }
     if let Some(flusher) = flusher {
         flusher.abort();

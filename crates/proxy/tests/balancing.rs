@@ -676,6 +676,24 @@ fn shutdown_drains_in_flight_requests() {
 }
 
 #[test]
+fn shutdown_gives_in_flight_requests_no_longer_than_its_timeout() {
+    let s1 = addr("127.210.70.11:9000");
+    let _u1 = Upstream::start("s1", s1);
+    // /slow takes 600 ms; the proxy may take only 100 ms to stop.
+    let text = pool_config(70, "", &[("s1", s1, "")]).replacen(
+        "name = \"lb\"\n",
+        "name = \"lb\"\nshutdown_timeout_ms = 100\n",
+        1,
+    );
+    let proxy = Proxy::start(&text);
+    let lb = addr("127.210.70.1:8080");
+    let slow = std::thread::spawn(move || get(lb, "/slow"));
+    std::thread::sleep(Duration::from_millis(150));
+    drop(proxy); // returns once the proxy has stopped: at its timeout, before /slow answers
+    assert_ne!(slow.join().unwrap().status, 200, "cut at the timeout, not waited for");
+}
+
+#[test]
 fn http2_with_prior_knowledge_is_served_and_forwarded_as_http1() {
     let s1 = addr("127.210.16.11:9000");
     let _u1 = Upstream::start("s1", s1);
