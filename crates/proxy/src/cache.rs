@@ -18,7 +18,11 @@
 //!   when the servers cannot (a 500, 502, 503 or 504, or no answer at all): nginx's
 //!   `proxy_cache_use_stale error timeout http_500 http_502 http_503 http_504`, RFC 5861's
 //!   stale-if-error; never an entry whose server said `must-revalidate`, `proxy-revalidate`
-//!   or `s-maxage` (RFC 9111 §4.2.4).
+//!   or `s-maxage` (RFC 9111 §4.2.4);
+//! - with `lock_timeout`, one request at a time fetches a missing entry: others for it wait
+//!   (up to that long) and are answered from what it stored, so a popular page expiring
+//!   sends one request to the servers, not one per client (nginx's `proxy_cache_lock`,
+//!   Varnish's request coalescing).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use tokio::sync::Notify;
 
 use crate::body::ProxyBody;
 
@@ -42,14 +47,20 @@ pub struct CacheConfig {
     pub max_age: Duration,
     /// How long past its freshness an entry may still answer when the servers fail.
     pub stale_if_error: Duration,
+    /// How long a request waits for another one fetching the same entry; zero: no waiting.
+    pub lock_timeout: Duration,
 }
 
 /// What a cache lookup decided for a request.
 pub enum Lookup {
     /// Answered from the cache.
     Hit(Box<Response<ProxyBody>>),
-    /// To the servers; the answer may be stored under this key.
-    Miss(Key),
+    /// To the servers; the answer may be stored under this key. With the lock on, this
+    /// request fetches it for the others that come meanwhile, while its [`Filling`] lives.
+    Miss(Key, Option<Filling>),
+    /// Another request is fetching this entry: wait for it ([`Cache::wait_for`]), then look
+    /// again.
+    Wait(Key, Arc<Notify>),
     /// To the servers, and the answer is not stored.
     Bypass,
 }
@@ -86,6 +97,8 @@ struct Slot {
 #[derive(Default)]
 struct Store {
     entries: HashMap<Key, Slot>,
+    /// Entries a request is fetching now, and how the requests waiting for it are woken.
+    filling: HashMap<Key, Arc<Notify>>,
     by_use: BTreeMap<u64, Key>,
     tick: u64,
     bytes: usize,
@@ -147,8 +160,9 @@ impl Cache {
         (store.entries.len(), store.bytes)
     }
 
-    /// Looks `req` up: a fresh entry answers it; otherwise whether its answer may be stored.
-    pub fn lookup<B>(&self, req: &Request<B>, https: bool) -> Lookup {
+    /// Looks `req` up: a fresh entry answers it; otherwise whether its answer may be stored,
+    /// and (with the lock, when `may_wait`) whether another request is fetching it already.
+    pub fn lookup<B>(self: &Arc<Self>, req: &Request<B>, https: bool, may_wait: bool) -> Lookup {
         let method = req.method();
         let Some(key) = key_of(req, https) else { return Lookup::Bypass };
         if method != Method::GET && method != Method::HEAD {
@@ -162,8 +176,8 @@ impl Cache {
         if headers.contains_key(header::AUTHORIZATION) || directives.no_store {
             return Lookup::Bypass;
         }
+        let mut store = self.lock();
         if !directives.no_cache {
-            let mut store = self.lock();
             let now = Instant::now();
             match store.touch(&key) {
                 Some(entry) if now < entry.fresh_until => {
@@ -177,12 +191,39 @@ impl Cache {
                 None => {}
             }
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
         // A HEAD's answer has no body to keep; its GET will fill the entry.
         if method == Method::HEAD {
+            self.misses.fetch_add(1, Ordering::Relaxed);
             return Lookup::Bypass;
         }
-        Lookup::Miss(key)
+        if self.config.lock_timeout.is_zero() {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return Lookup::Miss(key, None);
+        }
+        if let Some(notify) = store.filling.get(&key) {
+            if may_wait {
+                return Lookup::Wait(key, notify.clone());
+            }
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return Lookup::Miss(key, None);
+        }
+        let notify = Arc::new(Notify::new());
+        store.filling.insert(key.clone(), notify.clone());
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let filling = Filling { cache: self.clone(), key: key.clone(), notify };
+        Lookup::Miss(key, Some(filling))
+    }
+
+    /// Waits until the request fetching `key` is done with it, or the lock timeout passes.
+    pub async fn wait_for(&self, key: &Key, notify: Arc<Notify>) {
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        // Registered before looking, so the fetch cannot end unseen in between.
+        woken.as_mut().enable();
+        let still_filling = self.lock().filling.get(key).is_some_and(|n| Arc::ptr_eq(n, &notify));
+        if still_filling {
+            let _ = tokio::time::timeout(self.config.lock_timeout, woken).await;
+        }
     }
 
     fn may_stand_in(&self, entry: &Entry, now: Instant) -> bool {
@@ -282,6 +323,32 @@ impl Cache {
     }
 }
 
+/// A request fetching an entry for the others waiting on it (the cache lock); they are
+/// woken when it is dropped: once its answer is stored, or found not worth storing, or lost.
+pub struct Filling {
+    cache: Arc<Cache>,
+    key: Key,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        {
+            let mut store = self.cache.lock();
+            if store.filling.get(&self.key).is_some_and(|n| Arc::ptr_eq(n, &self.notify)) {
+                store.filling.remove(&self.key);
+            }
+        }
+        self.notify.notify_waiters();
+    }
+}
+
+impl std::fmt::Debug for Filling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filling").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
 /// What is needed to store an answer once its body has been read whole.
 pub struct Pending {
     pub cache: Arc<Cache>,
@@ -289,6 +356,8 @@ pub struct Pending {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub lifetime: Duration,
+    /// The lock this request holds on its key, let go once the answer is stored (or not).
+    pub filling: Option<Filling>,
 }
 
 /// An upstream body on its way to the client, kept as it goes; stored when it ends within
@@ -524,13 +593,14 @@ fn not_modified(entry: &Entry, request: &HeaderMap) -> bool {
 mod tests {
     use super::*;
 
-    fn cache() -> Cache {
-        Cache::new(CacheConfig {
+    fn cache() -> Arc<Cache> {
+        Arc::new(Cache::new(CacheConfig {
             max_bytes: 4096,
             max_object_bytes: 1024,
             max_age: Duration::from_secs(60),
             stale_if_error: Duration::ZERO,
-        })
+            lock_timeout: Duration::ZERO,
+        }))
     }
 
     fn get(path: &str, headers: &[(&str, &str)]) -> Request<()> {
@@ -549,8 +619,8 @@ mod tests {
         map
     }
 
-    fn fill(c: &Cache, path: &str, headers: &[(&str, &str)], body: &str) {
-        let Lookup::Miss(key) = c.lookup(&get(path, &[]), false) else { panic!("expected a miss") };
+    fn fill(c: &Arc<Cache>, path: &str, headers: &[(&str, &str)], body: &str) {
+        let Lookup::Miss(key, _) = c.lookup(&get(path, &[]), false, true) else { panic!("expected a miss") };
         let h = answer(headers);
         let lifetime = c.lifetime(StatusCode::OK, &h).expect("storable");
         c.store(key, StatusCode::OK, h, Bytes::from(body.to_string()), lifetime);
@@ -588,27 +658,30 @@ mod tests {
         let c = cache();
         let validators = [("cache-control", "max-age=30"), ("etag", "W/\"v1\""), ("content-length", "5")];
         fill(&c, "/a.css", &validators, "hello");
-        let Lookup::Hit(r) = c.lookup(&get("/a.css", &[]), false) else { panic!("no hit") };
+        let Lookup::Hit(r) = c.lookup(&get("/a.css", &[]), false, true) else { panic!("no hit") };
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["age"], "0");
-        let Lookup::Hit(r) = c.lookup(&get("/a.css", &[("if-none-match", "\"v0\", \"v1\"")]), false) else { panic!() };
+        let Lookup::Hit(r) = c.lookup(&get("/a.css", &[("if-none-match", "\"v0\", \"v1\"")]), false, true) else {
+            panic!()
+        };
         assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(r.headers()["etag"], "W/\"v1\"");
         let head = Request::head("/a.css").header("host", "www.example.org").body(()).unwrap();
-        assert!(matches!(c.lookup(&head, false), Lookup::Hit(_)));
+        assert!(matches!(c.lookup(&head, false, true), Lookup::Hit(_)));
         assert_eq!((c.hits.load(Ordering::Relaxed), c.misses.load(Ordering::Relaxed)), (3, 1));
 
-        assert!(matches!(c.lookup(&get("/a.css", &[]), true), Lookup::Miss(_)), "https is another entry");
-        assert!(matches!(c.lookup(&get("/a.css", &[("accept-encoding", "gzip")]), false), Lookup::Miss(_)));
-        assert!(matches!(c.lookup(&get("/a.css?v=2", &[]), false), Lookup::Miss(_)));
-        assert!(matches!(c.lookup(&get("/a.css", &[("authorization", "Basic eDp5")]), false), Lookup::Bypass));
-        assert!(matches!(c.lookup(&get("/a.css", &[("cache-control", "no-cache")]), false), Lookup::Miss(_)));
-        assert!(matches!(c.lookup(&get("/a.css", &[("cache-control", "no-store")]), false), Lookup::Bypass));
+        assert!(matches!(c.lookup(&get("/a.css", &[]), true, true), Lookup::Miss(..)), "https is another entry");
+        assert!(matches!(c.lookup(&get("/a.css", &[("accept-encoding", "gzip")]), false, true), Lookup::Miss(..)));
+        assert!(matches!(c.lookup(&get("/a.css?v=2", &[]), false, true), Lookup::Miss(..)));
+        assert!(matches!(c.lookup(&get("/a.css", &[("authorization", "Basic eDp5")]), false, true), Lookup::Bypass));
+        assert!(matches!(c.lookup(&get("/a.css", &[("cache-control", "no-cache")]), false, true), Lookup::Miss(..)));
+        assert!(matches!(c.lookup(&get("/a.css", &[("cache-control", "no-store")]), false, true), Lookup::Bypass));
     }
 
     #[test]
     fn a_stale_entry_stands_in_only_within_its_window_and_when_its_server_allows() {
-        let c = Cache::new(CacheConfig { stale_if_error: Duration::from_millis(600), ..cache().config });
+        let c =
+            Arc::new(Cache::new(CacheConfig { stale_if_error: Duration::from_millis(600), ..cache().config.clone() }));
         let key = |path: &str| key_of(&get(path, &[]), false).unwrap();
         let h = answer(&[("cache-control", "max-age=30")]);
         c.store(key("/a"), StatusCode::OK, h.clone(), Bytes::from_static(b"a"), Duration::from_millis(20));
@@ -618,7 +691,7 @@ mod tests {
         c.store(key("/shared"), StatusCode::OK, shared, Bytes::from_static(b"s"), Duration::from_millis(20));
         std::thread::sleep(Duration::from_millis(40));
         // Past freshness: a miss, but kept for the servers' failures.
-        assert!(matches!(c.lookup(&get("/a", &[]), false), Lookup::Miss(_)));
+        assert!(matches!(c.lookup(&get("/a", &[]), false, true), Lookup::Miss(..)));
         let stale = c.stale_answer(&key("/a")).expect("within the window");
         assert_eq!((stale.status(), stale.headers().contains_key("age")), (StatusCode::OK, true));
         assert!(c.stale_answer(&key("/strict")).is_none(), "proxy-revalidate");
@@ -633,12 +706,47 @@ mod tests {
     }
 
     #[test]
+    fn with_the_lock_one_request_fetches_and_the_others_wait_for_what_it_stores() {
+        let c =
+            Arc::new(Cache::new(CacheConfig { lock_timeout: Duration::from_millis(1000), ..cache().config.clone() }));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let Lookup::Miss(key, Some(filling)) = c.lookup(&get("/hot", &[]), false, true) else { panic!("the fetcher") };
+        let Lookup::Wait(waited, notify) = c.lookup(&get("/hot", &[]), false, true) else { panic!("a waiter") };
+        assert_eq!(waited, key);
+        // The fetcher stores its answer and lets go: the waiter wakes at once and hits.
+        let waiting = {
+            let c = c.clone();
+            rt.spawn(async move {
+                let started = Instant::now();
+                c.wait_for(&waited, notify).await;
+                started.elapsed()
+            })
+        };
+        rt.block_on(tokio::task::yield_now());
+        let h = answer(&[("cache-control", "max-age=30")]);
+        c.store(key, StatusCode::OK, h, Bytes::from_static(b"hot"), Duration::from_secs(30));
+        drop(filling);
+        let waited_for = rt.block_on(waiting).unwrap();
+        assert!(waited_for < Duration::from_millis(1000), "woken by the fetch, not the timeout: {waited_for:?}");
+        assert!(matches!(c.lookup(&get("/hot", &[]), false, false), Lookup::Hit(_)));
+
+        // A fetcher that never lets go holds the others for the lock timeout only, and then
+        // they go on their own (without waiting again).
+        let Lookup::Miss(_, Some(_stuck)) = c.lookup(&get("/cold", &[]), false, true) else { panic!() };
+        let Lookup::Wait(key, notify) = c.lookup(&get("/cold", &[]), false, true) else { panic!() };
+        rt.block_on(c.wait_for(&key, notify));
+        assert!(matches!(c.lookup(&get("/cold", &[]), false, false), Lookup::Miss(_, None)));
+        // Without the lock, every miss fetches.
+        assert!(matches!(cache().lookup(&get("/x", &[]), false, true), Lookup::Miss(_, None)));
+    }
+
+    #[test]
     fn unsafe_methods_drop_the_entries_of_their_path() {
         let c = cache();
         fill(&c, "/item", &[("cache-control", "max-age=30")], "v1");
         let post = Request::post("/item").header("host", "www.example.org").body(()).unwrap();
-        assert!(matches!(c.lookup(&post, false), Lookup::Bypass));
-        assert!(matches!(c.lookup(&get("/item", &[]), false), Lookup::Miss(_)));
+        assert!(matches!(c.lookup(&post, false, true), Lookup::Bypass));
+        assert!(matches!(c.lookup(&get("/item", &[]), false, true), Lookup::Miss(..)));
     }
 
     #[test]
@@ -648,12 +756,12 @@ mod tests {
         for path in ["/1", "/2", "/3", "/4"] {
             fill(&c, path, &[("cache-control", "max-age=30")], &body);
         }
-        assert!(matches!(c.lookup(&get("/1", &[]), false), Lookup::Hit(_)), "used: kept");
+        assert!(matches!(c.lookup(&get("/1", &[]), false, true), Lookup::Hit(_)), "used: kept");
         fill(&c, "/5", &[("cache-control", "max-age=30")], &body);
         let (entries, bytes) = c.usage();
         assert!(bytes <= 4096 && entries == 4, "{entries} entries, {bytes} bytes");
-        assert!(matches!(c.lookup(&get("/2", &[]), false), Lookup::Miss(_)), "the oldest went");
-        assert!(matches!(c.lookup(&get("/1", &[]), false), Lookup::Hit(_)));
+        assert!(matches!(c.lookup(&get("/2", &[]), false, true), Lookup::Miss(..)), "the oldest went");
+        assert!(matches!(c.lookup(&get("/1", &[]), false, true), Lookup::Hit(_)));
     }
 
     #[test]

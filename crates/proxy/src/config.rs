@@ -201,6 +201,9 @@
 //!                                  # the servers fail (500/502/503/504, or none): nginx's
 //!                                  # proxy_cache_use_stale error timeout http_5xx; never one
 //!                                  # that said must-revalidate, proxy-revalidate or s-maxage
+//! lock_timeout_ms = 0              # >0: one request fetches a missing entry, the others for
+//!                                  # it wait up to this long for what it stores (nginx's
+//!                                  # proxy_cache_lock + proxy_cache_lock_timeout)
 //! [[pools.web.server_templates]]   # optional, with [resolvers] (HAProxy's server-template):
 //! name = "web"                     # servers web1…web5 filled from every address DNS gives
 //! count = 5                        # the name; a slot without one takes no requests
@@ -621,6 +624,9 @@ struct RawCache {
     /// How long past its freshness an entry answers for servers that fail (0: never).
     #[serde(default)]
     stale_if_error_ms: u64,
+    /// How long a request waits for another fetching the same entry (0: the lock is off).
+    #[serde(default)]
+    lock_timeout_ms: u64,
 }
 
 fn default_cache_bytes() -> u64 {
@@ -648,11 +654,13 @@ fn validate_cache(raw: &RawCache, field: &str, err: &mut impl FnMut(String, Stri
     }
     at_most_a_week(raw.max_age_ms, format!("{field}.cache.max_age_ms"), err);
     at_most_a_week(raw.stale_if_error_ms, format!("{field}.cache.stale_if_error_ms"), err);
+    at_most_a_week(raw.lock_timeout_ms, format!("{field}.cache.lock_timeout_ms"), err);
     crate::cache::CacheConfig {
         max_bytes: usize::try_from(raw.max_bytes).unwrap_or(usize::MAX),
         max_object_bytes: usize::try_from(raw.max_object_bytes).unwrap_or(usize::MAX),
         max_age: Duration::from_millis(raw.max_age_ms),
         stale_if_error: Duration::from_millis(raw.stale_if_error_ms),
+        lock_timeout: Duration::from_millis(raw.lock_timeout_ms),
     }
 }
 

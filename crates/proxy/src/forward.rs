@@ -67,10 +67,15 @@ pub async fn forward(
             return (error_response(StatusCode::PAYLOAD_TOO_LARGE), None);
         }
     }
-    let cache_key = match pool.cache.as_ref().map(|c| c.lookup(&req, listener.tls.is_some())) {
-        Some(Lookup::Hit(response)) => return (*response, None),
-        Some(Lookup::Miss(key)) => Some(key),
-        Some(Lookup::Bypass) | None => None,
+    // Held while this request fetches its entry for others waiting (the cache lock): dropped
+    // when forward() returns, or once a streamed answer is stored.
+    let (cache_key, mut filling) = match &pool.cache {
+        None => (None, None),
+        Some(cache) => match consult(cache, &req, listener.tls.is_some()).await {
+            Lookup::Hit(response) => return (*response, None),
+            Lookup::Miss(key, filling) => (Some(key), filling),
+            Lookup::Wait(..) | Lookup::Bypass => (None, None),
+        },
     };
     let key = request_key(&pool.config.algorithm, &req, client);
     let pinned = pool.config.sticky_cookie.as_deref().and_then(|name| pinned_server(pool, req.headers(), name));
@@ -110,7 +115,7 @@ pub async fn forward(
             }
             if let (Some(cache), Some(key)) = (&pool.cache, cache_key) {
                 // Kept as the server sent it, before this proxy's own headers go on.
-                response = keep_in_cache(cache, key, response);
+                response = keep_in_cache(cache, key, response, filling.take());
             }
             let server = &pool.servers[index];
             record_answer(pool, server, response.status().as_u16());
@@ -184,8 +189,26 @@ fn count_failure(failure: &Failure, status: StatusCode) {
     }
 }
 
+/// The cache's word on a request; when another request is fetching its entry (the cache
+/// lock), after waiting for that one.
+async fn consult<B>(cache: &Arc<Cache>, req: &Request<B>, https: bool) -> Lookup {
+    match cache.lookup(req, https, true) {
+        Lookup::Wait(key, notify) => {
+            // Boxed: rare, and its timer would grow every request's future.
+            Box::pin(cache.wait_for(&key, notify)).await;
+            cache.lookup(req, https, false)
+        }
+        lookup => lookup,
+    }
+}
+
 /// Stores a storable answer: at once when its body came whole, else as it streams by.
-fn keep_in_cache(cache: &Arc<Cache>, key: cache::Key, response: Response<ProxyBody>) -> Response<ProxyBody> {
+fn keep_in_cache(
+    cache: &Arc<Cache>,
+    key: cache::Key,
+    response: Response<ProxyBody>,
+    filling: Option<cache::Filling>,
+) -> Response<ProxyBody> {
     let Some(lifetime) = cache.lifetime(response.status(), response.headers()) else { return response };
     let (parts, body) = response.into_parts();
     let body = match body {
@@ -196,7 +219,7 @@ fn keep_in_cache(cache: &Arc<Cache>, key: cache::Key, response: Response<ProxyBo
         }
         ProxyBody::Upstream { body } => {
             let (status, headers) = (parts.status, parts.headers.clone());
-            let pending = cache::Pending { cache: cache.clone(), key, status, headers, lifetime };
+            let pending = cache::Pending { cache: cache.clone(), key, status, headers, lifetime, filling };
             ProxyBody::caching(cache::CachingBody::new(body, pending))
         }
         other => other,

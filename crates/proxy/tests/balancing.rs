@@ -63,7 +63,7 @@ impl Upstream {
                                         sn.lock().unwrap().push(format!("{} {}", req.method(), req.uri().path()));
                                         pk.fetch_max(bz.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
                                     }
-                                    if req.uri().path() == "/slow" {
+                                    if req.uri().path().ends_with("/slow") {
                                         tokio::time::sleep(Duration::from_millis(600)).await;
                                     }
                                     if counted {
@@ -2805,4 +2805,27 @@ fn a_rate_limit_may_count_per_api_key_instead_of_per_address() {
     assert_eq!([with_key("bob"), with_key("bob"), with_key("bob")], [200, 200, 429]);
     // Without a key, the address is counted.
     assert_eq!([with_key(""), with_key(""), with_key("")], [200, 200, 429]);
+}
+
+#[test]
+fn with_the_cache_lock_a_crowd_missing_one_page_sends_the_server_one_request() {
+    let server = addr("127.210.71.11:9000");
+    let upstream = Upstream::start("s1", server);
+    // The page takes the server 600 ms: every client arrives while it is being fetched.
+    let cache = "[pools.web.cache]\nlock_timeout_ms = 5000\n";
+    let _edge = Proxy::start(&config(71, &[("s1", server)], cache));
+    let lb = addr("127.210.71.1:8080");
+    let crowd: Vec<_> = (0..8).map(|_| std::thread::spawn(move || get(lb, "/fresh-for-a-second/slow"))).collect();
+    let answers: Vec<Answer> = crowd.into_iter().map(|c| c.join().unwrap()).collect();
+    for answer in &answers {
+        assert_eq!(
+            (answer.status, answer.body.starts_with("s1 /fresh-for-a-second/slow")),
+            (200, true),
+            "{}",
+            answer.body
+        );
+    }
+    let fetched = upstream.seen.lock().unwrap().iter().filter(|r| r.ends_with("/slow")).count();
+    assert_eq!(fetched, 1, "one request for the crowd");
+    assert!(answers.iter().filter(|a| a.header("age").is_some()).count() >= 7, "the rest from the cache");
 }
