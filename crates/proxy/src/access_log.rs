@@ -354,13 +354,13 @@ impl Write for SyslogWriter {
             self.datagram.extend_from_slice(stamp.as_bytes());
             self.datagram.extend_from_slice(self.program.as_bytes());
             self.datagram.extend_from_slice(line);
-            if let Err(e) = self.send() {
-                // A restarted daemon has a new socket: connect to it again, once.
-                if e.kind() != io::ErrorKind::WouldBlock {
-                    if let Ok(socket) = open_syslog_socket(&self.target) {
-                        self.socket = socket;
-                        let _ = self.send();
-                    }
+            // A restarted daemon has a new Unix socket: connect to it again, once. (Over UDP
+            // an error only reports an earlier datagram nobody took; the socket is fine.)
+            let failed = self.send().is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock);
+            if failed && matches!(self.target, SyslogTarget::Unix(_)) {
+                if let Ok(socket) = open_syslog_socket(&self.target) {
+                    self.socket = socket;
+                    let _ = self.send();
                 }
             }
         }

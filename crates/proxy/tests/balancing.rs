@@ -2694,6 +2694,12 @@ fn access_log_lines_go_to_a_syslog_daemon_over_udp_or_a_unix_socket() {
     let access_log = format!("[access_log]\nsyslog = \"{}\"\nformat = \"json\"\n[admin]", socket.display());
     let proxy = Proxy::start(&pool_config(66, "", &[("s1", s1, "")]).replacen("[admin]", &access_log, 1));
     assert_eq!(get(addr("127.210.66.1:8080"), "/third").status, 200);
+    // The daemon restarts (a new socket at the same path) before the line goes out: the
+    // proxy finds it again.
+    drop(daemon);
+    std::fs::remove_file(&socket).unwrap();
+    let daemon = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    daemon.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     drop(proxy);
     let n = daemon.recv(&mut buf).expect("a syslog datagram");
     let datagram = String::from_utf8_lossy(&buf[..n]).into_owned();
