@@ -143,6 +143,9 @@
 //!                                  # trailers passed on; HTTP checks go over HTTP/2 too;
 //!                                  # a stream the server refused or left past its GOAWAY
 //!                                  # goes again (any method, a bodiless one)
+//! intercept_errors = false         # true: a server's answer whose status [error_pages] has a
+//!                                  # page for gets that page (nginx's proxy_intercept_errors);
+//!                                  # WWW-Authenticate, Retry-After, Allow stay
 //! retry_on = ["503", "response-timeout"]   # optional (HAProxy's retry-on, nginx's
 //!                                  # proxy_next_upstream http_503 timeout): an idempotent
 //!                                  # request without a body that got such an answer (a status
@@ -571,6 +574,10 @@ struct RawPool {
     /// `response-timeout`.
     #[serde(default)]
     retry_on: Vec<String>,
+    /// The servers' error answers with a status `[error_pages]` has a page for get that page
+    /// instead (nginx's `proxy_intercept_errors`).
+    #[serde(default)]
+    intercept_errors: bool,
     #[serde(default)]
     servers: Vec<RawServer>,
     #[serde(default)]
@@ -1342,6 +1349,8 @@ pub struct Pool {
     /// connection per server, trailers passed on (gRPC).
     pub http2: bool,
     pub retry_on: RetryOn,
+    /// Statuses of the servers' answers replaced by the proxy's error page for them.
+    pub intercepted: Vec<http::StatusCode>,
     pub servers: Vec<Server>,
 }
 
@@ -1771,6 +1780,12 @@ impl ProxyConfig {
                 agent,
                 http2,
                 retry_on,
+                intercepted: match p.intercept_errors {
+                    true => {
+                        raw.error_pages.keys().filter_map(|k| http::StatusCode::from_bytes(k.as_bytes()).ok()).collect()
+                    }
+                    false => Vec::new(),
+                },
                 servers,
             });
         }

@@ -119,6 +119,9 @@ pub async fn forward(
             }
             let server = &pool.servers[index];
             record_answer(pool, server, response.status().as_u16());
+            if pool.config.intercepted.contains(&response.status()) {
+                response = intercepted(response);
+            }
             let headers = response.headers_mut();
             if pool.config.served_by_header {
                 headers.insert(X_SERVED_BY.clone(), server.name_header.clone());
@@ -145,6 +148,19 @@ pub async fn forward(
             (error_response(status), None)
         }
     }
+}
+
+/// A server's error answer, its body and headers put aside for the proxy's own answer of
+/// that status, which the operator's error page then replaces (nginx's
+/// `proxy_intercept_errors`): the headers a client needs to act on the status stay.
+fn intercepted(server_answer: Response<ProxyBody>) -> Response<ProxyBody> {
+    let mut response = error_response(server_answer.status());
+    for name in [header::WWW_AUTHENTICATE, header::PROXY_AUTHENTICATE, header::RETRY_AFTER, header::ALLOW] {
+        for value in server_answer.headers().get_all(&name) {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    response
 }
 
 /// The statuses a stale cached answer stands in for (nginx's `http_500 http_502 http_503
@@ -1086,6 +1102,25 @@ mod tests {
         // Unsent and handed back, it goes to the next server as it is.
         into_http2_form(&mut req, "https");
         assert_eq!(req.uri(), "https://api.foobar.com/pkg.Service/Call?x=1");
+    }
+
+    #[test]
+    fn an_intercepted_answer_keeps_only_what_its_status_needs_and_takes_the_page() {
+        let server_answer = Response::builder()
+            .status(StatusCode::UNAUTHORIZED)
+            .header(header::WWW_AUTHENTICATE, "Bearer realm=\"api\"")
+            .header(header::CONTENT_ENCODING, "gzip")
+            .header(header::CONTENT_LENGTH, "812")
+            .header("x-debug", "stack trace")
+            .body(ProxyBody::full(bytes::Bytes::from_static(b"\x1f\x8b...")))
+            .unwrap();
+        let answer = intercepted(server_answer);
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(answer.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"api\"");
+        for gone in [header::CONTENT_ENCODING, header::CONTENT_LENGTH, HeaderName::from_static("x-debug")] {
+            assert!(!answer.headers().contains_key(&gone), "{gone}");
+        }
+        assert!(answer.extensions().get::<OwnError>().is_some(), "an error page may replace it");
     }
 
     #[test]

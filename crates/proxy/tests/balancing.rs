@@ -1511,6 +1511,36 @@ fn error_pages_replace_the_proxys_own_answers_not_the_servers() {
 }
 
 #[test]
+fn intercept_errors_gives_a_servers_error_answers_the_operators_page() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("oops.html"), "<h1>Something went wrong</h1>").unwrap();
+    let up = addr("127.210.72.11:9000");
+    let upstream = Upstream::start("s1", up);
+    let config = format!(
+        "name = \"lb\"\n[error_pages]\n500 = \"oops.html\"\n401 = \"oops.html\"\n\
+         [[listeners]]\nname = \"www\"\nbind = \"127.210.72.1:8080\"\n\
+         [[listeners.routes]]\nprefix = \"/\"\npool = \"app\"\n\
+         [pools.app]\nintercept_errors = true\n[[pools.app.servers]]\nname = \"s1\"\naddress = \"{up}\"\n"
+    );
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let _proxy = Proxy::start_file(&path);
+    let lb = addr("127.210.72.1:8080");
+    // The server's 500 (a stack trace, say) never reaches the client: the page does.
+    upstream.status.store(500, Ordering::SeqCst);
+    let answer = get(lb, "/boom");
+    assert_eq!((answer.status, answer.body.as_str()), (500, "<h1>Something went wrong</h1>"));
+    assert_eq!(answer.header("x-upstream"), None, "none of the server's own headers");
+    // A status without a page passes as the server sent it.
+    upstream.status.store(503, Ordering::SeqCst);
+    let answer = get(lb, "/busy");
+    assert_eq!(answer.status, 503);
+    assert!(answer.body.starts_with("s1 /busy"), "{}", answer.body);
+    upstream.status.store(200, Ordering::SeqCst);
+    assert!(get(lb, "/fine").body.starts_with("s1 /fine"));
+}
+
+#[test]
 fn an_idle_http2_connection_is_closed_after_the_client_timeout_and_a_busy_one_is_not() {
     let s1 = addr("127.210.37.11:9000");
     let _u1 = Upstream::start("s1", s1);
