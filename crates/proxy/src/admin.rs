@@ -3,7 +3,7 @@
 //! `/stats`, a plain page of every pool and server like HAProxy's stats page, `GET
 //! /api/servers` (JSON), and the runtime API: `POST /reload`, `POST
 //! /api/servers/POOL/SERVER/state/{ready,drain,maint}`, `POST /api/servers/POOL/SERVER/weight/N`,
-//! `POST /api/servers/POOL/SERVER/address/IP:PORT`.
+//! `POST /api/servers/POOL/SERVER/address/IP:PORT`, `POST /api/cache/POOL/purge[?prefix=/p/]`.
 //! Reading is open to the `allow`ed (anyone by default); the runtime API answers only the
 //! `change_from` addresses (this host by default), others get a 403.
 
@@ -43,9 +43,10 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>, client: I
                 Ok(summary) => text(StatusCode::OK, format!("{summary}\n")),
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("reload failed; the running config stays:\n{e}\n")),
             },
-            _ => match path.strip_prefix("/api/servers/") {
-                Some(rest) => change_server(pools, rest),
-                None => error_response(StatusCode::NOT_FOUND),
+            _ => match (path.strip_prefix("/api/servers/"), path.strip_prefix("/api/cache/")) {
+                (Some(rest), _) => change_server(pools, rest),
+                (_, Some(rest)) => purge_cache(pools, rest, req.uri().query()),
+                _ => error_response(StatusCode::NOT_FOUND),
             },
         };
     }
@@ -100,6 +101,36 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// `POST /api/cache/POOL/purge`: drops the pool's cached answers, or with `?prefix=/static/`
+/// those whose path starts so (after a deploy).
+fn purge_cache(pools: &[Arc<PoolState>], rest: &str, query: Option<&str>) -> Response<ProxyBody> {
+    let Some(pool_name) = rest.strip_suffix("/purge") else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "use /api/cache/POOL/purge or /api/cache/POOL/purge?prefix=/path/\n".into(),
+        );
+    };
+    let Some(pool) = pools.iter().find(|p| p.config.name == pool_name) else {
+        return text(StatusCode::NOT_FOUND, format!("no pool `{pool_name}`\n"));
+    };
+    let Some(cache) = &pool.cache else {
+        return text(StatusCode::CONFLICT, format!("pool `{pool_name}` has no cache\n"));
+    };
+    let prefix = query.and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("prefix=")));
+    let prefix = prefix.map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned());
+    if prefix.as_deref().is_some_and(|p| !p.starts_with('/')) {
+        return text(StatusCode::BAD_REQUEST, "a prefix is a path: it starts with /\n".into());
+    }
+    let gone = cache.purge(prefix.as_deref());
+    tracing::warn!(
+        pool = pool_name,
+        prefix = prefix.as_deref().unwrap_or("(all)"),
+        gone,
+        "cache purged through the runtime API"
+    );
+    text(StatusCode::OK, format!("{pool_name}: {gone} cached answers dropped\n"))
 }
 
 /// The runtime API, as HAProxy's `set server`: `POST /api/servers/POOL/SERVER/state/{ready,

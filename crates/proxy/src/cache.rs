@@ -249,6 +249,23 @@ impl Cache {
         Some(response)
     }
 
+    /// Drops every entry, or those whose path starts with `path_prefix` (any host); how many
+    /// went. For the runtime API, after a deploy.
+    pub fn purge(&self, path_prefix: Option<&str>) -> usize {
+        let mut store = self.lock();
+        let path_of = |k: &Key| k.target.find('/').map_or("", |at| &k.target[at..]).to_string();
+        let gone: Vec<Key> = store
+            .entries
+            .keys()
+            .filter(|k| path_prefix.is_none_or(|prefix| path_of(k).starts_with(prefix)))
+            .cloned()
+            .collect();
+        for k in &gone {
+            store.remove(k);
+        }
+        gone.len()
+    }
+
     /// Drops the entries of a path, whichever encodings they were for.
     fn invalidate(&self, key: &Key) {
         let mut store = self.lock();
@@ -738,6 +755,19 @@ mod tests {
         assert!(matches!(c.lookup(&get("/cold", &[]), false, false), Lookup::Miss(_, None)));
         // Without the lock, every miss fetches.
         assert!(matches!(cache().lookup(&get("/x", &[]), false, true), Lookup::Miss(_, None)));
+    }
+
+    #[test]
+    fn a_purge_drops_everything_or_a_path_prefix_on_every_host() {
+        let c = cache();
+        for path in ["/static/a.css", "/static/b.js", "/index.html"] {
+            fill(&c, path, &[("cache-control", "max-age=30")], "x");
+        }
+        assert_eq!(c.purge(Some("/static/")), 2);
+        assert!(matches!(c.lookup(&get("/static/a.css", &[]), false, true), Lookup::Miss(..)));
+        assert!(matches!(c.lookup(&get("/index.html", &[]), false, true), Lookup::Hit(_)));
+        assert_eq!(c.purge(None), 1);
+        assert_eq!(c.usage(), (0, 0));
     }
 
     #[test]

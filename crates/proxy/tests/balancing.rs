@@ -1869,6 +1869,17 @@ fn a_pool_cache_serves_fresh_answers_without_asking_the_server_again() {
     let metrics = get(admin, "/metrics").body;
     assert!(metrics.contains("webstack_proxy_cache_hits_total{pool=\"web\"} 4"), "{metrics}");
     assert!(metrics.contains("webstack_proxy_cache_entries{pool=\"web\"} 2"), "{metrics}");
+
+    // After a deploy, the runtime API drops what changed: the origin is asked again.
+    let purge = |target: &str| {
+        request(admin, &format!("POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+    };
+    let purged = purge("/api/cache/web/purge?prefix=%2Fsite");
+    assert_eq!((purged.status, purged.body.as_str()), (200, "web: 1 cached answers dropped\n"));
+    raw_get(lb, "/site.css", "");
+    assert_eq!(asked(), 6);
+    assert_eq!(purge("/api/cache/web/purge").body, "web: 2 cached answers dropped\n");
+    assert_eq!(purge("/api/cache/nope/purge").status, 404);
 }
 
 #[test]
