@@ -225,7 +225,8 @@ impl Body for H2Body {
 }
 
 /// A request body on its way upstream: the client's, cut off past the listener's size limit,
-/// or none (a request replayed on another server after a failure).
+/// or none (a request replayed on another server after a failure), or a copy kept of one
+/// sent before (a stream an HTTP/2 server refused).
 pub struct RequestBody {
     inner: Option<Incoming>,
     limit: u64,
@@ -234,7 +235,74 @@ pub struct RequestBody {
     counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Longest silence from the client before the body fails with [`ClientStalled`].
     silence: crate::stall::StallClock,
+    /// Only on the HTTP/2 path: a copy kept of what goes out, or the copy going out again.
+    copy: Option<Box<BodyCopy>>,
 }
+
+enum BodyCopy {
+    /// What the client's body has given so far.
+    Keeping(std::sync::Arc<std::sync::Mutex<KeptBody>>),
+    /// A kept body, sent again.
+    Replaying(std::collections::VecDeque<Bytes>, Option<http::HeaderMap>),
+}
+
+/// A copy of a request body as it went out, up to a size.
+#[derive(Debug, Default)]
+pub struct KeptBody {
+    chunks: Vec<Bytes>,
+    size: usize,
+    trailers: Option<http::HeaderMap>,
+    /// The body ended, whole, within the size.
+    complete: bool,
+    /// Past the size, or failed: nothing to send again.
+    lost: bool,
+}
+
+impl KeptBody {
+    /// A body read whole before it went out.
+    pub fn whole(chunks: Vec<Bytes>, trailers: Option<http::HeaderMap>) -> KeptBody {
+        let size = chunks.iter().map(Bytes::len).sum();
+        KeptBody { chunks, size, trailers, complete: true, lost: false }
+    }
+
+    /// The body to send again, when the whole of it was kept.
+    pub fn replay(&self) -> Option<RequestBody> {
+        if !self.complete || self.lost {
+            return None;
+        }
+        let mut body = RequestBody::empty();
+        body.copy = Some(Box::new(BodyCopy::Replaying(self.chunks.iter().cloned().collect(), self.trailers.clone())));
+        Some(body)
+    }
+
+    fn keep(&mut self, frame: &Frame<Bytes>, limit: usize) {
+        if self.lost {
+            return;
+        }
+        if let Some(data) = frame.data_ref() {
+            self.size += data.len();
+            if self.size > limit {
+                self.lost = true;
+                self.chunks = Vec::new();
+                return;
+            }
+            self.chunks.push(data.clone());
+        } else if let Some(trailers) = frame.trailers_ref() {
+            self.trailers = Some(trailers.clone());
+        }
+    }
+}
+
+/// What a body gave, for its kept copy.
+enum Kept<'a> {
+    Frame(&'a Frame<Bytes>),
+    End,
+    Failed,
+}
+
+/// The most of a request body kept to send again (HAProxy's L7 retries keep what fits its
+/// 16 KiB buffer; a unary gRPC call or a form fits).
+pub const KEPT_BODY_LIMIT: usize = 64 * 1024;
 
 impl RequestBody {
     pub fn new(
@@ -249,6 +317,7 @@ impl RequestBody {
             seen: 0,
             counter: Some(counter),
             silence: crate::stall::StallClock::new(silence),
+            copy: None,
         }
     }
 
@@ -259,6 +328,41 @@ impl RequestBody {
             seen: 0,
             counter: None,
             silence: crate::stall::StallClock::new(std::time::Duration::MAX),
+            copy: None,
+        }
+    }
+
+    /// Keeps a copy of what this body gives from now on (up to [`KEPT_BODY_LIMIT`]), to
+    /// send again if the server refuses the stream it went with.
+    pub fn keep_copy(&mut self) -> std::sync::Arc<std::sync::Mutex<KeptBody>> {
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(KeptBody::default()));
+        self.copy = Some(Box::new(BodyCopy::Keeping(kept.clone())));
+        kept
+    }
+
+    /// Adds what the body just gave to the copy being kept, if one is.
+    fn note_kept(&self, event: Kept<'_>) {
+        let Some(copy) = &self.copy else { return };
+        let BodyCopy::Keeping(kept) = &**copy else { return };
+        let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            Kept::Frame(frame) => {
+                kept.keep(frame, KEPT_BODY_LIMIT);
+                // hyper stops polling a body that says it has ended.
+                kept.complete |= self.inner.as_ref().is_some_and(|b| b.is_end_stream());
+            }
+            Kept::End => kept.complete = true,
+            Kept::Failed => kept.lost = true,
+        }
+    }
+
+    fn poll_replay(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.copy.as_deref_mut() {
+            Some(BodyCopy::Replaying(chunks, trailers)) => match chunks.pop_front() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            },
+            _ => Poll::Ready(None),
         }
     }
 }
@@ -301,20 +405,28 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let Some(inner) = this.inner.as_mut() else { return this.poll_replay() };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.silence.progress();
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
+                        this.note_kept(Kept::Failed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
                 }
+                this.note_kept(Kept::Frame(&frame));
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                this.note_kept(Kept::Failed);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.note_kept(Kept::End);
+                Poll::Ready(None)
+            }
             Poll::Pending if this.silence.waited_too_long(cx) => {
                 Poll::Ready(Some(Err(Box::new(ClientStalled(this.silence.limit())))))
             }
@@ -323,10 +435,47 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        match (&self.inner, self.copy.as_deref()) {
+            (Some(inner), _) => inner.is_end_stream(),
+            (None, Some(BodyCopy::Replaying(chunks, trailers))) => chunks.is_empty() && trailers.is_none(),
+            (None, _) => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map(|b| b.size_hint()).unwrap_or_else(|| SizeHint::with_exact(0))
+        match (&self.inner, self.copy.as_deref()) {
+            (Some(inner), _) => inner.size_hint(),
+            (None, Some(BodyCopy::Replaying(chunks, _))) => {
+                SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
+            }
+            (None, _) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_body_goes_again_whole_with_its_trailers_and_length() {
+        use http_body_util::BodyExt;
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-timeout", http::HeaderValue::from_static("1S"));
+        let kept = KeptBody::whole(vec![Bytes::from_static(b"hel"), Bytes::from_static(b"lo")], Some(trailers));
+        let body = kept.replay().expect("whole");
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(!body.is_end_stream());
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let collected = rt.block_on(body.collect()).expect("a replay never fails");
+        assert_eq!(collected.trailers().map(|t| t["grpc-timeout"].clone()), Some(http::HeaderValue::from_static("1S")));
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"hello"));
+        // What was not kept whole does not go again.
+        let mut partial = KeptBody::default();
+        partial.keep(&Frame::data(Bytes::from_static(b"hel")), KEPT_BODY_LIMIT);
+        assert!(partial.replay().is_none(), "not ended");
+        partial.complete = true;
+        partial.keep(&Frame::data(Bytes::from(vec![0u8; KEPT_BODY_LIMIT])), KEPT_BODY_LIMIT);
+        assert!(partial.replay().is_none(), "past the size kept");
     }
 }

@@ -589,15 +589,7 @@ impl Connection {
         use http_body_util::BodyExt;
         let chunked = framing == RequestFraming::Chunked;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                if e.is::<crate::body::BodyTooLarge>() {
-                    BodyWriteError::TooLarge
-                } else if let Some(stalled) = e.downcast_ref::<crate::body::ClientStalled>() {
-                    BodyWriteError::ClientStalled(stalled.0)
-                } else {
-                    BodyWriteError::Client(e.to_string())
-                }
-            })?;
+            let frame = frame.map_err(BodyWriteError::from_client)?;
             let Ok(data) = frame.into_data() else { continue };
             if data.is_empty() {
                 continue;
@@ -757,6 +749,19 @@ pub enum BodyWriteError {
     ClientStalled(Duration),
     /// The server stopped taking it.
     Upstream(io::Error),
+}
+
+impl BodyWriteError {
+    /// What the client's body failed with, as the cause of the request's failure.
+    pub fn from_client(e: crate::body::BodyError) -> BodyWriteError {
+        if e.is::<crate::body::BodyTooLarge>() {
+            BodyWriteError::TooLarge
+        } else if let Some(stalled) = e.downcast_ref::<crate::body::ClientStalled>() {
+            BodyWriteError::ClientStalled(stalled.0)
+        } else {
+            BodyWriteError::Client(e.to_string())
+        }
+    }
 }
 
 impl From<io::Error> for BodyWriteError {

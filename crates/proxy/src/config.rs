@@ -142,7 +142,8 @@
 //!                                  # proto h2, gRPC: one multiplexed connection per server,
 //!                                  # trailers passed on; HTTP checks go over HTTP/2 too;
 //!                                  # a stream the server refused or left past its GOAWAY
-//!                                  # goes again (any method, a bodiless one)
+//!                                  # goes again (any method; a body up to 64 KiB is kept
+//!                                  # for it)
 //! intercept_errors = false         # true: a server's answer whose status [error_pages] has a
 //!                                  # page for gets that page (nginx's proxy_intercept_errors);
 //!                                  # WWW-Authenticate, Retry-After, Allow stay

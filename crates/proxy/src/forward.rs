@@ -716,6 +716,19 @@ async fn send_h2(
     }
     into_http2_form(&mut req, if pool.config.tls.is_some() { "https" } else { "http" });
     let again = req.body().is_end_stream().then(|| head_copy(&req));
+    // A body is kept, to go again with a refused stream: read whole first when it is small
+    // and says so (a form, a JSON call: nginx reads every body first), else copied as it
+    // goes, up to a size (a gRPC call, whose length is not said).
+    let kept = match again {
+        Some(_) => None,
+        None if small_body(req.body()) => {
+            // Boxed: its state would grow every HTTP/2 request's future.
+            let kept = Box::pin(read_whole(req.body_mut())).await.map_err(client_body_failure)?;
+            *req.body_mut() = kept.replay().unwrap_or_else(RequestBody::empty);
+            Some((std::sync::Arc::new(std::sync::Mutex::new(kept)), head_copy(&req)))
+        }
+        None => Some((req.body_mut().keep_copy(), head_copy(&req))),
+    };
     match tokio::time::timeout(pool.config.first_byte_timeout, sender.try_send_request(req)).await {
         Err(_) => Err(SendError::TimedOut(again.filter(|_| pool.config.retry_on.response_timeout))),
         Ok(Err(mut e)) => {
@@ -725,13 +738,15 @@ async fn send_h2(
                 return Err(SendError::Refused(Some(req), format!("HTTP/2 connection closed: {}", e.error())));
             }
             match refusal(e.error()) {
-                Some(Refusal::Stream) => {
-                    Err(SendError::Refused(again, "the server refused the HTTP/2 stream (REFUSED_STREAM)".into()))
-                }
-                Some(Refusal::GoingAway) => {
-                    server.forget_h2(&connection);
-                    let reason = "the server closed the HTTP/2 connection (GOAWAY) before the stream";
-                    Err(SendError::Refused(again, reason.into()))
+                Some(refusal) => {
+                    if refusal == Refusal::GoingAway {
+                        server.forget_h2(&connection);
+                    }
+                    let reason = match refusal {
+                        Refusal::Stream => "the server refused the HTTP/2 stream (REFUSED_STREAM)",
+                        Refusal::GoingAway => "the server closed the HTTP/2 connection (GOAWAY) before the stream",
+                    };
+                    Err(SendError::Refused(again.or_else(|| with_kept_body(kept)), reason.into()))
                 }
                 None => Err(SendError::Failed(h2_failure(e.error()), again)),
             }
@@ -778,6 +793,49 @@ fn h2_failure(error: &hyper::Error) -> String {
         Some(cause) => format!("HTTP/2: {cause}"),
         None => format!("HTTP/2: {error}"),
     }
+}
+
+/// Whether a request body says it is small enough to read whole before it goes.
+fn small_body(body: &RequestBody) -> bool {
+    http_body::Body::size_hint(body).upper().is_some_and(|n| n <= crate::body::KEPT_BODY_LIMIT as u64)
+}
+
+/// The client's whole body, read before it goes out.
+async fn read_whole(body: &mut RequestBody) -> Result<crate::body::KeptBody, crate::body::BodyError> {
+    use http_body_util::BodyExt;
+    let mut chunks = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        match frame?.into_data() {
+            Ok(data) => chunks.push(data),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok(crate::body::KeptBody::whole(chunks, trailers))
+}
+
+/// A client body that failed before it went out, as the answer the client gets.
+fn client_body_failure(e: crate::body::BodyError) -> SendError {
+    match BodyWriteError::from_client(e) {
+        BodyWriteError::TooLarge => SendError::TooLarge,
+        BodyWriteError::ClientStalled(silence) => {
+            let reason = format!("the client sent no body data for {} ms", silence.as_millis());
+            SendError::Client(StatusCode::REQUEST_TIMEOUT, reason)
+        }
+        BodyWriteError::Client(e) => SendError::Client(StatusCode::BAD_REQUEST, format!("client body: {e}")),
+        BodyWriteError::Upstream(e) => SendError::Client(StatusCode::BAD_REQUEST, format!("client body: {e}")),
+    }
+}
+
+/// The request again with the copy kept of its body, when the whole body was kept (it ended
+/// within the size kept, before the stream was refused).
+fn with_kept_body(
+    kept: Option<(std::sync::Arc<std::sync::Mutex<crate::body::KeptBody>>, Request<RequestBody>)>,
+) -> Option<Request<RequestBody>> {
+    let (kept, mut req) = kept?;
+    let body = kept.lock().unwrap_or_else(|p| p.into_inner()).replay()?;
+    *req.body_mut() = body;
+    Some(req)
 }
 
 /// A bodiless request's head, to send again.
