@@ -33,9 +33,12 @@ test:
 	fi
 	$(MAKE) lint
 
+# The fuzz targets live outside the workspace: checked here too, so that an API change that
+# breaks one is caught by make test, not by the next make fuzz.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd fuzz && $(CARGO) check --bins --quiet
 
 fmt:
 	$(CARGO) fmt --all
