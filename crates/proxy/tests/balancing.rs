@@ -6,6 +6,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -2487,7 +2488,11 @@ impl Nginx {
         );
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, config).unwrap();
-        let child = std::process::Command::new("nginx")
+        // Debian puts it in /usr/sbin, which a user's PATH may not hold (scripts/setup looks
+        // there too).
+        let binary =
+            ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("nginx");
+        let child = std::process::Command::new(binary)
             .arg("-p")
             .arg(dir.path())
             .arg("-e")
