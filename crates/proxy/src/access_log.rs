@@ -52,9 +52,11 @@ pub enum Field {
     Listener,
     Pool,
     Server,
+    SslClientVerify,
+    SslClientSDn,
 }
 
-const FIELDS: [(&str, Field); 20] = [
+const FIELDS: [(&str, Field); 22] = [
     ("remote_addr", Field::RemoteAddr),
     ("remote_port", Field::RemotePort),
     ("time_local", Field::TimeLocal),
@@ -75,6 +77,8 @@ const FIELDS: [(&str, Field); 20] = [
     ("listener", Field::Listener),
     ("pool", Field::Pool),
     ("server", Field::Server),
+    ("ssl_client_verify", Field::SslClientVerify),
+    ("ssl_client_s_dn", Field::SslClientSDn),
 ];
 
 impl Format {
@@ -159,6 +163,8 @@ pub struct Entry<'a> {
     pub pool: Option<&'a str>,
     pub server: Option<&'a str>,
     pub request_id: &'a str,
+    /// On a listener that verifies clients: what the client's certificate said.
+    pub client_certificate: Option<&'a crate::client_cert::ClientIdentity>,
 }
 
 /// Where the lines go.
@@ -505,6 +511,11 @@ fn custom(out: &mut String, segments: &[Segment], e: &Entry<'_>, now: SystemTime
             Field::Listener => write!(out, "{}", e.listener),
             Field::Pool => write!(out, "{}", e.pool.unwrap_or("-")),
             Field::Server => write!(out, "{}", e.server.unwrap_or("-")),
+            Field::SslClientVerify => write!(out, "{}", e.client_certificate.map_or("NONE", |c| c.verify())),
+            Field::SslClientSDn => {
+                let subject = e.client_certificate.and_then(|c| c.certificate()).map(|c| c.subject.as_str());
+                write!(out, "{}", escape_quotes(subject.unwrap_or("-")))
+            }
         };
     }
 }
@@ -600,6 +611,7 @@ mod tests {
             pool: Some("web"),
             server: None,
             request_id: "r-1",
+            client_certificate: None,
         };
         let mut line = String::new();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(20_417 * 86_400 + 3_600);

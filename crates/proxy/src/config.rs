@@ -38,7 +38,8 @@
 //! # line = '$remote_addr [$time_local] "$request" $status $body_bytes_sent $request_time $pool/$server $request_id'
 //! #   variables: remote_addr remote_port time_local time_iso8601 msec request request_method
 //! #   request_uri uri args server_protocol status body_bytes_sent request_time http_referer
-//! #   http_user_agent request_id listener pool server (`${name}` before letters)
+//! #   http_user_agent request_id listener pool server ssl_client_verify ssl_client_s_dn
+//! #   (`${name}` before letters)
 //! [resolvers]                      # optional (HAProxy's resolvers section): servers written
 //!                                  # with a host name are resolved through these nameservers
 //!                                  # at load and asked again while the proxy runs

@@ -915,7 +915,8 @@ enum Target<'a, F> {
 type Forwarded = (Response<ProxyBody>, Option<usize>);
 
 /// What the log line needs, kept before the request moves on (clones of shared buffers).
-type Logged = (http::Method, http::Uri, http::Version, Option<HeaderValue>, Option<HeaderValue>);
+type Logged =
+    (http::Method, http::Uri, http::Version, Option<HeaderValue>, Option<HeaderValue>, Option<Arc<ClientIdentity>>);
 
 /// Answers one request of a site listener. Everything before the wait (the route, the
 /// access rules, the headers) is decided here, synchronously, and the future returned holds
@@ -946,6 +947,7 @@ fn route<'a>(
             req.version(),
             h.get(REFERER).cloned(),
             h.get(USER_AGENT).cloned(),
+            req.extensions().get::<Arc<ClientIdentity>>().cloned(),
         ))
     });
     let compress = match routing.is_some_and(|l| l.compress) {
@@ -1006,7 +1008,7 @@ fn route<'a>(
                 rules.apply_to_response(response.headers_mut());
             }
             if let (Some(log), Some(logged)) = (&shared.access_log, logged) {
-                let (method, uri, version, referer, user_agent) = *logged;
+                let (method, uri, version, referer, user_agent, identity) = *logged;
                 log.write(&Entry {
                     client,
                     listener: &listener.name,
@@ -1021,6 +1023,7 @@ fn route<'a>(
                     pool: pool.map(|p| p.config.name.as_str()),
                     server: server.map(|s| s.config.name.as_str()),
                     request_id: request_id.to_str().unwrap_or("-"),
+                    client_certificate: identity.as_deref(),
                 });
             }
         }

@@ -798,14 +798,18 @@ fn listeners_verify_client_certificates_and_pass_what_they_say_upstream() {
             d = dir.path().display()
         )
     };
+    let log = dir.path().join("access.log");
     let config = format!(
-        "name = \"mtls\"\n{}{}[pools.web]\n[[pools.web.servers]]\nname = \"echo\"\naddress = \"{origin}\"\n",
+        "name = \"mtls\"\n[access_log]\npath = \"{}\"\nformat = \"custom\"\n\
+         line = '$listener $ssl_client_verify \"$ssl_client_s_dn\"'\n\
+         {}{}[pools.web]\n[[pools.web.servers]]\nname = \"echo\"\naddress = \"{origin}\"\n",
+        log.display(),
         listener("required", 8443, "required"),
         listener("optional", 8444, "optional")
     );
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, config).unwrap();
-    let _proxy = Proxy::start_file(&path);
+    let proxy = Proxy::start_file(&path);
     let (required, optional) = (addr("127.211.12.1:8443"), addr("127.211.12.1:8444"));
     let alice = || Some(client_certificate(&clients_ca, "alice", "Acme, Inc."));
     runtime().block_on(async {
@@ -830,6 +834,18 @@ fn listeners_verify_client_certificates_and_pass_what_they_say_upstream() {
         let stranger = fetch_as(&server_ca, optional, Some(client_certificate(&stranger_ca, "mallory", "Evil")), "");
         assert!(stranger.await.is_err(), "optional, but a certificate shown must verify");
     });
+    drop(proxy); // flushes the log
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "required SUCCESS \"CN=alice,O=Acme\\\\, Inc.\"",
+            "optional NONE \"-\"",
+            "optional SUCCESS \"CN=alice,O=Acme\\\\, Inc.\""
+        ],
+        "nginx's log_format variables (the log escapes its backslashes, as it does quotes)"
+    );
 }
 
 #[test]
