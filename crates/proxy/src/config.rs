@@ -905,6 +905,10 @@ pub struct AccessLogConfig {
     pub format: crate::access_log::Format,
 }
 
+/// The answers that say a server failed a request (nginx's `http_500 http_502 http_503
+/// http_504`; HAProxy's all-retryable-errors statuses).
+pub const SERVER_FAILURES: [u16; 4] = [500, 502, 503, 504];
+
 /// What, besides a request that could not be sent, sends an idempotent request without a
 /// body to another server within the retry budget (HAProxy's `retry-on`, nginx's
 /// `proxy_next_upstream`).
@@ -925,7 +929,7 @@ impl RetryOn {
             "response-timeout" => self.response_timeout = true,
             "all-retryable-errors" => {
                 self.response_timeout = true;
-                for status in [500, 502, 503, 504] {
+                for status in SERVER_FAILURES {
                     self.add_status(status);
                 }
             }

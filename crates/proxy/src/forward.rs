@@ -166,7 +166,7 @@ fn intercepted(server_answer: Response<ProxyBody>) -> Response<ProxyBody> {
 /// The statuses a stale cached answer stands in for (nginx's `http_500 http_502 http_503
 /// http_504`).
 fn is_server_error(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+    crate::config::SERVER_FAILURES.contains(&status.as_u16())
 }
 
 /// A stale entry of the pool's cache that may answer for servers that failed.
@@ -715,20 +715,21 @@ async fn send_h2(
         return Err(SendError::Refused(Some(req), format!("HTTP/2 connection closed: {e}")));
     }
     into_http2_form(&mut req, if pool.config.tls.is_some() { "https" } else { "http" });
-    let again = req.body().is_end_stream().then(|| head_copy(&req));
-    // A body is kept, to go again with a refused stream: read whole first when it is small
-    // and says so (a form, a JSON call: nginx reads every body first), else copied as it
-    // goes, up to a size (a gRPC call, whose length is not said).
-    let kept = match again {
-        Some(_) => None,
-        None if small_body(req.body()) => {
+    // What goes again with a refused stream: the head, and the body when it was kept — read
+    // whole first when it is small and says so (a form, a JSON call: nginx reads every body
+    // first), else copied as it goes, up to a size (a gRPC call, whose length is not said).
+    let mut again = req.body().is_end_stream().then(|| head_copy(&req));
+    let mut kept = None;
+    if again.is_none() {
+        if small_body(req.body()) {
             // Boxed: its state would grow every HTTP/2 request's future.
-            let kept = Box::pin(read_whole(req.body_mut())).await.map_err(client_body_failure)?;
-            *req.body_mut() = kept.replay().unwrap_or_else(RequestBody::empty);
-            Some((std::sync::Arc::new(std::sync::Mutex::new(kept)), head_copy(&req)))
+            let whole = Box::pin(read_whole(req.body_mut())).await.map_err(client_body_failure)?;
+            *req.body_mut() = whole.replay().unwrap_or_else(RequestBody::empty);
+            again = whole.replay().map(|body| head_copy(&req).map(|_| body));
+        } else {
+            kept = Some((req.body_mut().keep_copy(), head_copy(&req)));
         }
-        None => Some((req.body_mut().keep_copy(), head_copy(&req))),
-    };
+    }
     match tokio::time::timeout(pool.config.first_byte_timeout, sender.try_send_request(req)).await {
         Err(_) => Err(SendError::TimedOut(again.filter(|_| pool.config.retry_on.response_timeout))),
         Ok(Err(mut e)) => {
