@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,9 +99,9 @@ def measure(args, profile, subnet, targets):
         base + ["up", "-d", "--profile", profile, "--subnet", subnet, "--state-dir", state, "--timeout", "120"],
         capture_output=True, text=True,
     )
-    if up.returncode != 0:
-        sys.exit(f"webstack up failed:\n{up.stdout}\n{up.stderr}")
     try:
+        if up.returncode != 0:
+            sys.exit(f"webstack up failed:\n{up.stdout}\n{up.stderr}")
         status = json.loads(subprocess.run(
             base + ["status", "--json", "--state-dir", state], capture_output=True, text=True, check=True).stdout)
         pids = {}
@@ -120,7 +121,9 @@ def measure(args, profile, subnet, targets):
             rows.append((label, result, per_request))
         return rows
     finally:
+        # A failed `up` leaves the stack running too; each run's databases are ~200 MB of disk.
         subprocess.run(base + ["down", "--state-dir", state], capture_output=True)
+        shutil.rmtree(state, ignore_errors=True)
 
 if __name__ == "__main__":
     main()

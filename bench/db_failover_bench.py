@@ -17,6 +17,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -70,9 +71,9 @@ def trial(webstack):
     state = tempfile.mkdtemp(prefix="webstack-db-failover-")
     cmd = lambda *a: subprocess.run([webstack, *a, "--state-dir", state], capture_output=True, text=True)
     up = cmd("up", "-d", "--profile", "distributed", "--subnet", SUBNET, "--timeout", "150")
-    if up.returncode != 0:
-        sys.exit(f"webstack up failed:\n{up.stdout}{up.stderr}")
     try:
+        if up.returncode != 0:
+            sys.exit(f"webstack up failed:\n{up.stdout}{up.stderr}")
         cookie, db_password = admin_cookie(state)
         writes, stop = [], threading.Event()
 
@@ -106,7 +107,9 @@ def trial(webstack):
         return {"stopped_ms": max(gaps) * 1000 if gaps else float("nan"), "failed": len(failed),
                 "missing": missing, "acknowledged": len(ids), "new_primary": primary}
     finally:
+        # A failed `up` leaves the stack running too; each trial's databases are ~200 MB of disk.
         cmd("down")
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def main():

@@ -17,6 +17,7 @@ Usage: bench/failover_bench.py [--trials 5] [--webstack PATH]
 import argparse
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -179,12 +180,19 @@ def report(title, results):
 
 
 def main():
-    global NET, VIP
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--webstack", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "webstack"))
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="webstack-failover-")
+    try:
+        drills(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def drills(args, work):
+    global NET, VIP
     results = [trial(args.webstack, work) for _ in range(args.trials)]
     report(f"load-balancer failover on loopback hosts, {args.trials} trials (adverts every 50 ms)", results)
     if os.geteuid() != 0 or subprocess.run(["sh", "-c", "command -v ip"], capture_output=True).returncode != 0:
