@@ -21,7 +21,7 @@ use crate::body::ProxyBody;
 use crate::config::MAX_WEIGHT;
 use crate::forward::error_response;
 use crate::server::{Proxy, Runtime};
-use crate::upstream::{AdminState, PoolState, ServerState, LATENCY_BUCKETS};
+use crate::upstream::{AdminState, PoolState, LATENCY_BUCKETS};
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -222,10 +222,11 @@ fn servers_json(pools: &[Arc<PoolState>]) -> String {
                 .map(|s| {
                     serde_json::json!({
                         "name": s.config.name,
-                        "address": shown_address(s),
+                        "address": s.shown_address(),
                         "up": s.is_up(),
                         "admin": s.admin().name(),
                         "weight": s.weight(),
+                        "config_weight": s.config.weight,
                         "backup": s.config.backup,
                         "in_flight": s.in_flight.load(Ordering::Relaxed),
                         "maxconn": s.config.maxconn,
@@ -242,18 +243,6 @@ fn servers_json(pools: &[Arc<PoolState>]) -> String {
         })
         .collect();
     serde_json::json!({ "pools": pools }).to_string()
-}
-
-/// Where a server is: `-` for a template's slot that DNS has not filled.
-fn shown_address(server: &ServerState) -> String {
-    if let Some(path) = &server.config.unix {
-        return format!("unix:{}", path.display());
-    }
-    let address = server.address();
-    if !server.is_resolved() && address.ip().is_unspecified() {
-        return "-".into();
-    }
-    address.to_string()
 }
 
 fn unavailable(body: String) -> Response<ProxyBody> {
@@ -535,7 +524,7 @@ fn stats(runtime: &Runtime) -> String {
                 out,
                 "  {:<16} {:<22} {:<5} {:<6} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}  {}",
                 s.config.name,
-                shown_address(s),
+                s.shown_address(),
                 if s.is_up() { "UP" } else { "DOWN" },
                 s.admin().name(),
                 s.weight(),

@@ -29,11 +29,13 @@ pub mod resolvers;
 pub mod server;
 pub mod stall;
 pub mod static_files;
+pub mod takeover;
 pub mod tls;
 pub mod upstream;
 
 pub use config::ProxyConfig;
-pub use server::run;
+pub use server::{run, run_launched};
+pub use takeover::Launch;
 
 /// The runtime a proxy with this config runs on: one thread (tokio's current-thread
 /// scheduler, the cheapest per request: no work stealing, no cross-thread wake-ups) or

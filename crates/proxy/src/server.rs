@@ -30,12 +30,19 @@ use crate::client_cert::ClientIdentity;
 use crate::config::{Listener, ProxyConfig, Route, RouteTarget};
 use crate::forward::{error_response, forward};
 use crate::stall::WriteTimeout;
+use crate::takeover::{self, Launch, Predecessor};
 use crate::upstream::PoolState;
 use crate::{admin, compression, health, redundancy, static_files};
 
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// A client that has not finished its TLS handshake by then is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for an accept loop to take its queue and close its listener.
+const ACCEPTORS_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+/// At shutdown, how long a connection that has not begun a request yet (just accepted, its
+/// request on the way) is given to begin one: it is served, with `Connection: close`, rather
+/// than closed under a request it was sent (which the client sees as a reset).
+const FIRST_REQUEST_AT_SHUTDOWN: Duration = Duration::from_millis(1000);
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -121,12 +128,64 @@ enum Serves {
 /// listener) reloads the config file in place: listeners that stay are not rebound, and
 /// connections and in-flight requests carry on.
 pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    run_launched(config, Launch::default(), shutdown).await
+}
+
+/// As [`run`], started as `launch` says: taking over from a running proxy, writing a PID file.
+pub async fn run_launched(config: ProxyConfig, launch: Launch, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    let predecessor = match launch.take_over {
+        Some(pid) => {
+            let found = Predecessor::find(pid);
+            if found.is_none() {
+                tracing::warn!(pid, "no process {pid} to take over from; starting alone");
+            }
+            found
+        }
+        None => None,
+    };
+    if predecessor.is_some() && config.ha.is_some() {
+        return Err(io::Error::other(
+            "take-over is for a proxy without [ha]: a load-balancer pair is upgraded one node at a time, \
+             its failover being the hand-over (stop the BACKUP, upgrade it, start it, then the other)",
+        ));
+    }
+    // Read while the old proxy alone listens on the admin address: ours will take its connections.
+    let snapshot = match (&predecessor, config.admin) {
+        (Some(_), Some(admin)) => match tokio::task::spawn_blocking(move || takeover::fetch_snapshot(admin)).await {
+            Ok(Ok(snapshot)) => Some(snapshot),
+            Ok(Err(e)) => {
+                tracing::warn!(%admin, "servers' state not carried over (drain, weights, health): {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%admin, "servers' state not carried over: {e}");
+                None
+            }
+        },
+        (Some(_), None) => {
+            tracing::warn!(
+                "without an admin listener the servers' runtime state (drain, weights, health) is not carried over"
+            );
+            None
+        }
+        _ => None,
+    };
     let access_log = open_access_log(&config, None)?;
+    // Checked before any listener opens: once ours are open beside a predecessor's, failing
+    // would reset the connections already steered to them.
+    if let Some(path) = &launch.pid_file {
+        takeover::check_pid_file(path)?;
+    }
     let mut bound = Vec::new();
     for address in addresses(&config) {
-        bound.push((address, bind(address.0).await?));
+        let socket = if predecessor.is_some() { join(address.0)? } else { bind(address.0).await? };
+        bound.push((address, socket));
     }
-    let pools = config.pools.iter().map(|p| Arc::new(PoolState::new(p.clone()))).collect();
+    let pools: Vec<Arc<PoolState>> = config.pools.iter().map(|p| Arc::new(PoolState::new(p.clone()))).collect();
+    if let Some(snapshot) = &snapshot {
+        let matched = takeover::carry_over(snapshot, &pools);
+        tracing::info!(servers = matched, "servers' runtime state carried over from the running proxy");
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let listeners = listener_stats(&config, None);
@@ -150,6 +209,17 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io:
         control.checkers = spawn_checkers(&runtime.pools, runtime.config.resolvers.as_ref());
     }
     tracing::info!(name = proxy.current.load().config.name, "proxy is serving");
+    if let Some(old) = &predecessor {
+        match old.retire() {
+            Ok(()) => tracing::warn!(pid = old.pid(), "took over; the old process finishes its requests and exits"),
+            Err(e) => tracing::error!(pid = old.pid(), "took over its listeners but could not tell it to stop: {e}"),
+        }
+    }
+    if let Some(path) = &launch.pid_file {
+        if let Err(e) = takeover::write_pid_file(path) {
+            tracing::error!("cannot write the PID file {}: {e}", path.display());
+        }
+    }
 
     let reloads = tokio::spawn(reload_on_sighup(proxy.clone()));
     let redundancy = match (ha_config, ha_status) {
@@ -166,8 +236,11 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io:
     }
     let flusher = {
         let mut control = proxy.control.lock().await;
-        for (_, a) in control.acceptors.drain() {
-            a.abort();
+        // Each accept loop takes its listener's queued connections and closes it on `stop`.
+        for (_, mut acceptor) in control.acceptors.drain() {
+            if tokio::time::timeout(ACCEPTORS_STOP_TIMEOUT, &mut acceptor).await.is_err() {
+                acceptor.abort();
+            }
         }
         for c in control.checkers.drain(..) {
             c.abort();
@@ -185,6 +258,9 @@ pub async fn run(config: ProxyConfig, shutdown: impl Future<Output = ()>) -> io:
     }
     if let Some(log) = &proxy.current.load().access_log {
         log.flush();
+    }
+    if let Some(path) = &launch.pid_file {
+        takeover::remove_pid_file(path);
     }
     Ok(())
 }
@@ -419,39 +495,66 @@ impl Proxy {
     }
 }
 
-/// A VIP listener, bound with SO_REUSEPORT: during a planned hand-over the new MASTER binds
-/// before the old one lets go, so no connection is refused in between.
+/// A VIP listener: during a planned hand-over the new MASTER opens it before the old one lets
+/// go, so no connection is refused in between.
 fn bind_shared(address: SocketAddr) -> io::Result<TcpListener> {
-    listen(address, true)
+    listen(address)
 }
 
+/// A listener on an address no other socket listens on: refused as a plain bind is ("address
+/// in use") even when the one there allows sharing, which only a successor may join.
 async fn bind(address: SocketAddr) -> io::Result<TcpListener> {
-    listen(address, false)
+    refuse_if_listened_on(address)?;
+    listen(address)
 }
 
-/// A listening socket. Not HAProxy's tcp-smart-accept (TCP_QUICKACK off on the listener, which
-/// accepted sockets inherit): measured here it no longer helped new TLS connections once the
-/// session tickets ride with the first answer, and it raised the p99 of keep-alive proxying by
-/// about a quarter (7 of 8 interleaved A/B pairs; see bench/RESULTS.md).
-fn listen(address: SocketAddr, shared: bool) -> io::Result<TcpListener> {
+/// A listener beside a predecessor's on the same address (a take-over): new connections come
+/// here from now on.
+fn join(address: SocketAddr) -> io::Result<TcpListener> {
+    listen(address).map_err(|e| {
+        io::Error::new(e.kind(), format!("{e}; a take-over joins only listeners that a webstack proxy opened"))
+    })
+}
+
+/// Binding a probe fails while a socket listens on `address`, even one opened with
+/// SO_REUSEPORT (the probe does not ask to share).
+fn refuse_if_listened_on(address: SocketAddr) -> io::Result<()> {
+    if address.port() == 0 {
+        return Ok(());
+    }
+    let probe = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&address.into()).map_err(|e| {
+        let hint = if e.kind() == io::ErrorKind::AddrInUse {
+            "; another process listens there (a running webstack proxy is replaced with `--take-over PID`)"
+        } else {
+            ""
+        };
+        io::Error::new(e.kind(), format!("cannot listen on {address}: {e}{hint}"))
+    })
+}
+
+/// A listening socket, open to a successor (SO_REUSEPORT) and taking every new connection
+/// from a predecessor it joins. Not HAProxy's tcp-smart-accept (TCP_QUICKACK off on the
+/// listener, which accepted sockets inherit): measured here it no longer helped new TLS
+/// connections once the session tickets ride with the first answer, and it raised the p99 of
+/// keep-alive proxying by about a quarter (7 of 8 interleaved A/B pairs; see bench/RESULTS.md).
+fn listen(address: SocketAddr) -> io::Result<TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    if shared {
-        socket.set_reuse_port(true)?;
-    }
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into()).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {address}: {e}")))?;
     socket.listen(1024)?;
-    if shared {
-        steer_new_connections_here(&socket);
-    }
+    steer_new_connections_here(&socket);
     TcpListener::from_std(socket.into())
 }
 
-/// Makes the newest listener of the VIP's SO_REUSEPORT group take every new connection.
+/// Makes the newest listener of an SO_REUSEPORT group take every new connection.
 ///
-/// During a planned hand-over the new MASTER binds while the old one still listens, and the
-/// kernel spreads new connections over both; when the old one closes its listener, the
+/// During a planned hand-over (a new MASTER of the VIP, a process taking over) the new
+/// listener opens while the old one still listens, and the kernel spreads new connections over
+/// both; when the old one closes its listener, the
 /// connections waiting in its accept queue are reset (a failed request now and then). This
 /// classic BPF program picks the group's second socket — the one bound last, since the kernel
 /// appends sockets to the group — so the old listener gets nothing new and has nothing queued
@@ -580,17 +683,34 @@ async fn accept_loop(
         Serves::Admin => None,
     };
     let mut limit = settings_now().and_then(|(_, _, limit)| limit);
+    let mut socket = Some(socket);
+    let mut stop = stop_rx.clone();
+    // At shutdown: the connections that were waiting in the listener's queue.
+    let mut queued: Option<std::vec::IntoIter<(tokio::net::TcpStream, SocketAddr)>> = None;
     loop {
-        if let Some(limit) = limit {
-            stats.open.wait_below(limit, address).await;
-        }
-        let (mut stream, mut client) = match socket.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+        let (mut stream, mut client) = match (queued.as_mut(), socket.as_ref()) {
+            (Some(rest), _) => match rest.next() {
+                Some(connection) => connection,
+                None => return,
+            },
+            (None, None) => return,
+            (None, Some(listener)) => {
+                let accepted = tokio::select! {
+                    accepted = accept_below(listener, limit, &stats, address) => accepted,
+                    _ = stop.wait_for(|stop| *stop) => {
+                        queued = socket.take().map(|l| take_queued(l, address).into_iter());
+                        continue;
+                    }
+                };
+                match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
             }
         };
         let _ = stream.set_nodelay(true);
@@ -674,6 +794,42 @@ async fn accept_loop(
     }
 }
 
+/// The next connection, once the listener is below its `max_connections`.
+async fn accept_below(
+    listener: &TcpListener,
+    limit: Option<usize>,
+    stats: &ListenerStats,
+    address: SocketAddr,
+) -> io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    if let Some(limit) = limit {
+        stats.open.wait_below(limit, address).await;
+    }
+    listener.accept().await
+}
+
+/// The most connections taken from a listener's queue at shutdown (its backlog).
+const QUEUE_AT_SHUTDOWN_MAX: usize = 1024;
+
+/// The connections waiting in a listener's queue at shutdown, taken (with real accept calls,
+/// not the reactor's view of them) so that they are served rather than reset when the listener
+/// closes — which it does when this returns. With a successor (a take-over) the queue holds
+/// only what came before it opened its listener; new connections go to it.
+fn take_queued(listener: TcpListener, address: SocketAddr) -> Vec<(tokio::net::TcpStream, SocketAddr)> {
+    let Ok(listener) = listener.into_std() else { return Vec::new() };
+    let mut queued = Vec::new();
+    while queued.len() < QUEUE_AT_SHUTDOWN_MAX {
+        let Ok((stream, client)) = listener.accept() else { break };
+        let stream = stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream));
+        if let Ok(stream) = stream {
+            queued.push((stream, client));
+        }
+    }
+    if !queued.is_empty() {
+        tracing::info!(%address, connections = queued.len(), "serving the connections queued at shutdown");
+    }
+    queued
+}
+
 /// What the client's certificate says; rustls verified it in the handshake.
 fn client_identity(connection: &rustls::ServerConnection) -> ClientIdentity {
     match connection.peer_certificates().and_then(|chain| chain.first()) {
@@ -746,13 +902,16 @@ async fn serve<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
+    let requests = Arc::new(AtomicU64::new(0));
+    let service = Counting { inner: service, requests: requests.clone() };
     if h2 {
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new()).max_concurrent_streams(256).max_header_list_size(limits.max_header_bytes as u32);
-        let requests = Arc::new(AtomicU64::new(0));
-        let service = Counting { inner: service, requests: requests.clone() };
-        let idle = IdleClose { requests, after: limits.client_timeout };
-        drive(http2.serve_connection(io, service), stop_rx, client, Some(idle)).await;
+        let idle = Some(limits.client_timeout);
+        // No wait for a first request at shutdown: HTTP/2's GOAWAY tells the client which
+        // streams were not processed, and it sends them again.
+        drive(http2.serve_connection(io, service), stop_rx, client, Watch { requests, idle, first_request: false })
+            .await;
     } else {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
@@ -766,7 +925,8 @@ async fn serve<I, S>(
         if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
             http1.max_headers(limits.max_headers);
         }
-        drive(http1.serve_connection(io, service).with_upgrades(), stop_rx, client, None).await;
+        let watch = Watch { requests, idle: None, first_request: true };
+        drive(http1.serve_connection(io, service).with_upgrades(), stop_rx, client, watch).await;
     }
 }
 
@@ -788,23 +948,27 @@ impl<S: hyper::service::Service<Request<Incoming>>> hyper::service::Service<Requ
     }
 }
 
-/// Closes an HTTP/2 connection (GOAWAY; streams in flight finish) once a whole `after` went by
-/// without a new request: browsers keep HTTP/2 connections open, and the proxy would otherwise
-/// hold every one for ever (nginx's http2_idle_timeout, HAProxy's timeout http-keep-alive).
-/// HTTP/1.1's idle connections end on hyper's header read timeout instead.
-struct IdleClose {
+/// What [`drive`] watches on a connection besides shutdown.
+struct Watch {
+    /// The requests its service was called for.
     requests: Arc<AtomicU64>,
-    after: Duration,
+    /// Closes the connection (HTTP/2's GOAWAY; streams in flight finish) once a whole period
+    /// went by without a new request: browsers keep HTTP/2 connections open, and the proxy
+    /// would otherwise hold every one for ever (nginx's http2_idle_timeout, HAProxy's timeout
+    /// http-keep-alive). HTTP/1.1's idle connections end on hyper's header read timeout.
+    idle: Option<Duration>,
+    /// At shutdown, lets a connection that has not begun a request begin one first.
+    first_request: bool,
 }
 
 /// Serves a connection until it ends, until shutdown asks it to finish what it has, or, with
-/// `idle`, until it went quiet.
-async fn drive<C>(conn: C, mut stop_rx: watch::Receiver<bool>, client: SocketAddr, idle: Option<IdleClose>)
+/// `watch.idle`, until it went quiet.
+async fn drive<C>(conn: C, mut stop_rx: watch::Receiver<bool>, client: SocketAddr, watch: Watch)
 where
     C: Future<Output = hyper::Result<()>> + GracefulShutdown,
 {
     tokio::pin!(conn);
-    let mut ticker = idle.as_ref().map(|i| tokio::time::interval_at(tokio::time::Instant::now() + i.after, i.after));
+    let mut ticker = watch.idle.map(|after| tokio::time::interval_at(tokio::time::Instant::now() + after, after));
     let mut seen = 0;
     loop {
         let tick = async {
@@ -816,15 +980,10 @@ where
             }
         };
         tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, %client, "client connection ended with an error");
-                }
-                return;
-            }
+            result = conn.as_mut() => return log_end(result, client),
             _ = stop_rx.wait_for(|stop| *stop) => break,
             _ = tick => {
-                let now = idle.as_ref().map_or(0, |i| i.requests.load(Ordering::Relaxed));
+                let now = watch.requests.load(Ordering::Relaxed);
                 if now == seen {
                     break;
                 }
@@ -832,8 +991,23 @@ where
             }
         }
     }
+    if *stop_rx.borrow() && watch.first_request && watch.requests.load(Ordering::Relaxed) == 0 {
+        let deadline = tokio::time::Instant::now() + FIRST_REQUEST_AT_SHUTDOWN;
+        while watch.requests.load(Ordering::Relaxed) == 0 && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                result = conn.as_mut() => return log_end(result, client),
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+fn log_end(result: hyper::Result<()>, client: SocketAddr) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, %client, "client connection ended with an error");
+    }
 }
 
 /// hyper's HTTP/1 and HTTP/2 connections share no trait for it.

@@ -363,6 +363,19 @@ impl ServerState {
     }
 
     /// Up by its checks, and with an address.
+    /// Where it is, as the stats page and `/api/servers` show it: `-` for a template's slot
+    /// that DNS has not filled.
+    pub fn shown_address(&self) -> String {
+        if let Some(path) = &self.config.unix {
+            return format!("unix:{}", path.display());
+        }
+        let address = self.address();
+        if !self.is_resolved() && address.ip().is_unspecified() {
+            return "-".into();
+        }
+        address.to_string()
+    }
+
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed) && self.resolved.load(Ordering::Relaxed)
     }

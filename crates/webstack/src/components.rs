@@ -23,6 +23,21 @@ impl ComponentArgs {
     }
 }
 
+/// `webstack proxy`: a component's arguments, and how it starts.
+#[derive(clap::Args)]
+pub struct ProxyArgs {
+    #[command(flatten)]
+    component: ComponentArgs,
+    /// Take over from the proxy with this process ID (HAProxy's `-sf PID`, nginx's binary
+    /// upgrade): open its addresses beside it, carry its servers' runtime state over, then let
+    /// it finish its requests and exit. No connection is refused on the way.
+    #[arg(long, value_name = "PID")]
+    take_over: Option<u32>,
+    /// Write this process's ID to FILE once it serves (removed at exit).
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+}
+
 /// Exit status for a config error, as with `nginx -t`: distinct from a run-time failure.
 const CONFIG_ERROR: u8 = 2;
 
@@ -94,8 +109,14 @@ fn run_component_on<C, E: std::fmt::Display, F: Future<Output = Result<(), E>>>(
     }
 }
 
-pub fn proxy(args: &ComponentArgs) -> ExitCode {
-    run_component_on(args, |p| proxy::ProxyConfig::load(p), proxy::runtime, |c| proxy::run(c, stop_signal()))
+pub fn proxy(args: &ProxyArgs) -> ExitCode {
+    let launch = proxy::Launch { take_over: args.take_over, pid_file: args.pid_file.clone() };
+    run_component_on(
+        &args.component,
+        |p| proxy::ProxyConfig::load(p),
+        proxy::runtime,
+        |c| proxy::run_launched(c, launch, stop_signal()),
+    )
 }
 
 pub fn app(args: &ComponentArgs) -> ExitCode {

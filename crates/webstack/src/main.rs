@@ -122,7 +122,7 @@ enum Command {
         file: PathBuf,
     },
     /// Run the proxy (edge or web role) alone.
-    Proxy(components::ComponentArgs),
+    Proxy(components::ProxyArgs),
     /// Run the foobar.com application server alone.
     App(components::ComponentArgs),
     /// Run one MariaDB node alone (`--config FILE`), or manage the stack's cluster (`status`, `switchover`, `rejoin`).
