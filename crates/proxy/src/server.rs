@@ -39,10 +39,11 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for an accept loop to take its queue and close its listener.
 const ACCEPTORS_STOP_TIMEOUT: Duration = Duration::from_secs(1);
-/// At shutdown, how long a connection that has not begun a request yet (just accepted, its
-/// request on the way) is given to begin one: it is served, with `Connection: close`, rather
-/// than closed under a request it was sent (which the client sees as a reset).
-const FIRST_REQUEST_AT_SHUTDOWN: Duration = Duration::from_millis(1000);
+/// At shutdown, how long an HTTP/1 connection with a request on its way (just accepted, or
+/// with the next request unread in its socket) is given to begin it: it is served, with
+/// `Connection: close`, rather than closed under a request it was sent (which the client sees
+/// as a reset, and cannot safely send again unless it is idempotent).
+const NEXT_REQUEST_AT_SHUTDOWN: Duration = Duration::from_millis(1000);
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -763,6 +764,7 @@ async fn accept_loop(
                     }
                 })
             };
+            let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
             // TLS listeners: the handshake first, then ALPN says h2 or HTTP/1.1.
             if let Some(tls) = tls {
                 let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
@@ -778,14 +780,14 @@ async fn accept_loop(
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 let identity = tls.verifies_clients().then(|| Arc::new(client_identity(stream.get_ref().1)));
                 let stream = WriteTimeout::new(stream, limits.client_timeout);
-                serve(TokioIo::new(stream), h2, service(identity), stop_rx, client, limits).await;
+                serve(TokioIo::new(stream), socket, h2, service(identity), stop_rx, client, limits).await;
             } else {
                 // HTTP/2 when the client opens with its preface (h2c, prior knowledge), else
                 // HTTP/1.1. Deciding here keeps HTTP/1.1 connections on hyper's plain path,
                 // which costs less per request than a connection that could still switch.
                 let h2 = starts_with_h2_preface(&stream).await;
                 let stream = WriteTimeout::new(stream, limits.client_timeout);
-                serve(TokioIo::new(stream), h2, service(None), stop_rx, client, limits).await;
+                serve(TokioIo::new(stream), socket, h2, service(None), stop_rx, client, limits).await;
             }
             if let Serves::Site = serves {
                 after.release_private_connections(client, address);
@@ -889,6 +891,7 @@ impl ClientLimits {
 /// Serves one connection, HTTP/2 or HTTP/1.1, until it ends or shutdown asks it to finish.
 async fn serve<I, S>(
     io: I,
+    socket: std::os::fd::RawFd,
     h2: bool,
     service: S,
     stop_rx: watch::Receiver<bool>,
@@ -910,8 +913,13 @@ async fn serve<I, S>(
         let idle = Some(limits.client_timeout);
         // No wait for a first request at shutdown: HTTP/2's GOAWAY tells the client which
         // streams were not processed, and it sends them again.
-        drive(http2.serve_connection(io, service), stop_rx, client, Watch { requests, idle, first_request: false })
-            .await;
+        drive(
+            http2.serve_connection(io, service),
+            stop_rx,
+            client,
+            Watch { requests, idle, socket, next_request: false },
+        )
+        .await;
     } else {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
@@ -925,7 +933,7 @@ async fn serve<I, S>(
         if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
             http1.max_headers(limits.max_headers);
         }
-        let watch = Watch { requests, idle: None, first_request: true };
+        let watch = Watch { requests, idle: None, socket, next_request: true };
         drive(http1.serve_connection(io, service).with_upgrades(), stop_rx, client, watch).await;
     }
 }
@@ -957,8 +965,11 @@ struct Watch {
     /// would otherwise hold every one for ever (nginx's http2_idle_timeout, HAProxy's timeout
     /// http-keep-alive). HTTP/1.1's idle connections end on hyper's header read timeout.
     idle: Option<Duration>,
-    /// At shutdown, lets a connection that has not begun a request begin one first.
-    first_request: bool,
+    /// The client's socket, owned by the connection.
+    socket: std::os::fd::RawFd,
+    /// At shutdown, lets a request on its way begin before the connection closes: the first
+    /// one of a connection just accepted, or the next one already sent on a kept-alive one.
+    next_request: bool,
 }
 
 /// Serves a connection until it ends, until shutdown asks it to finish what it has, or, with
@@ -980,6 +991,8 @@ where
             }
         };
         tokio::select! {
+            // The connection first: a request it can read now is read before a stop is seen.
+            biased;
             result = conn.as_mut() => return log_end(result, client),
             _ = stop_rx.wait_for(|stop| *stop) => break,
             _ = tick => {
@@ -991,9 +1004,11 @@ where
             }
         }
     }
-    if *stop_rx.borrow() && watch.first_request && watch.requests.load(Ordering::Relaxed) == 0 {
-        let deadline = tokio::time::Instant::now() + FIRST_REQUEST_AT_SHUTDOWN;
-        while watch.requests.load(Ordering::Relaxed) == 0 && tokio::time::Instant::now() < deadline {
+    let before = watch.requests.load(Ordering::Relaxed);
+    // Closing a socket with a request unread in it resets the connection under the client.
+    if *stop_rx.borrow() && watch.next_request && (before == 0 || has_unread_bytes(watch.socket)) {
+        let deadline = tokio::time::Instant::now() + NEXT_REQUEST_AT_SHUTDOWN;
+        while watch.requests.load(Ordering::Relaxed) == before && tokio::time::Instant::now() < deadline {
             tokio::select! {
                 result = conn.as_mut() => return log_end(result, client),
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {}
@@ -1002,6 +1017,14 @@ where
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
+}
+
+/// Whether the client has sent bytes the proxy has not read yet (the kernel's count, FIONREAD).
+fn has_unread_bytes(socket: std::os::fd::RawFd) -> bool {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int; the socket is open while its connection is driven.
+    let asked = unsafe { libc::ioctl(socket, libc::FIONREAD, &mut unread) };
+    asked == 0 && unread > 0
 }
 
 fn log_end(result: hyper::Result<()>, client: SocketAddr) {
