@@ -49,7 +49,7 @@ clean:
 # Fuzz every parser of outside input for FUZZ_SECONDS each (needs nightly and cargo-fuzz).
 FUZZ_SECONDS ?= 60
 fuzz:
-	cd fuzz && for t in config_files static_path health_answer proxy_header ha_advert dns_query dns_answer cache_headers basic_credentials agent_reply upstream_response shop_input host_routing client_certificate; do \
+	cd fuzz && for t in config_files static_path health_answer proxy_header ha_advert dns_query dns_answer cache_headers basic_credentials agent_reply upstream_response shop_input host_routing client_certificate takeover_snapshot; do \
 	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 

@@ -65,7 +65,7 @@ impl Predecessor {
 
 /// The servers' runtime state as a running proxy's `GET /api/servers` shows it.
 #[derive(Debug, Deserialize)]
-pub(crate) struct Snapshot {
+pub struct Snapshot {
     pools: Vec<PoolSnapshot>,
 }
 
@@ -107,7 +107,7 @@ pub(crate) fn fetch_snapshot(admin: SocketAddr) -> Result<Snapshot, String> {
 
 /// The snapshot in an HTTP answer to `GET /api/servers` (the admin API answers with a length,
 /// never chunked).
-fn parse_answer(answer: &[u8]) -> Result<Snapshot, String> {
+pub fn parse_answer(answer: &[u8]) -> Result<Snapshot, String> {
     let split = answer.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no complete HTTP answer")?;
     let head = String::from_utf8_lossy(&answer[..split]);
     let status = head.split_whitespace().nth(1).unwrap_or("");
