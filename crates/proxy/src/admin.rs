@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use crate::body::ProxyBody;
 use crate::config::MAX_WEIGHT;
 use crate::forward::error_response;
+use crate::process::ProcessInfo;
 use crate::server::{Proxy, Runtime};
 use crate::upstream::{AdminState, PoolState, LATENCY_BUCKETS};
 
@@ -70,8 +71,13 @@ pub(crate) async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>, client: I
                 false => return unavailable(format!("down: {}\n", down.join(", "))),
             }
         }
-        "/metrics" => (metrics(&runtime), "text/plain; version=0.0.4; charset=utf-8"),
-        "/stats" | "/" => (stats(&runtime), "text/plain; charset=utf-8"),
+        "/metrics" => {
+            let mut out = metrics(&runtime);
+            proxy.process.write_metrics(&mut out);
+            (out, "text/plain; version=0.0.4; charset=utf-8")
+        }
+        "/stats" | "/" => (stats(&runtime, &proxy.process), "text/plain; charset=utf-8"),
+        "/api/info" => (proxy.process.json(&runtime.config.name), "application/json"),
         "/api/servers" => (servers_json(pools), "application/json"),
         "/ha" => match &proxy.ha {
             Some(ha) => (
@@ -474,9 +480,9 @@ fn rate_limit_metrics(out: &mut String, listeners: &[crate::config::Listener]) {
     }
 }
 
-fn stats(runtime: &Runtime) -> String {
+fn stats(runtime: &Runtime, process: &ProcessInfo) -> String {
     let pools = &runtime.pools;
-    let mut out = format!("webstack proxy {}\n\n", runtime.config.name);
+    let mut out = format!("{}\n\n", process.summary(&runtime.config.name));
     let _ = writeln!(
         out,
         "{:<18} {:<22} {:>8} {:>11} {:>9} {:>8} {:>8} {:>8} {:>8}",

@@ -22,6 +22,7 @@ pub mod config;
 pub mod forward;
 pub mod health;
 pub mod preemption;
+pub mod process;
 pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod redundancy;

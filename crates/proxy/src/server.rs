@@ -105,6 +105,7 @@ pub(crate) struct Proxy {
     control: tokio::sync::Mutex<Control>,
     stop_rx: watch::Receiver<bool>,
     pub(crate) ha: Option<Arc<redundancy::HaStatus>>,
+    pub(crate) process: crate::process::ProcessInfo,
 }
 
 struct Control {
@@ -200,6 +201,7 @@ pub async fn run_launched(config: ProxyConfig, launch: Launch, shutdown: impl Fu
         control: tokio::sync::Mutex::new(control),
         stop_rx: stop_rx.clone(),
         ha: ha_status.clone(),
+        process: crate::process::ProcessInfo::default(),
     });
     {
         let mut control = proxy.control.lock().await;
@@ -450,6 +452,7 @@ impl Proxy {
             Ok(ok) => ok,
             Err(e) => {
                 tracing::error!("reload failed; the running config stays:\n{e}");
+                self.process.record_reload(false);
                 return Err(e);
             }
         };
@@ -492,6 +495,7 @@ impl Proxy {
             control.flusher = new_log.map(|log| tokio::spawn(log.flush_every(Duration::from_millis(500))));
         }
         tracing::info!("{summary}");
+        self.process.record_reload(true);
         Ok(summary)
     }
 }

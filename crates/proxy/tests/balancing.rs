@@ -612,6 +612,15 @@ fn reload_under_load_loses_no_request_and_keeps_runtime_changes() {
     let refused = post(admin, "/reload");
     assert_eq!(refused.status, 400);
     assert!(refused.body.contains("pools.web.balance: unknown balance `nonsense`"), "{}", refused.body);
+    // What an alert on the metrics sees: the file on disk is not the config that runs.
+    let metrics = get(admin, "/metrics").body;
+    for line in [
+        "webstack_proxy_reloads_total{result=\"ok\"} 1\n",
+        "webstack_proxy_reloads_total{result=\"failed\"} 1\n",
+        "webstack_proxy_config_last_reload_successful 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
     std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::SeqCst);
     let (mut ok, mut failed) = (0, 0);

@@ -261,6 +261,11 @@ fn a_new_process_takes_over_under_load_and_the_old_one_finishes_its_request_and_
     let servers = support::get(ADMIN.parse().expect("admin"), "/api/servers").expect("new process's admin answers");
     let servers: serde_json::Value = serde_json::from_str(&servers.body).expect("json");
     assert_eq!(servers["pools"][0]["servers"][1]["admin"], "drain", "the new process shows the drain: {servers}");
+    // How an operator checks which process (and version) now serves.
+    let info = support::get(ADMIN.parse().expect("admin"), "/api/info").expect("info answers");
+    let info: serde_json::Value = serde_json::from_str(&info.body).expect("json");
+    assert_eq!(info["pid"], new.0.id(), "the admin listener is the new process's: {info}");
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
     let old_log = std::fs::read_to_string(dir.path().join("old.log")).unwrap_or_default();
     assert!(old_log.contains("shutting down"), "the old process said it was draining:\n{old_log}");
     let new_log = std::fs::read_to_string(dir.path().join("new.log")).unwrap_or_default();
