@@ -14,6 +14,7 @@ pub enum Request {
     Status,
     Kill { target: String },
     Start { target: String },
+    Restart { target: String },
     Down,
 }
 

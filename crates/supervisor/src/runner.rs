@@ -76,6 +76,19 @@ pub struct Supervisor {
 
 type ControlMessage = (Request, oneshot::Sender<Answer>);
 
+/// Asks `child` to stop (SIGTERM: it drains) and waits for it; SIGKILL after `timeout`.
+async fn stop_child(child: &mut Child, timeout: Duration) {
+    if let Some(pid) = child.id() {
+        // SAFETY: a plain kill(2) on our own child, not yet reaped.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(timeout, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
 /// Start order: databases first, the edge last, so each finds what it needs sooner.
 fn start_rank(c: Component) -> u8 {
     match c {
@@ -181,6 +194,11 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, &[]);
+    }
+
+    /// Starts slot `i`'s component with `extra` arguments after its config.
+    fn spawn_with(&mut self, i: usize, extra: &[String]) {
         let id = self.slots[i].id();
         let log_path = self.state_dir.log_path(&id);
         let slot = &mut self.slots[i];
@@ -190,6 +208,7 @@ impl Supervisor {
             cmd.arg(&slot.planned.command)
                 .arg("--config")
                 .arg(&slot.planned.config_file)
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
@@ -340,6 +359,19 @@ impl Supervisor {
                 }
                 Err(e) => Answer::error(e),
             },
+            Request::Restart { target } => match self.targets(&target) {
+                Ok(found) => {
+                    let mut done = Vec::new();
+                    for i in found {
+                        match self.restart(i).await {
+                            Ok(message) => done.push(message),
+                            Err(e) => return Answer::error(done.into_iter().chain([e]).collect::<Vec<_>>().join("\n")),
+                        }
+                    }
+                    Answer::ok(done.join("\n"))
+                }
+                Err(e) => Answer::error(e),
+            },
             Request::Start { target } => match self.targets(&target) {
                 Ok(found) => {
                     let mut started = Vec::new();
@@ -358,6 +390,57 @@ impl Supervisor {
                 }
                 Err(e) => Answer::error(e),
             },
+        }
+    }
+
+    /// Restarts slot `i` gracefully: a proxy that hands over starts its successor with
+    /// `--take-over` (no connection refused; the old one drains and exits), anything else is
+    /// stopped (SIGTERM, as `down` does) and started again.
+    async fn restart(&mut self, i: usize) -> Result<String, String> {
+        let id = self.slots[i].id();
+        self.slots[i].wanted = true;
+        self.slots[i].restart_at = None;
+        self.slots[i].crashes_in_row = 0;
+        let Some(mut old) = self.slots[i].child.take() else {
+            self.spawn(i);
+            return Ok(format!("started {id} (it was not running)"));
+        };
+        let old_pid = old.id().unwrap_or_default();
+        if !self.slots[i].planned.hands_over {
+            stop_child(&mut old, STOP_TIMEOUT).await;
+            self.spawn(i);
+            let new_pid = self.slots[i].child.as_ref().and_then(Child::id).unwrap_or_default();
+            return Ok(format!("restarted {id}: pid {old_pid} stopped, pid {new_pid} started"));
+        }
+        self.spawn_with(i, &["--take-over".into(), old_pid.to_string()]);
+        let Some(new) = self.slots[i].child.as_mut() else {
+            self.slots[i].child = Some(old);
+            return Err(format!("{id}: the new process could not start; pid {old_pid} still serves"));
+        };
+        let new_pid = new.id().unwrap_or_default();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Ok(Some(_)) = old.try_wait() {
+                return Ok(format!(
+                    "{id} handed over: pid {old_pid} finished its requests and exited, pid {new_pid} serves"
+                ));
+            }
+            if let Ok(Some(exit)) = new.try_wait() {
+                // It never served (a config that does not load, say): the old one still does.
+                self.slots[i].child = Some(old);
+                let _ = std::fs::write(self.state_dir.pid_path(&id), old_pid.to_string());
+                let log = self.state_dir.log_path(&id);
+                return Err(format!(
+                    "{id}: the new process exited ({exit}); pid {old_pid} still serves; see {}",
+                    log.display()
+                ));
+            }
+            if Instant::now() >= deadline {
+                // It serves; the old one is still finishing long requests. Reaped when it ends.
+                tokio::spawn(async move { stop_child(&mut old, STOP_TIMEOUT).await });
+                return Ok(format!("{id} handed over to pid {new_pid}; pid {old_pid} is still finishing its requests"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -72,6 +72,10 @@ pub struct PlannedComponent {
     pub probe: Probe,
     /// An admin URL path answering JSON `{"role": …, "lag_seconds": …}` where a role applies.
     pub role_path: Option<String>,
+    /// A restart hands over to a new process (`--take-over PID`) instead of stopping first: a
+    /// proxy with no partner to fail over to.
+    #[serde(default)]
+    pub hands_over: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

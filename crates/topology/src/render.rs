@@ -58,7 +58,11 @@ impl Context<'_> {
                 ("db", self.db(host), vec![at(ports.db), at(ports.db_admin)], probe, role)
             }
         };
+        // A pair's node restarts by stopping: the VIP goes to its partner meanwhile (the
+        // proxy refuses a take-over with [ha]).
+        let paired = component == Component::Edge && self.hosts_with(Component::Edge).count() > 1;
         PlannedComponent {
+            hands_over: command == "proxy" && !paired,
             component,
             command: command.into(),
             config_file: self.state_dir.join("config").join(format!("{}-{component}.toml", host.name)),

@@ -110,6 +110,9 @@ enum Command {
     Kill { target: String },
     /// Start again what `kill` stopped.
     Start { target: String },
+    /// Restart gracefully (a new binary, say): a proxy hands over to a new process without
+    /// refusing a connection (`webstack proxy --take-over`); other components stop, then start.
+    Restart { target: String },
     /// Make a local CA and the site's certificate under the state dir, and say how to trust it.
     Cert {
         /// The topology file.
@@ -146,6 +149,7 @@ fn main() -> ExitCode {
         Command::Logs { target, follow, lines } => stack::logs(state_dir, target.as_deref(), follow, lines),
         Command::Kill { target } => stack::kill_or_start(state_dir, &target, true),
         Command::Start { target } => stack::kill_or_start(state_dir, &target, false),
+        Command::Restart { target } => stack::restart(state_dir, &target),
         Command::Check { file } => stack::check(&file),
         Command::Cert { topology } => stack::cert(state_dir, &topology),
         Command::Supervise => stack::supervise(state_dir),

@@ -245,12 +245,22 @@ fn belongs_to(pid: u32, root: &Path) -> bool {
 }
 
 pub fn kill_or_start(state_dir: &Path, target: &str, kill: bool) -> Result<()> {
-    let state = StateDir::new(state_dir)?;
     let request = match kill {
         true => Request::Kill { target: target.into() },
         false => Request::Start { target: target.into() },
     };
-    let answer = ask(&state, request, Duration::from_secs(60))
+    control(state_dir, request)
+}
+
+pub fn restart(state_dir: &Path, target: &str) -> Result<()> {
+    control(state_dir, Request::Restart { target: target.into() })
+}
+
+/// Sends `request` to the stack's supervisor and prints what it says.
+fn control(state_dir: &Path, request: Request) -> Result<()> {
+    let state = StateDir::new(state_dir)?;
+    // A restart waits for each component it restarts to drain (20 s at most each).
+    let answer = ask(&state, request, Duration::from_secs(300))
         .map_err(|e| anyhow!("{e}; is the stack up (`webstack up -d`)?"))?;
     match answer.ok {
         true => {

@@ -10,11 +10,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{get, wait_for, Stop};
+use support::{get, wait_for, Load, Stop};
 
 const SITE: &str = "127.240.0.1:8080";
 const ADMIN: &str = "127.240.0.1:8404";
@@ -101,71 +101,6 @@ fn start_proxy(config: &Path, pid_file: &Path, take_over: Option<u32>, log: &Pat
     Stop(command.stdout(Stdio::null()).stderr(log).spawn().expect("webstack proxy started"))
 }
 
-/// A client as a browser keeps one: requests on a kept-alive connection, a new connection
-/// after `Connection: close`, and a GET sent again on a new connection when a reused one
-/// closes before any byte of the answer (RFC 9112 §9.3.1). Returns (answered, sent again,
-/// failures a user would see).
-fn keep_alive_client(stop: &AtomicBool) -> (u32, u32, Vec<String>) {
-    let (mut answered, mut again, mut failed) = (0, 0, Vec::new());
-    let mut connection: Option<Connection> = None;
-    let started = Instant::now();
-    while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(30) {
-        let reused = connection.is_some();
-        let reader = match connection.take() {
-            Some(reader) => reader,
-            None => match TcpStream::connect(site()) {
-                Ok(stream) => BufReader::new(stream),
-                Err(e) => {
-                    failed.push(format!("connect: {e}"));
-                    continue;
-                }
-            },
-        };
-        match exchange(reader) {
-            Ok((200, kept)) => {
-                answered += 1;
-                connection = kept;
-            }
-            Ok((status, _)) => failed.push(format!("status {status}")),
-            Err((0, _)) if reused => again += 1,
-            Err((read, e)) => failed.push(format!("{e} after {read} bytes of the answer")),
-        }
-    }
-    (answered, again, failed)
-}
-
-type Connection = BufReader<TcpStream>;
-
-/// One GET on `reader`'s connection: the status, and the connection if it may be used again;
-/// on failure, how many bytes of the answer had come.
-fn exchange(mut reader: Connection) -> Result<(u16, Option<Connection>), (usize, String)> {
-    let request = b"GET / HTTP/1.1\r\nHost: www.foobar.com\r\n\r\n";
-    reader.get_mut().set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| (0, e.to_string()))?;
-    reader.get_mut().write_all(request).map_err(|e| (0, e.to_string()))?;
-    let (mut read, mut status, mut length, mut close) = (0, 0u16, 0usize, false);
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) => return Err((read, "connection closed".into())),
-            Ok(n) => read += n,
-            Err(e) => return Err((read, e.to_string())),
-        }
-        let lower = line.to_ascii_lowercase();
-        if status == 0 {
-            status = lower.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        } else if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        } else if lower.starts_with("connection:") && lower.contains("close") {
-            close = true;
-        } else if line == "\r\n" {
-            break;
-        }
-    }
-    let mut body = vec![0; length];
-    std::io::Read::read_exact(&mut reader, &mut body).map_err(|e| (read, e.to_string()))?;
-    Ok((status, (!close).then_some(reader)))
-}
-
 fn pid_in(file: &Path) -> Option<u32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
@@ -198,31 +133,9 @@ fn a_new_process_takes_over_under_load_and_the_old_one_finishes_its_request_and_
     assert_eq!(drained.status, 200, "{}", drained.body);
     let b_before = b.served.load(Ordering::SeqCst);
 
-    // Clients opening a new connection per request, all through the hand-over.
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let (mut ok, mut failed) = (0u32, Vec::new());
-                let started = Instant::now();
-                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(30) {
-                    match get(site(), "/") {
-                        Ok(r) if r.status == 200 => ok += 1,
-                        Ok(r) => failed.push(format!("status {}: {}", r.status, r.body)),
-                        Err(e) => failed.push(e),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
-    let kept_alive: Vec<_> = (0..2)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || keep_alive_client(&stop))
-        })
-        .collect();
+    // Clients opening a new connection per request and clients keeping theirs, all through
+    // the hand-over.
+    let load = Load::start(site(), "/", 2, 2);
     // A request in flight on the old process when the new one takes over.
     let slow = std::thread::spawn(|| get(site(), "/slow"));
     slow_rx.recv_timeout(Duration::from_secs(10)).expect("the slow request reached an origin");
@@ -233,22 +146,12 @@ fn a_new_process_takes_over_under_load_and_the_old_one_finishes_its_request_and_
     let old_status = old.0.try_wait().ok().flatten().expect("exited");
     // Load on the new process alone for a moment before the clients stop.
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::SeqCst);
 
     let slow = slow.join().expect("slow client");
     let slow = slow.expect("the request in flight on the old process was answered");
     assert_eq!((slow.status, slow.body.as_str()), (200, "a\n"), "the request in flight finished on the old process");
-    let mut total = 0;
-    for client in clients {
-        let (ok, failed) = client.join().expect("client thread");
-        assert!(failed.is_empty(), "requests failed during the take-over: {failed:?}\n{}", logs(dir.path()));
-        total += ok;
-    }
-    for client in kept_alive {
-        let (answered, _sent_again, failed) = client.join().expect("keep-alive client thread");
-        assert!(failed.is_empty(), "kept-alive requests failed during the take-over: {failed:?}\n{}", logs(dir.path()));
-        total += answered;
-    }
+    let (total, failed) = load.finish();
+    assert!(failed.is_empty(), "requests failed during the take-over: {failed:?}\n{}", logs(dir.path()));
     assert!(total >= 20, "the clients kept requesting through the hand-over ({total} requests)");
     assert!(old_status.success(), "the old process exits cleanly after draining: {old_status}");
     assert_eq!(pid_in(&pid_file), Some(new.0.id()), "the PID file now names the new process");

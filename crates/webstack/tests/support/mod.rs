@@ -268,3 +268,139 @@ pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Clients requesting one path until [`Load::finish`] (a minute at most): some open a new
+/// connection per request, some keep theirs as browsers do.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<(u32, Vec<String>)>>,
+}
+
+impl Load {
+    pub fn start(site: SocketAddr, path: &'static str, fresh: usize, kept: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..fresh + kept)
+            .map(|n| {
+                let stop = stop.clone();
+                std::thread::spawn(move || match n < fresh {
+                    true => fresh_connection_client(site, path, &stop),
+                    false => keep_alive_client(site, path, &stop),
+                })
+            })
+            .collect();
+        Load { stop, clients }
+    }
+
+    /// Stops the clients: the requests answered 200, and the failures a user would see.
+    pub fn finish(self) -> (u32, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (mut answered, mut failed) = (0, Vec::new());
+        for client in self.clients {
+            let (ok, errors) = client.join().expect("load client thread");
+            answered += ok;
+            failed.extend(errors);
+        }
+        (answered, failed)
+    }
+}
+
+const LOAD_AT_MOST: Duration = Duration::from_secs(60);
+
+fn fresh_connection_client(site: SocketAddr, path: &str, stop: &std::sync::atomic::AtomicBool) -> (u32, Vec<String>) {
+    let (mut answered, mut failed) = (0, Vec::new());
+    let started = std::time::Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) && started.elapsed() < LOAD_AT_MOST {
+        match get(site, path) {
+            Ok(r) if r.status == 200 => answered += 1,
+            Ok(r) => failed.push(format!("status {}: {}", r.status, r.body)),
+            Err(e) => failed.push(e),
+        }
+    }
+    (answered, failed)
+}
+
+/// A client as a browser keeps one: requests on a kept-alive connection, a new connection
+/// after `Connection: close`, and a GET sent again on a new connection when a reused one
+/// closes before any byte of the answer (RFC 9112 §9.3.1), which is no failure to its user.
+fn keep_alive_client(site: SocketAddr, path: &str, stop: &std::sync::atomic::AtomicBool) -> (u32, Vec<String>) {
+    let (mut answered, mut failed) = (0, Vec::new());
+    let mut connection: Option<Connection> = None;
+    let started = std::time::Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) && started.elapsed() < LOAD_AT_MOST {
+        let reused = connection.is_some();
+        let reader = match connection.take() {
+            Some(reader) => reader,
+            None => match TcpStream::connect(site) {
+                Ok(stream) => std::io::BufReader::new(stream),
+                Err(e) => {
+                    failed.push(format!("connect: {e}"));
+                    continue;
+                }
+            },
+        };
+        match exchange(reader, path) {
+            Ok((200, kept)) => {
+                answered += 1;
+                connection = kept;
+            }
+            Ok((status, _)) => failed.push(format!("status {status} on a kept-alive connection")),
+            Err((0, _)) if reused => {}
+            Err((read, e)) => failed.push(format!("{e} after {read} bytes of the answer")),
+        }
+    }
+    (answered, failed)
+}
+
+type Connection = std::io::BufReader<TcpStream>;
+
+/// One GET on `reader`'s connection: the status, and the connection if it may be used again;
+/// on failure, how many bytes of the answer had come.
+fn exchange(mut reader: Connection, path: &str) -> Result<(u16, Option<Connection>), (usize, String)> {
+    use std::io::BufRead;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: www.foobar.com\r\n\r\n");
+    reader.get_mut().set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| (0, e.to_string()))?;
+    reader.get_mut().write_all(request.as_bytes()).map_err(|e| (0, e.to_string()))?;
+    let (mut read, mut status, mut length, mut close, mut chunked) = (0, 0u16, 0usize, false, false);
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Err((read, "connection closed".into())),
+            Ok(n) => read += n,
+            Err(e) => return Err((read, e.to_string())),
+        }
+        let lower = line.to_ascii_lowercase();
+        if status == 0 {
+            status = lower.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        } else if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        } else if lower.starts_with("connection:") && lower.contains("close") {
+            close = true;
+        } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        } else if line == "\r\n" {
+            break;
+        }
+    }
+    if chunked {
+        read_chunks(&mut reader).map_err(|e| (read, e.to_string()))?;
+    } else {
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).map_err(|e| (read, e.to_string()))?;
+    }
+    Ok((status, (!close).then_some(reader)))
+}
+
+fn read_chunks(reader: &mut Connection) -> std::io::Result<()> {
+    use std::io::BufRead;
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size)?;
+        let size = usize::from_str_radix(size.trim(), 16)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk)?;
+        if size == 0 {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! `webstack restart`: after a rebuild, a component runs the new binary without a failed
+//! request where the design allows it. The web server (a proxy) hands over to a new process
+//! (`webstack proxy --take-over`) under load; the app, which has no partner, stops and starts.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::{body_if_ok, wait_for, Load, Stack};
+
+const SUBNET: &str = "127.241.0.0/16";
+const SITE: &str = "127.241.2.1:8080";
+
+fn pid_of(stack: &Stack, component: &str) -> Option<u64> {
+    let status = stack.status();
+    status["hosts"].as_array()?.iter().find(|h| h["name"] == "server-01")?["components"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == component)?["pid"]
+        .as_u64()
+}
+
+#[test]
+fn a_restart_hands_the_web_server_over_without_a_failed_request_and_restarts_the_app() {
+    let stack = Stack::new();
+    stack.run_ok(&["up", "-d", "--profile", "single-sqlite", "--subnet", SUBNET, "--timeout", "60"]);
+    let site: SocketAddr = SITE.parse().expect("address");
+    let old_web = pid_of(&stack, "web").expect("web runs");
+
+    // A file the web server serves itself: what is measured is its hand-over, not how the
+    // debug-built app copes with four clients on a shared machine.
+    let load = Load::start(site, "/static/site.css", 2, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    let said = stack.run_ok(&["restart", "server-01/web"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (answered, failed) = load.finish();
+    let failed: Vec<String> = failed.iter().map(|f| f.chars().take(300).collect()).collect();
+    assert!(
+        failed.is_empty(),
+        "requests failed while the web server was handed over: {failed:?}\n{said}\n{}",
+        stack.logs()
+    );
+    assert!(answered >= 20, "the clients kept requesting through the restart ({answered} requests)");
+    assert!(said.contains("server-01/web handed over"), "{said}");
+    let new_web = pid_of(&stack, "web").expect("web runs again");
+    assert_ne!(new_web, old_web, "a new process serves");
+    assert!(!std::path::Path::new(&format!("/proc/{old_web}")).exists(), "the old web process has exited");
+    let info = support::get("127.241.2.1:8404".parse().expect("admin"), "/api/info").expect("admin answers");
+    assert!(info.body.contains(&format!("\"pid\":{new_web}")), "the new process answers its admin: {}", info.body);
+
+    // The app has no partner here: it stops, then starts, and the shop comes back.
+    let old_app = pid_of(&stack, "app").expect("app runs");
+    let said = stack.run_ok(&["restart", "server-01/app"]);
+    assert!(said.contains("restarted server-01/app"), "{said}");
+    assert_ne!(pid_of(&stack, "app"), Some(old_app), "a new app process");
+    wait_for("the shop to answer again", Duration::from_secs(30), || body_if_ok(SITE, "/").is_some());
+
+    let unknown = stack.run(&["restart", "server-01/nothing"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no component `nothing` on server-01"));
+}
