@@ -59,6 +59,7 @@ bench:
 	scripts/setup --bench
 	$(CARGO) build --release --bin webstack
 	python3 bench/proxy_bench.py $(BENCH_ARGS)
+	python3 bench/handover_bench.py
 	python3 bench/failover_bench.py
 	python3 bench/app_bench.py
 	python3 bench/db_failover_bench.py

@@ -39,11 +39,11 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for an accept loop to take its queue and close its listener.
 const ACCEPTORS_STOP_TIMEOUT: Duration = Duration::from_secs(1);
-/// At shutdown, how long an HTTP/1 connection with a request on its way (just accepted, or
-/// with the next request unread in its socket) is given to begin it: it is served, with
-/// `Connection: close`, rather than closed under a request it was sent (which the client sees
-/// as a reset, and cannot safely send again unless it is idempotent).
-const NEXT_REQUEST_AT_SHUTDOWN: Duration = Duration::from_millis(1000);
+/// At shutdown, how long an HTTP/1 connection is kept for the client's next request, which is
+/// answered with `Connection: close`. Closing a kept-alive connection at once races the
+/// request its client may be sending right then (a reset, which it can send again only if the
+/// request is idempotent); a busy client sends its next one within milliseconds.
+const KEEP_ALIVE_AT_SHUTDOWN: Duration = Duration::from_millis(1000);
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -106,6 +106,8 @@ pub(crate) struct Proxy {
     stop_rx: watch::Receiver<bool>,
     pub(crate) ha: Option<Arc<redundancy::HaStatus>>,
     pub(crate) process: crate::process::ProcessInfo,
+    /// Set once shutdown begins: HTTP/1 answers then end their connection.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 struct Control {
@@ -202,6 +204,7 @@ pub async fn run_launched(config: ProxyConfig, launch: Launch, shutdown: impl Fu
         stop_rx: stop_rx.clone(),
         ha: ha_status.clone(),
         process: crate::process::ProcessInfo::default(),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     });
     {
         let mut control = proxy.control.lock().await;
@@ -232,6 +235,7 @@ pub async fn run_launched(config: ProxyConfig, launch: Launch, shutdown: impl Fu
     shutdown.await;
     reloads.abort();
     tracing::info!("shutting down: no new connections, draining in-flight requests");
+    proxy.stopping.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     // A MASTER hands the VIP over before it drains.
     if let Some(task) = redundancy {
@@ -758,17 +762,20 @@ async fn accept_loop(
                     }
                     let proxy = proxy.clone();
                     async move {
-                        let response = match serves {
+                        let http1 = req.version() < http::Version::HTTP_2;
+                        let mut response = match serves {
                             // Boxed: the admin answer's future is large and rare; unboxed it would
                             // make every proxied request's future (moved per request) as large.
                             Serves::Admin => Box::pin(admin::handle(&proxy, req, client.ip())).await,
                             Serves::Site => route(&proxy.runtime(), address, client, req).await,
                         };
+                        if http1 && proxy.stopping.load(Ordering::Relaxed) {
+                            close_after(&mut response);
+                        }
                         Ok::<_, Infallible>(response)
                     }
                 })
             };
-            let socket = std::os::fd::AsRawFd::as_raw_fd(&stream);
             // TLS listeners: the handshake first, then ALPN says h2 or HTTP/1.1.
             if let Some(tls) = tls {
                 let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
@@ -784,14 +791,14 @@ async fn accept_loop(
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 let identity = tls.verifies_clients().then(|| Arc::new(client_identity(stream.get_ref().1)));
                 let stream = WriteTimeout::new(stream, limits.client_timeout);
-                serve(TokioIo::new(stream), socket, h2, service(identity), stop_rx, client, limits).await;
+                serve(TokioIo::new(stream), h2, service(identity), stop_rx, client, limits).await;
             } else {
                 // HTTP/2 when the client opens with its preface (h2c, prior knowledge), else
                 // HTTP/1.1. Deciding here keeps HTTP/1.1 connections on hyper's plain path,
                 // which costs less per request than a connection that could still switch.
                 let h2 = starts_with_h2_preface(&stream).await;
                 let stream = WriteTimeout::new(stream, limits.client_timeout);
-                serve(TokioIo::new(stream), socket, h2, service(None), stop_rx, client, limits).await;
+                serve(TokioIo::new(stream), h2, service(None), stop_rx, client, limits).await;
             }
             if let Serves::Site = serves {
                 after.release_private_connections(client, address);
@@ -895,7 +902,6 @@ impl ClientLimits {
 /// Serves one connection, HTTP/2 or HTTP/1.1, until it ends or shutdown asks it to finish.
 async fn serve<I, S>(
     io: I,
-    socket: std::os::fd::RawFd,
     h2: bool,
     service: S,
     stop_rx: watch::Receiver<bool>,
@@ -909,21 +915,15 @@ async fn serve<I, S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let requests = Arc::new(AtomicU64::new(0));
-    let service = Counting { inner: service, requests: requests.clone() };
     if h2 {
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new()).max_concurrent_streams(256).max_header_list_size(limits.max_header_bytes as u32);
-        let idle = Some(limits.client_timeout);
-        // No wait for a first request at shutdown: HTTP/2's GOAWAY tells the client which
-        // streams were not processed, and it sends them again.
-        drive(
-            http2.serve_connection(io, service),
-            stop_rx,
-            client,
-            Watch { requests, idle, socket, next_request: false },
-        )
-        .await;
+        let requests = Arc::new(AtomicU64::new(0));
+        let service = Counting { inner: service, requests: requests.clone() };
+        let idle = Some(IdleClose { requests, after: limits.client_timeout });
+        // Nothing to wait for at shutdown: HTTP/2's GOAWAY tells the client which streams
+        // were not processed, and it sends them again.
+        drive(http2.serve_connection(io, service), stop_rx, client, Watch { idle, keep_at_shutdown: false }).await;
     } else {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
@@ -937,7 +937,7 @@ async fn serve<I, S>(
         if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
             http1.max_headers(limits.max_headers);
         }
-        let watch = Watch { requests, idle: None, socket, next_request: true };
+        let watch = Watch { idle: None, keep_at_shutdown: true };
         drive(http1.serve_connection(io, service).with_upgrades(), stop_rx, client, watch).await;
     }
 }
@@ -962,18 +962,18 @@ impl<S: hyper::service::Service<Request<Incoming>>> hyper::service::Service<Requ
 
 /// What [`drive`] watches on a connection besides shutdown.
 struct Watch {
-    /// The requests its service was called for.
+    idle: Option<IdleClose>,
+    /// At shutdown, keeps the connection for [`KEEP_ALIVE_AT_SHUTDOWN`] before closing it.
+    keep_at_shutdown: bool,
+}
+
+/// Closes an HTTP/2 connection (GOAWAY; streams in flight finish) once a whole `after` went by
+/// without a new request: browsers keep HTTP/2 connections open, and the proxy would otherwise
+/// hold every one for ever (nginx's http2_idle_timeout, HAProxy's timeout http-keep-alive).
+/// HTTP/1.1's idle connections end on hyper's header read timeout instead.
+struct IdleClose {
     requests: Arc<AtomicU64>,
-    /// Closes the connection (HTTP/2's GOAWAY; streams in flight finish) once a whole period
-    /// went by without a new request: browsers keep HTTP/2 connections open, and the proxy
-    /// would otherwise hold every one for ever (nginx's http2_idle_timeout, HAProxy's timeout
-    /// http-keep-alive). HTTP/1.1's idle connections end on hyper's header read timeout.
-    idle: Option<Duration>,
-    /// The client's socket, owned by the connection.
-    socket: std::os::fd::RawFd,
-    /// At shutdown, lets a request on its way begin before the connection closes: the first
-    /// one of a connection just accepted, or the next one already sent on a kept-alive one.
-    next_request: bool,
+    after: Duration,
 }
 
 /// Serves a connection until it ends, until shutdown asks it to finish what it has, or, with
@@ -983,7 +983,8 @@ where
     C: Future<Output = hyper::Result<()>> + GracefulShutdown,
 {
     tokio::pin!(conn);
-    let mut ticker = watch.idle.map(|after| tokio::time::interval_at(tokio::time::Instant::now() + after, after));
+    let idle = watch.idle.as_ref();
+    let mut ticker = idle.map(|i| tokio::time::interval_at(tokio::time::Instant::now() + i.after, i.after));
     let mut seen = 0;
     loop {
         let tick = async {
@@ -1000,7 +1001,7 @@ where
             result = conn.as_mut() => return log_end(result, client),
             _ = stop_rx.wait_for(|stop| *stop) => break,
             _ = tick => {
-                let now = watch.requests.load(Ordering::Relaxed);
+                let now = idle.map_or(0, |i| i.requests.load(Ordering::Relaxed));
                 if now == seen {
                     break;
                 }
@@ -1008,27 +1009,27 @@ where
             }
         }
     }
-    let before = watch.requests.load(Ordering::Relaxed);
-    // Closing a socket with a request unread in it resets the connection under the client.
-    if *stop_rx.borrow() && watch.next_request && (before == 0 || has_unread_bytes(watch.socket)) {
-        let deadline = tokio::time::Instant::now() + NEXT_REQUEST_AT_SHUTDOWN;
-        while watch.requests.load(Ordering::Relaxed) == before && tokio::time::Instant::now() < deadline {
-            tokio::select! {
-                result = conn.as_mut() => return log_end(result, client),
-                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-            }
+    // Shutting down: the answer to the client's next request says `Connection: close` (see
+    // `close_after`) and the connection ends after it; one that sends nothing is closed when
+    // the time is up.
+    if *stop_rx.borrow() && watch.keep_at_shutdown {
+        tokio::select! {
+            biased;
+            result = conn.as_mut() => return log_end(result, client),
+            _ = tokio::time::sleep(KEEP_ALIVE_AT_SHUTDOWN) => {}
         }
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
 }
 
-/// Whether the client has sent bytes the proxy has not read yet (the kernel's count, FIONREAD).
-fn has_unread_bytes(socket: std::os::fd::RawFd) -> bool {
-    let mut unread: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int; the socket is open while its connection is driven.
-    let asked = unsafe { libc::ioctl(socket, libc::FIONREAD, &mut unread) };
-    asked == 0 && unread > 0
+/// Marks an HTTP/1 answer given while shutting down as its connection's last, so the client
+/// sends its next request on a new connection (to the successor, after a take-over) rather
+/// than into one about to close. hyper closes the connection after it.
+fn close_after(response: &mut Response<ProxyBody>) {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 fn log_end(result: hyper::Result<()>, client: SocketAddr) {
