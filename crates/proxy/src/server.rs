@@ -180,9 +180,20 @@ pub async fn run_launched(config: ProxyConfig, launch: Launch, shutdown: impl Fu
     if let Some(path) = &launch.pid_file {
         takeover::check_pid_file(path)?;
     }
+    // Joined: the addresses the predecessor listens on. Any other is bound as by a proxy alone,
+    // so an address another process holds still fails ("address in use").
+    let theirs = predecessor.as_ref().map(|p| p.listening());
+    if let Some(None) = theirs {
+        tracing::warn!("cannot read which addresses the running proxy listens on; joining every listener");
+    }
     let mut bound = Vec::new();
     for address in addresses(&config) {
-        let socket = if predecessor.is_some() { join(address.0)? } else { bind(address.0).await? };
+        let joins = match &theirs {
+            Some(Some(listening)) => listening.contains(&address.0),
+            Some(None) => true,
+            None => false,
+        };
+        let socket = if joins { join(address.0)? } else { bind(address.0).await? };
         bound.push((address, socket));
     }
     let pools: Vec<Arc<PoolState>> = config.pools.iter().map(|p| Arc::new(PoolState::new(p.clone()))).collect();

@@ -10,8 +10,9 @@
 //! its own. A proxy started without `take_over` first makes sure nobody listens on its
 //! addresses, so two proxies configured on one address still fail as before.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,22 @@ impl Predecessor {
         self.pid
     }
 
+    /// The TCP addresses it listens on: its sockets (`/proc/PID/fd`) matched with the LISTEN
+    /// rows of its network namespace's tables (`/proc/PID/net/tcp`, `tcp6`). `None` when they
+    /// cannot be read (another user's process).
+    pub(crate) fn listening(&self) -> Option<HashSet<SocketAddr>> {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid)).ok()?;
+        let inodes: HashSet<u64> =
+            fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).filter_map(|l| socket_inode(&l)).collect();
+        let mut listening = HashSet::new();
+        for table in ["tcp", "tcp6"] {
+            if let Ok(text) = std::fs::read_to_string(format!("/proc/{}/net/{table}", self.pid)) {
+                listening.extend(listeners_in(&text, &inodes));
+            }
+        }
+        Some(listening)
+    }
+
     /// Asks it to stop accepting, finish its in-flight requests and exit (graceful shutdown).
     pub(crate) fn retire(&self) -> std::io::Result<()> {
         // SAFETY: a plain kill(2) on a PID this process was given.
@@ -61,6 +78,47 @@ impl Predecessor {
             Err(std::io::Error::last_os_error())
         }
     }
+}
+
+/// The inode of a `socket:[12345]` link in `/proc/PID/fd`.
+fn socket_inode(link: &std::path::Path) -> Option<u64> {
+    link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The local addresses of the LISTEN rows (state `0A`) of a `/proc/net/tcp` or `tcp6` table
+/// whose socket inode is in `inodes`.
+fn listeners_in(table: &str, inodes: &HashSet<u64>) -> Vec<SocketAddr> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode …
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let inode: u64 = fields.get(9)?.parse().ok()?;
+            (fields.get(3) == Some(&"0A") && inodes.contains(&inode)).then_some(())?;
+            proc_address(fields.get(1)?)
+        })
+        .collect()
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6): the address as the kernel prints
+/// it, in 32-bit words of the host's byte order, and the port in hex.
+fn proc_address(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| ip.get(i * 8..i * 8 + 8).and_then(|w| u32::from_str_radix(w, 16).ok()).map(u32::to_ne_bytes);
+    let ip = match ip.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// The servers' runtime state as a running proxy's `GET /api/servers` shows it.
@@ -204,6 +262,32 @@ mod tests {
         assert!(parse_answer(b"HTTP/1.1 200 OK\r\n\r\n{\"pools\": 3}").is_err());
         assert!(parse_answer(b"HTTP/1.1 200 OK\r\n").is_err());
         assert!(parse_answer(b"").is_err());
+    }
+
+    #[test]
+    fn the_listening_sockets_of_a_process_are_read_from_the_kernel_tables() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100F07F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 100 0 0 10 0
+   1: 0100F07F:20D4 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1 0 100 0 0 10 0
+   2: 0100F07F:1F90 0B00F07F:D3AE 01 00000000:00000000 00:00000000 00000000     0        0 4243 1 0 20 4 30 10 -1
+   3: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4244 1 0 100 0 0 10 0";
+        let ours: HashSet<u64> = [4242, 4243, 4244].into();
+        let found: HashSet<SocketAddr> = listeners_in(tcp, &ours).into_iter().collect();
+        let expected: HashSet<SocketAddr> = ["127.240.0.1:8080".parse().unwrap(), "0.0.0.0:80".parse().unwrap()].into();
+        assert_eq!(found, expected, "LISTEN rows of its own sockets only");
+        assert_eq!(proc_address("00000000000000000000000001000000:1F90"), "[::1]:8080".parse().ok());
+        assert_eq!(proc_address("0100007F"), None);
+        assert_eq!(proc_address("01007F:1F90"), None);
+        assert_eq!(socket_inode(std::path::Path::new("socket:[4242]")), Some(4242));
+        assert_eq!(socket_inode(std::path::Path::new("/dev/null")), None);
+    }
+
+    #[test]
+    fn a_running_process_shows_the_socket_it_listens_on() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let me = Predecessor::find(std::process::id()).unwrap();
+        assert!(me.listening().unwrap().contains(&address));
     }
 
     #[test]

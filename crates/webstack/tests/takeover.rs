@@ -176,19 +176,27 @@ fn a_new_process_takes_over_under_load_and_the_old_one_finishes_its_request_and_
     drop(new);
 }
 
+/// A config serving `dir`'s files on each of `binds`.
+fn static_config(dir: &Path, name: &str, binds: &[&str]) -> std::path::PathBuf {
+    let listeners: String = binds
+        .iter()
+        .enumerate()
+        .map(|(i, bind)| {
+            format!(
+                "[[listeners]]\nname = \"l{i}\"\nbind = \"{bind}\"\n[[listeners.routes]]\nprefix = \"/\"\nstatic_root = \"{}\"\n",
+                dir.display()
+            )
+        })
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, format!("name = \"lb\"\n{listeners}")).expect("config written");
+    path
+}
+
 #[test]
 fn a_second_proxy_on_the_same_address_without_take_over_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("lb.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "name = \"lb\"\n[[listeners]]\nname = \"www\"\nbind = \"127.240.0.2:8080\"\n\
-             [[listeners.routes]]\nprefix = \"/\"\nstatic_root = \"{}\"\n",
-            dir.path().display()
-        ),
-    )
-    .expect("config written");
+    let config = static_config(dir.path(), "lb.toml", &["127.240.0.2:8080"]);
     std::fs::write(dir.path().join("hello.txt"), "hello\n").expect("page written");
     let pid_file = dir.path().join("lb.pid");
     let first = start_proxy(&config, &pid_file, None, &dir.path().join("first.log"));
@@ -208,4 +216,26 @@ fn a_second_proxy_on_the_same_address_without_take_over_is_refused() {
     assert_eq!(pid_in(&pid_file), Some(first.0.id()), "the first proxy's PID file is untouched");
     let still = get("127.240.0.2:8080".parse().expect("address"), "/hello.txt").expect("first proxy still serves");
     assert_eq!((still.status, still.body.as_str()), (200, "hello\n"));
+
+    // A take-over joins only what its predecessor listens on: an address another proxy
+    // serves (the first one's) is refused, and the predecessor is left serving.
+    let other = static_config(dir.path(), "other.toml", &["127.240.0.3:8080"]);
+    let other_pid = dir.path().join("other.pid");
+    let mut predecessor = start_proxy(&other, &other_pid, None, &dir.path().join("other.log"));
+    wait_for("the other proxy's PID file", Duration::from_secs(10), || pid_in(&other_pid).is_some());
+    let grabbing = static_config(dir.path(), "grabbing.toml", &["127.240.0.3:8080", "127.240.0.2:8080"]);
+    let taking = Command::new(support::webstack_bin())
+        .args(["proxy", "--config"])
+        .arg(&grabbing)
+        .args(["--take-over", &predecessor.0.id().to_string()])
+        .output()
+        .expect("take-over ran");
+    let stderr = String::from_utf8_lossy(&taking.stderr);
+    assert!(!taking.status.success(), "a take-over must not join another proxy's listener: {stderr}");
+    assert!(stderr.contains("cannot listen on 127.240.0.2:8080"), "{stderr}");
+    assert!(matches!(predecessor.0.try_wait(), Ok(None)), "the predecessor was not told to stop");
+    let served = get("127.240.0.3:8080".parse().expect("address"), "/hello.txt").expect("predecessor serves");
+    assert_eq!(served.status, 200);
+    let first_still = get("127.240.0.2:8080".parse().expect("address"), "/hello.txt").expect("first serves");
+    assert_eq!(first_still.status, 200);
 }
