@@ -1,4 +1,5 @@
-//! Health probes: a plain HTTP/1.1 GET over a fresh connection, bounded in time.
+//! Health probes, and the few requests the supervisor makes of components' admin listeners: a
+//! plain HTTP/1.1 request over a fresh connection, bounded in time.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,10 +11,24 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// `GET path` on `address`: the status code and body, or why it failed.
 pub async fn http_get(address: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    http_request("GET", address, path, timeout).await
+}
+
+/// `POST path` (no body) on `address`: the status code and body, or why it failed.
+pub async fn http_post(address: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    http_request("POST", address, path, timeout).await
+}
+
+async fn http_request(
+    method: &str,
+    address: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let attempt = async {
         let mut stream = TcpStream::connect(address).await.map_err(|e| format!("connect {address}: {e}"))?;
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: webstack-supervisor\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: webstack-supervisor\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
         let mut buf = Vec::new();

@@ -4,6 +4,7 @@
 use std::fs::OpenOptions;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -25,6 +26,10 @@ const PROBE_EVERY: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A rolling restart: how long the edges' requests in flight on a server may take to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A rolling restart: how long a restarted app's host may take to be healthy again.
+const HEALTHY_AGAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -75,6 +80,50 @@ pub struct Supervisor {
 }
 
 type ControlMessage = (Request, oneshot::Sender<Answer>);
+
+/// Puts `host`'s web server in maintenance at each edge (its pool `web` names servers after
+/// their hosts) and waits until none of them has a request in flight there. Returns the edges
+/// that took it; what failed is said.
+async fn take_out_of_pools(
+    edges: &[(String, SocketAddr)],
+    host: &str,
+    said: &mut Vec<String>,
+) -> Vec<(String, SocketAddr)> {
+    let mut out = Vec::new();
+    for (edge, admin) in edges {
+        match probe::http_post(*admin, &format!("/api/servers/web/{host}/state/maint"), PROBE_TIMEOUT).await {
+            Ok((200, _)) => out.push((edge.clone(), *admin)),
+            Ok((status, body)) => said.push(format!("{edge} would not take {host} out ({status}: {})", body.trim())),
+            Err(e) => said.push(format!("{edge} would not take {host} out ({e})")),
+        }
+    }
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    for (edge, admin) in &out {
+        while in_flight_at(*admin, host).await.unwrap_or(0) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        said.push(format!("out of {edge}'s pool first"));
+    }
+    out
+}
+
+/// The requests an edge has in flight on its server `host`, from its `/api/servers`.
+async fn in_flight_at(admin: SocketAddr, host: &str) -> Option<u64> {
+    let (_, body) = probe::http_get(admin, "/api/servers", PROBE_TIMEOUT).await.ok()?;
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let pool = json["pools"].as_array()?.iter().find(|p| p["name"] == "web")?;
+    pool["servers"].as_array()?.iter().find(|s| s["name"] == host)?["in_flight"].as_u64()
+}
+
+async fn put_back_in_pools(edges: &[(String, SocketAddr)], host: &str, said: &mut Vec<String>) {
+    for (edge, admin) in edges {
+        match probe::http_post(*admin, &format!("/api/servers/web/{host}/state/ready"), PROBE_TIMEOUT).await {
+            Ok((200, _)) => said.push(format!("back in {edge}'s pool")),
+            Ok((status, body)) => said.push(format!("{edge} would not put {host} back ({status}: {})", body.trim())),
+            Err(e) => said.push(format!("{edge} would not put {host} back ({e})")),
+        }
+    }
+}
 
 /// Asks `child` to stop (SIGTERM: it drains) and waits for it; SIGKILL after `timeout`.
 async fn stop_child(child: &mut Child, timeout: Duration) {
@@ -407,10 +456,7 @@ impl Supervisor {
         };
         let old_pid = old.id().unwrap_or_default();
         if !self.slots[i].planned.hands_over {
-            stop_child(&mut old, STOP_TIMEOUT).await;
-            self.spawn(i);
-            let new_pid = self.slots[i].child.as_ref().and_then(Child::id).unwrap_or_default();
-            return Ok(format!("restarted {id}: pid {old_pid} stopped, pid {new_pid} started"));
+            return Ok(self.stop_and_start(i, old).await);
         }
         self.spawn_with(i, &["--take-over".into(), old_pid.to_string()]);
         let Some(new) = self.slots[i].child.as_mut() else {
@@ -441,6 +487,72 @@ impl Supervisor {
                 return Ok(format!("{id} handed over to pid {new_pid}; pid {old_pid} is still finishing its requests"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops slot `i`'s process `old` and starts it again. An app that edges balance to (through
+    /// its host's web server) is first taken out of their pool (maintenance) once what they
+    /// have in flight there is done, and put back when its host is healthy again: a rolling
+    /// restart without a failed request (the seed's "downtime during maintenance").
+    async fn stop_and_start(&mut self, i: usize, mut old: Child) -> String {
+        let id = self.slots[i].id();
+        let host = self.slots[i].host.clone();
+        let old_pid = old.id().unwrap_or_default();
+        let edges = match self.slots[i].planned.component {
+            Component::App => self.edges_in_front_of(&host),
+            _ => Vec::new(),
+        };
+        let mut said = Vec::new();
+        let out = take_out_of_pools(&edges, &host, &mut said).await;
+        stop_child(&mut old, STOP_TIMEOUT).await;
+        self.spawn(i);
+        let new_pid = self.slots[i].child.as_ref().and_then(Child::id).unwrap_or_default();
+        said.push(format!("pid {old_pid} stopped, pid {new_pid} started"));
+        if !out.is_empty() {
+            let started = Instant::now();
+            match self.wait_until_healthy(&host, HEALTHY_AGAIN_TIMEOUT).await {
+                true => said.push(format!("{host} healthy again after {} ms", started.elapsed().as_millis())),
+                false => said.push(format!(
+                    "{host} not healthy after {} s (the edges' checks keep it out until it is)",
+                    HEALTHY_AGAIN_TIMEOUT.as_secs()
+                )),
+            }
+            put_back_in_pools(&out, &host, &mut said).await;
+        }
+        format!("restarted {id}: {}", said.join(", "))
+    }
+
+    /// The running edges that balance to `host`'s web server: their ids and admin listeners
+    /// (where their probes go).
+    fn edges_in_front_of(&self, host: &str) -> Vec<(String, SocketAddr)> {
+        let has_web = self.slots.iter().any(|s| s.host == host && s.planned.component == Component::Web);
+        let edges =
+            self.slots.iter().filter(|s| has_web && s.planned.component == Component::Edge && s.child.is_some());
+        edges
+            .filter_map(|s| match &s.planned.probe {
+                Probe::Http { address, .. } => Some((s.id(), *address)),
+                Probe::Tcp { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Whether every running component of `host` answers its probe, asked until `limit`.
+    async fn wait_until_healthy(&self, host: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let planned: Vec<PlannedComponent> =
+            self.slots.iter().filter(|s| s.host == host && s.child.is_some()).map(|s| s.planned.clone()).collect();
+        loop {
+            let mut healthy = true;
+            for p in &planned {
+                healthy &= probe_component(p).await.is_ok();
+            }
+            if healthy {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

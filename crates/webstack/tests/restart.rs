@@ -60,3 +60,30 @@ fn a_restart_hands_the_web_server_over_without_a_failed_request_and_restarts_the
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no component `nothing` on server-01"));
 }
+
+#[test]
+fn a_rolling_restart_behind_the_load_balancer_fails_no_request() {
+    let stack = Stack::new();
+    stack.run_ok(&["up", "-d", "--profile", "distributed", "--subnet", "127.242.0.0/16", "--timeout", "120"]);
+    // Through the load balancer to a page each app renders without the database.
+    let site: SocketAddr = "127.242.1.10:8080".parse().expect("address");
+    let load = Load::start(site, "/login", 2, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    // The app: out of the load balancer's pool first, back once its server is healthy.
+    let app = stack.run_ok(&["restart", "server-02/app"]);
+    // The web server: handed over to a new process.
+    let web = stack.run_ok(&["restart", "server-03/web"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (answered, failed) = load.finish();
+    let failed: Vec<String> = failed.iter().map(|f| f.chars().take(300).collect()).collect();
+    assert!(failed.is_empty(), "requests failed in the rolling restart: {failed:?}\n{app}\n{web}\n{}", stack.logs());
+    assert!(answered >= 20, "the clients kept requesting through the restarts ({answered} requests)");
+    assert!(app.contains("out of lb-01/edge's pool first"), "{app}");
+    assert!(app.contains("server-02 healthy again"), "{app}");
+    assert!(app.contains("back in lb-01/edge's pool"), "{app}");
+    assert!(web.contains("server-03/web handed over"), "{web}");
+    let servers = support::get("127.242.1.1:8404".parse().expect("admin"), "/api/servers").expect("edge admin");
+    let servers: serde_json::Value = serde_json::from_str(&servers.body).expect("json");
+    let server_02 = servers["pools"][0]["servers"].as_array().and_then(|s| s.iter().find(|s| s["name"] == "server-02"));
+    assert_eq!(server_02.map(|s| s["admin"].clone()), Some("ready".into()), "back in the pool: {servers}");
+}
