@@ -410,14 +410,11 @@ impl Supervisor {
             },
             Request::Restart { target } => match self.targets(&target) {
                 Ok(found) => {
-                    let mut done = Vec::new();
-                    for i in found {
-                        match self.restart(i).await {
-                            Ok(message) => done.push(message),
-                            Err(e) => return Answer::error(done.into_iter().chain([e]).collect::<Vec<_>>().join("\n")),
-                        }
+                    let mut said = Vec::new();
+                    match self.restart_rolling(found, &mut said).await {
+                        Ok(()) => Answer::ok(said.join("\n")),
+                        Err(e) => Answer::error(said.into_iter().chain([e]).collect::<Vec<_>>().join("\n")),
                     }
-                    Answer::ok(done.join("\n"))
                 }
                 Err(e) => Answer::error(e),
             },
@@ -442,7 +439,7 @@ impl Supervisor {
         }
     }
 
-    /// Restarts slot `i` gracefully: a proxy that hands over starts its successor with
+    /// Restarts slot `i`: a proxy that hands over starts its successor with
     /// `--take-over` (no connection refused; the old one drains and exits), anything else is
     /// stopped (SIGTERM, as `down` does) and started again.
     async fn restart(&mut self, i: usize) -> Result<String, String> {
@@ -456,7 +453,10 @@ impl Supervisor {
         };
         let old_pid = old.id().unwrap_or_default();
         if !self.slots[i].planned.hands_over {
-            return Ok(self.stop_and_start(i, old).await);
+            stop_child(&mut old, STOP_TIMEOUT).await;
+            self.spawn(i);
+            let new_pid = self.slots[i].child.as_ref().and_then(Child::id).unwrap_or_default();
+            return Ok(format!("restarted {id}: pid {old_pid} stopped, pid {new_pid} started"));
         }
         self.spawn_with(i, &["--take-over".into(), old_pid.to_string()]);
         let Some(new) = self.slots[i].child.as_mut() else {
@@ -490,36 +490,46 @@ impl Supervisor {
         }
     }
 
-    /// Stops slot `i`'s process `old` and starts it again. An app that edges balance to (through
-    /// its host's web server) is first taken out of their pool (maintenance) once what they
-    /// have in flight there is done, and put back when its host is healthy again: a rolling
-    /// restart without a failed request (the seed's "downtime during maintenance").
-    async fn stop_and_start(&mut self, i: usize, mut old: Child) -> String {
-        let id = self.slots[i].id();
-        let host = self.slots[i].host.clone();
-        let old_pid = old.id().unwrap_or_default();
-        let edges = match self.slots[i].planned.component {
-            Component::App => self.edges_in_front_of(&host),
-            _ => Vec::new(),
-        };
-        let mut said = Vec::new();
-        let out = take_out_of_pools(&edges, &host, &mut said).await;
-        stop_child(&mut old, STOP_TIMEOUT).await;
-        self.spawn(i);
-        let new_pid = self.slots[i].child.as_ref().and_then(Child::id).unwrap_or_default();
-        said.push(format!("pid {old_pid} stopped, pid {new_pid} started"));
-        if !out.is_empty() {
-            let started = Instant::now();
-            match self.wait_until_healthy(&host, HEALTHY_AGAIN_TIMEOUT).await {
-                true => said.push(format!("{host} healthy again after {} ms", started.elapsed().as_millis())),
-                false => said.push(format!(
-                    "{host} not healthy after {} s (the edges' checks keep it out until it is)",
-                    HEALTHY_AGAIN_TIMEOUT.as_secs()
-                )),
+    /// Restarts the slots `found`, host by host. A host whose app or database stops (a proxy
+    /// hands over instead) is first taken out of the pool of each edge that balances to its
+    /// web server (maintenance, once what they have in flight there is done), and put back
+    /// when all its components are healthy again: a rolling restart without a failed request
+    /// (the seed's "downtime during maintenance").
+    async fn restart_rolling(&mut self, found: Vec<usize>, said: &mut Vec<String>) -> Result<(), String> {
+        let mut hosts: Vec<String> = found.iter().map(|&i| self.slots[i].host.clone()).collect();
+        hosts.sort();
+        hosts.dedup();
+        for host in hosts {
+            let here: Vec<usize> = found.iter().copied().filter(|&i| self.slots[i].host == host).collect();
+            let stops = here.iter().any(|&i| !self.slots[i].planned.hands_over);
+            let edges = if stops { self.edges_in_front_of(&host) } else { Vec::new() };
+            let out = take_out_of_pools(&edges, &host, said).await;
+            let mut failed = None;
+            for i in here {
+                match self.restart(i).await {
+                    Ok(message) => said.push(message),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
             }
-            put_back_in_pools(&out, &host, &mut said).await;
+            if !out.is_empty() {
+                let started = Instant::now();
+                match self.wait_until_healthy(&host, HEALTHY_AGAIN_TIMEOUT).await {
+                    true => said.push(format!("{host} healthy again after {} ms", started.elapsed().as_millis())),
+                    false => said.push(format!(
+                        "{host} not healthy after {} s (the edges' checks keep it out until it is)",
+                        HEALTHY_AGAIN_TIMEOUT.as_secs()
+                    )),
+                }
+                put_back_in_pools(&out, &host, said).await;
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
-        format!("restarted {id}: {}", said.join(", "))
+        Ok(())
     }
 
     /// The running edges that balance to `host`'s web server: their ids and admin listeners

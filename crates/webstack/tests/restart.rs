@@ -69,8 +69,9 @@ fn a_rolling_restart_behind_the_load_balancer_fails_no_request() {
     let site: SocketAddr = "127.242.1.10:8080".parse().expect("address");
     let load = Load::start(site, "/login", 2, 2);
     std::thread::sleep(Duration::from_millis(300));
-    // The app: out of the load balancer's pool first, back once its server is healthy.
-    let app = stack.run_ok(&["restart", "server-02/app"]);
+    // A whole server (its database replica, app and web server): out of the load balancer's
+    // pool first, back once all of it is healthy.
+    let app = stack.run_ok(&["restart", "server-02"]);
     // The web server: handed over to a new process.
     let web = stack.run_ok(&["restart", "server-03/web"]);
     std::thread::sleep(Duration::from_millis(300));
@@ -79,6 +80,10 @@ fn a_rolling_restart_behind_the_load_balancer_fails_no_request() {
     assert!(failed.is_empty(), "requests failed in the rolling restart: {failed:?}\n{app}\n{web}\n{}", stack.logs());
     assert!(answered >= 20, "the clients kept requesting through the restarts ({answered} requests)");
     assert!(app.contains("out of lb-01/edge's pool first"), "{app}");
+    for component in ["db", "app"] {
+        assert!(app.contains(&format!("restarted server-02/{component}: pid")), "{app}");
+    }
+    assert!(app.contains("server-02/web handed over"), "{app}");
     assert!(app.contains("server-02 healthy again"), "{app}");
     assert!(app.contains("back in lb-01/edge's pool"), "{app}");
     assert!(web.contains("server-03/web handed over"), "{web}");
