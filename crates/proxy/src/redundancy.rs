@@ -157,9 +157,41 @@ pub(crate) async fn run(proxy: Arc<Proxy>, config: HaConfig, status: Arc<HaStatu
     }
     prober.abort();
     if node.state() == State::Master {
-        let actions = vec![Action::ReleaseVip, Action::SendAdvert { priority: 0 }];
-        let _ = apply(&vip, &socket, &config, &key, &mut sequence, actions).await;
+        // Resign first and keep the listeners until a peer says it is MASTER: on loopback
+        // hosts both listen for that moment and new connections go to the newest, so the VIP
+        // never refuses one. Without a peer, the wait is bounded.
+        let resign = vec![Action::SendAdvert { priority: 0 }];
+        let _ = apply(&vip, &socket, &config, &key, &mut sequence, resign).await;
+        let wait = (config.node.advert_interval * 4).clamp(Duration::from_millis(200), Duration::from_millis(1500));
+        let taken = tokio::time::timeout(wait, peer_is_master(&socket, &key, &config, &mut last_seen, &mut buf)).await;
+        if taken.is_err() {
+            tracing::warn!("no peer took the VIP over within {} ms; releasing it", wait.as_millis());
+        }
+        let _ = apply(&vip, &socket, &config, &key, &mut sequence, vec![Action::ReleaseVip]).await;
         status.set(State::Fault);
+    }
+}
+
+/// Returns once a peer's advert for our VIP arrives (a BACKUP sends none: it is MASTER now).
+async fn peer_is_master(
+    socket: &UdpSocket,
+    key: &Key,
+    config: &HaConfig,
+    last_seen: &mut HashMap<u32, u64>,
+    buf: &mut [u8],
+) {
+    loop {
+        let Ok((n, _)) = socket.recv_from(buf).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let Ok(advert) = advert::decode(&buf[..n], key) else { continue };
+        let last = last_seen.entry(advert.sender).or_insert(0);
+        if advert.vip == config.vip && advert.sender != config.node.id && advert.sequence > *last && advert.priority > 0
+        {
+            *last = advert.sequence;
+            return;
+        }
     }
 }
 

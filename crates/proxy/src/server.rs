@@ -220,7 +220,7 @@ pub async fn run_launched(config: ProxyConfig, launch: Launch, shutdown: impl Fu
     {
         let mut control = proxy.control.lock().await;
         for ((address, serves), socket) in bound {
-            proxy.spawn_acceptor(&mut control, address, serves, socket);
+            proxy.spawn_acceptor(&mut control, address, serves, socket, true);
         }
         let runtime = proxy.current.load();
         control.checkers = spawn_checkers(&runtime.pools, runtime.config.resolvers.as_ref());
@@ -381,7 +381,9 @@ impl Proxy {
         for l in runtime.config.listeners.iter().filter(|l| on_vip(&runtime.config, l.bind)) {
             if !control.acceptors.contains_key(&l.bind) {
                 let socket = bind_shared(l.bind)?;
-                self.spawn_acceptor(&mut control, l.bind, Serves::Site, socket);
+                // Closed by `release_vip`, not by shutdown: a MASTER that stops keeps the VIP's
+                // listeners until its peer holds the VIP.
+                self.spawn_acceptor(&mut control, l.bind, Serves::Site, socket, false);
             }
         }
         tracing::warn!("holding the VIP");
@@ -424,9 +426,18 @@ impl Proxy {
         address: SocketAddr,
         serves: Serves,
         socket: TcpListener,
+        closes_on_stop: bool,
     ) {
         let Some(alive_tx) = control.alive_tx.clone() else { return };
-        let task = tokio::spawn(accept_loop(socket, address, serves, self.clone(), self.stop_rx.clone(), alive_tx));
+        let task = tokio::spawn(accept_loop(
+            socket,
+            address,
+            serves,
+            self.clone(),
+            self.stop_rx.clone(),
+            alive_tx,
+            closes_on_stop,
+        ));
         control.acceptors.insert(address, task);
     }
 
@@ -493,7 +504,7 @@ impl Proxy {
         }
         for (address, serves, socket) in fresh {
             tracing::info!(%address, "listening (new in the config)");
-            self.spawn_acceptor(&mut control, address, serves, socket);
+            self.spawn_acceptor(&mut control, address, serves, socket, true);
         }
         for c in control.checkers.drain(..) {
             c.abort();
@@ -676,6 +687,7 @@ async fn accept_loop(
     proxy: Arc<Proxy>,
     stop_rx: watch::Receiver<bool>,
     alive_tx: mpsc::Sender<()>,
+    closes_on_stop: bool,
 ) {
     // The runtime's counters for this address (kept across reloads), or the admin's own.
     let stats = match serves {
@@ -717,7 +729,7 @@ async fn accept_loop(
             (None, Some(listener)) => {
                 let accepted = tokio::select! {
                     accepted = accept_below(listener, limit, &stats, address) => accepted,
-                    _ = stop.wait_for(|stop| *stop) => {
+                    _ = stop.wait_for(|stop| *stop), if closes_on_stop => {
                         queued = socket.take().map(|l| take_queued(l, address).into_iter());
                         continue;
                     }

@@ -1,5 +1,6 @@
 //! Two edge proxies share a VIP: the MASTER serves it, SIGKILL moves it to the BACKUP, and the
-//! preferred node takes it back when it returns — measured, with the requests that failed.
+//! preferred node takes it back when it returns — measured, with the requests that failed; a
+//! MASTER that stops (SIGTERM) hands it over without a refused connection.
 
 mod support;
 
@@ -109,13 +110,25 @@ fn the_vip_moves_to_the_backup_on_sigkill_and_back_to_the_preferred_node() {
     lb1 = start(&a);
     wait_for("lb-01 to take the VIP back", Duration::from_secs(5), || *last_from.lock().unwrap() == "lb-01");
     std::thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::SeqCst);
-    client.join().unwrap();
     let failed_at_preemption = failed.load(Ordering::SeqCst) - failed_at_takeover;
     eprintln!("preemption back to lb-01: {failed_at_preemption} requests failed");
     assert_eq!(failed_at_preemption, 0, "the planned hand-over refused requests");
     assert_eq!((ha_state(1, 1).as_str(), ha_state(1, 2).as_str()), ("MASTER", "BACKUP"));
-    drop(lb1);
+
+    // The MASTER stops (SIGTERM, as a restart or `down` does): it resigns and keeps the VIP's
+    // listeners until lb-02 holds it, so no connection is refused in between.
+    let before_stop = failed.load(Ordering::SeqCst);
+    let stopped = Command::new("kill").arg(lb1.0.id().to_string()).status().unwrap();
+    assert!(stopped.success());
+    wait_for("lb-02 to answer on the VIP", Duration::from_secs(3), || *last_from.lock().unwrap() == "lb-02");
+    let _ = lb1.0.wait();
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    client.join().unwrap();
+    let failed_at_stop = failed.load(Ordering::SeqCst) - before_stop;
+    eprintln!("the MASTER stopped: {failed_at_stop} requests failed");
+    assert_eq!(failed_at_stop, 0, "a MASTER that stopped left the VIP without a listener");
+    assert_eq!(ha_state(1, 2), "MASTER");
 }
 
 #[test]
