@@ -126,9 +126,18 @@ def trial(webstack, work, segment=None):
         lb1 = start(a, 1)
         wait(lambda: state["last"] == "lb-01", 5)
         time.sleep(0.2)
+        failed_preemption = state["failed"] - failed_takeover
+        # A planned stop (SIGTERM, as `webstack restart` or `down` does): the MASTER resigns.
+        before_stop = state["failed"]
+        stopped = time.time()
+        lb1.send_signal(signal.SIGTERM)
+        wait(lambda: state["last"] == "lb-02", 5)
+        stop_handover = (time.time() - stopped) * 1000
+        lb1.wait()
+        time.sleep(0.2)
         state["stop"] = True
         t.join()
-        return takeover, failed_takeover, state["failed"] - failed_takeover
+        return takeover, failed_takeover, failed_preemption, stop_handover, state["failed"] - before_stop
     finally:
         for p in (lb1, lb2):
             p.kill()
@@ -177,6 +186,9 @@ def report(title, results):
     print(f"  SIGKILL of the MASTER -> BACKUP answers: median {statistics.median(takeovers):.0f} ms, "
           f"max {max(takeovers):.0f} ms; failed requests per trial: {[r[1] for r in results]}")
     print(f"  preemption back to the preferred node: failed requests per trial: {[r[2] for r in results]}")
+    stops = [r[3] for r in results]
+    print(f"  SIGTERM of the MASTER (a planned stop) -> BACKUP answers: median {statistics.median(stops):.0f} ms; "
+          f"failed requests per trial: {[r[4] for r in results]}")
 
 
 def main():
