@@ -160,16 +160,11 @@ fn change_server(pools: &[Arc<PoolState>], rest: &str) -> Response<ProxyBody> {
     };
     match (*what, *value) {
         ("state", state) => {
-            let state = match state {
-                "ready" => AdminState::Ready,
-                "drain" => AdminState::Drain,
-                "maint" => AdminState::Maint,
-                other => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        format!("unknown state `{other}`; expected ready, drain or maint\n"),
-                    )
-                }
+            let Some(state) = AdminState::from_name(state) else {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown state `{state}`; expected ready, drain or maint\n"),
+                );
             };
             server.set_admin(state);
             tracing::warn!(

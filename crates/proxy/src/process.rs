@@ -77,12 +77,10 @@ impl ProcessInfo {
 
     /// The process's own lines of `/metrics`.
     pub fn write_metrics(&self, out: &mut String) {
-        let gauge = |out: &mut String, name: &str, help: &str, value: f64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        let metric = |out: &mut String, kind: &str, name: &str, help: &str, value: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         };
-        let counter = |out: &mut String, name: &str, help: &str, value: f64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
-        };
+        let gauge = |out: &mut String, name: &str, help: &str, value: f64| metric(out, "gauge", name, help, value);
         let _ = writeln!(
             out,
             "# HELP webstack_proxy_build_info The running version.\n# TYPE webstack_proxy_build_info gauge\n\
@@ -92,7 +90,7 @@ impl ProcessInfo {
         let started = self.started.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
         gauge(out, "process_start_time_seconds", "Start time of the process since the Unix epoch.", started);
         if let Some(usage) = Usage::of_this_process() {
-            counter(out, "process_cpu_seconds_total", "User and system CPU time spent.", usage.cpu_seconds);
+            metric(out, "counter", "process_cpu_seconds_total", "User and system CPU time spent.", usage.cpu_seconds);
             gauge(out, "process_resident_memory_bytes", "Resident memory size.", usage.resident_bytes as f64);
             gauge(out, "process_virtual_memory_bytes", "Virtual memory size.", usage.virtual_bytes as f64);
         }

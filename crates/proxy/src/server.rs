@@ -18,7 +18,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -155,17 +155,16 @@ pub async fn run_launched(config: ProxyConfig, launch: Launch, shutdown: impl Fu
     }
     // Read while the old proxy alone listens on the admin address: ours will take its connections.
     let snapshot = match (&predecessor, config.admin) {
-        (Some(_), Some(admin)) => match tokio::task::spawn_blocking(move || takeover::fetch_snapshot(admin)).await {
-            Ok(Ok(snapshot)) => Some(snapshot),
-            Ok(Err(e)) => {
-                tracing::warn!(%admin, "servers' state not carried over (drain, weights, health): {e}");
-                None
+        (Some(_), Some(admin)) => {
+            let fetched = tokio::task::spawn_blocking(move || takeover::fetch_snapshot(admin)).await;
+            match fetched.map_err(|e| e.to_string()).and_then(|r| r) {
+                Ok(snapshot) => Some(snapshot),
+                Err(e) => {
+                    tracing::warn!(%admin, "servers' state not carried over (drain, weights, health): {e}");
+                    None
+                }
             }
-            Err(e) => {
-                tracing::warn!(%admin, "servers' state not carried over: {e}");
-                None
-            }
-        },
+        }
         (Some(_), None) => {
             tracing::warn!(
                 "without an admin listener the servers' runtime state (drain, weights, health) is not carried over"
@@ -182,18 +181,18 @@ pub async fn run_launched(config: ProxyConfig, launch: Launch, shutdown: impl Fu
     }
     // Joined: the addresses the predecessor listens on. Any other is bound as by a proxy alone,
     // so an address another process holds still fails ("address in use").
-    let theirs = predecessor.as_ref().map(|p| p.listening());
-    if let Some(None) = theirs {
-        tracing::warn!("cannot read which addresses the running proxy listens on; joining every listener");
-    }
+    let wanted = addresses(&config);
+    let joined: HashSet<SocketAddr> = match predecessor.as_ref().map(Predecessor::listening) {
+        None => HashSet::new(),
+        Some(Some(listening)) => listening,
+        Some(None) => {
+            tracing::warn!("cannot read which addresses the running proxy listens on; joining every listener");
+            wanted.iter().map(|(address, _)| *address).collect()
+        }
+    };
     let mut bound = Vec::new();
-    for address in addresses(&config) {
-        let joins = match &theirs {
-            Some(Some(listening)) => listening.contains(&address.0),
-            Some(None) => true,
-            None => false,
-        };
-        let socket = if joins { join(address.0)? } else { bind(address.0).await? };
+    for address in wanted {
+        let socket = if joined.contains(&address.0) { join(address.0)? } else { bind(address.0).await? };
         bound.push((address, socket));
     }
     let pools: Vec<Arc<PoolState>> = config.pools.iter().map(|p| Arc::new(PoolState::new(p.clone()))).collect();
@@ -380,7 +379,9 @@ impl Proxy {
         let runtime = self.runtime();
         for l in runtime.config.listeners.iter().filter(|l| on_vip(&runtime.config, l.bind)) {
             if !control.acceptors.contains_key(&l.bind) {
-                let socket = bind_shared(l.bind)?;
+                // Opened while the old MASTER still listens, in a planned hand-over: no
+                // connection is refused in between.
+                let socket = listen(l.bind)?;
                 // Closed by `release_vip`, not by shutdown: a MASTER that stops keeps the VIP's
                 // listeners until its peer holds the VIP.
                 self.spawn_acceptor(&mut control, l.bind, Serves::Site, socket, false);
@@ -524,12 +525,6 @@ impl Proxy {
         self.process.record_reload(true);
         Ok(summary)
     }
-}
-
-/// A VIP listener: during a planned hand-over the new MASTER opens it before the old one lets
-/// go, so no connection is refused in between.
-fn bind_shared(address: SocketAddr) -> io::Result<TcpListener> {
-    listen(address)
 }
 
 /// A listener on an address no other socket listens on: refused as a plain bind is ("address
@@ -1459,9 +1454,9 @@ mod tests {
     #[tokio::test]
     async fn the_listener_bound_last_on_a_vip_takes_every_new_connection() {
         let address: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let old = bind_shared(address).unwrap();
+        let old = listen(address).unwrap();
         let address = old.local_addr().unwrap();
-        let new = bind_shared(address).unwrap();
+        let new = listen(address).unwrap();
         let mut clients = Vec::new();
         for _ in 0..32 {
             clients.push(tokio::net::TcpStream::connect(address).await.unwrap());

@@ -190,7 +190,7 @@ pub(crate) fn carry_over(snapshot: &Snapshot, pools: &[Arc<PoolState>]) -> usize
                 continue;
             };
             matched += 1;
-            if let Some(state) = admin_state(&old.admin) {
+            if let Some(state) = AdminState::from_name(&old.admin) {
                 server.set_admin(state);
             }
             if old.config_weight.is_some_and(|w| w != old.weight) && old.weight <= crate::config::MAX_WEIGHT {
@@ -207,15 +207,6 @@ pub(crate) fn carry_over(snapshot: &Snapshot, pools: &[Arc<PoolState>]) -> usize
         }
     }
     matched
-}
-
-fn admin_state(name: &str) -> Option<AdminState> {
-    match name {
-        "ready" => Some(AdminState::Ready),
-        "drain" => Some(AdminState::Drain),
-        "maint" => Some(AdminState::Maint),
-        _ => None,
-    }
 }
 
 /// Whether the PID file can be written, asked before anything listens (its content stays).

@@ -205,6 +205,16 @@ impl AdminState {
         }
     }
 
+    /// The state a name (`ready`, `drain`, `maint`) stands for, as the runtime API takes it.
+    pub fn from_name(name: &str) -> Option<AdminState> {
+        match name {
+            "ready" => Some(AdminState::Ready),
+            "drain" => Some(AdminState::Drain),
+            "maint" => Some(AdminState::Maint),
+            _ => None,
+        }
+    }
+
     fn from_u8(v: u8) -> AdminState {
         match v {
             1 => AdminState::Drain,

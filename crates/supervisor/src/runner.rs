@@ -81,9 +81,17 @@ pub struct Supervisor {
 
 type ControlMessage = (Request, oneshot::Sender<Answer>);
 
-/// Puts `host`'s web server in maintenance at each edge (its pool `web` names servers after
-/// their hosts) and waits until none of them has a request in flight there. Returns the edges
-/// that took it; what failed is said.
+/// Sets `host`'s web server to `state` (`maint`, `ready`) in an edge's pool `web`, which names
+/// servers after their hosts; `Err` says why the edge would not.
+async fn set_in_pool(admin: SocketAddr, host: &str, state: &str) -> Result<(), String> {
+    match probe::http_post(admin, &format!("/api/servers/web/{host}/state/{state}"), PROBE_TIMEOUT).await? {
+        (200, _) => Ok(()),
+        (status, body) => Err(format!("{status}: {}", body.trim())),
+    }
+}
+
+/// Puts `host`'s web server in maintenance at each edge and waits until none of them has a
+/// request in flight there. Returns the edges that took it; what failed is said.
 async fn take_out_of_pools(
     edges: &[(String, SocketAddr)],
     host: &str,
@@ -91,9 +99,8 @@ async fn take_out_of_pools(
 ) -> Vec<(String, SocketAddr)> {
     let mut out = Vec::new();
     for (edge, admin) in edges {
-        match probe::http_post(*admin, &format!("/api/servers/web/{host}/state/maint"), PROBE_TIMEOUT).await {
-            Ok((200, _)) => out.push((edge.clone(), *admin)),
-            Ok((status, body)) => said.push(format!("{edge} would not take {host} out ({status}: {})", body.trim())),
+        match set_in_pool(*admin, host, "maint").await {
+            Ok(()) => out.push((edge.clone(), *admin)),
             Err(e) => said.push(format!("{edge} would not take {host} out ({e})")),
         }
     }
@@ -117,25 +124,35 @@ async fn in_flight_at(admin: SocketAddr, host: &str) -> Option<u64> {
 
 async fn put_back_in_pools(edges: &[(String, SocketAddr)], host: &str, said: &mut Vec<String>) {
     for (edge, admin) in edges {
-        match probe::http_post(*admin, &format!("/api/servers/web/{host}/state/ready"), PROBE_TIMEOUT).await {
-            Ok((200, _)) => said.push(format!("back in {edge}'s pool")),
-            Ok((status, body)) => said.push(format!("{edge} would not put {host} back ({status}: {})", body.trim())),
+        match set_in_pool(*admin, host, "ready").await {
+            Ok(()) => said.push(format!("back in {edge}'s pool")),
             Err(e) => said.push(format!("{edge} would not put {host} back ({e})")),
         }
     }
 }
 
-/// Asks `child` to stop (SIGTERM: it drains) and waits for it; SIGKILL after `timeout`.
-async fn stop_child(child: &mut Child, timeout: Duration) {
+/// Asks `child` to stop (SIGTERM: it drains).
+fn terminate(child: &Child) {
     if let Some(pid) = child.id() {
         // SAFETY: a plain kill(2) on our own child, not yet reaped.
         unsafe {
             libc::kill(pid as libc::pid_t, libc::SIGTERM);
         }
     }
-    if tokio::time::timeout(timeout, child.wait()).await.is_err() {
+}
+
+/// Waits for `child`, told to stop, to exit; SIGKILL after STOP_TIMEOUT.
+async fn wait_or_kill(child: &mut Child, id: &str) {
+    if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
+        tracing::warn!(component = id, "did not stop within {} s; killing it", STOP_TIMEOUT.as_secs());
         let _ = child.kill().await;
     }
+}
+
+/// Stops `child` as `down` does: SIGTERM, then SIGKILL if it has not exited in time.
+async fn stop_child(child: &mut Child, id: &str) {
+    terminate(child);
+    wait_or_kill(child, id).await;
 }
 
 /// Start order: databases first, the edge last, so each finds what it needs sooner.
@@ -413,7 +430,10 @@ impl Supervisor {
                     let mut said = Vec::new();
                     match self.restart_rolling(found, &mut said).await {
                         Ok(()) => Answer::ok(said.join("\n")),
-                        Err(e) => Answer::error(said.into_iter().chain([e]).collect::<Vec<_>>().join("\n")),
+                        Err(e) => {
+                            said.push(e);
+                            Answer::error(said.join("\n"))
+                        }
                     }
                 }
                 Err(e) => Answer::error(e),
@@ -453,7 +473,7 @@ impl Supervisor {
         };
         let old_pid = old.id().unwrap_or_default();
         if !self.slots[i].planned.hands_over {
-            stop_child(&mut old, STOP_TIMEOUT).await;
+            stop_child(&mut old, &id).await;
             self.spawn(i);
             let new_pid = self.slots[i].child.as_ref().and_then(Child::id).unwrap_or_default();
             return Ok(format!("restarted {id}: pid {old_pid} stopped, pid {new_pid} started"));
@@ -483,53 +503,46 @@ impl Supervisor {
             }
             if Instant::now() >= deadline {
                 // It serves; the old one is still finishing long requests. Reaped when it ends.
-                tokio::spawn(async move { stop_child(&mut old, STOP_TIMEOUT).await });
-                return Ok(format!("{id} handed over to pid {new_pid}; pid {old_pid} is still finishing its requests"));
+                let said = format!("{id} handed over to pid {new_pid}; pid {old_pid} is still finishing its requests");
+                tokio::spawn(async move { stop_child(&mut old, &id).await });
+                return Ok(said);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// Restarts the slots `found`, host by host. A host whose app or database stops (a proxy
-    /// hands over instead) is first taken out of the pool of each edge that balances to its
-    /// web server (maintenance, once what they have in flight there is done), and put back
-    /// when all its components are healthy again: a rolling restart without a failed request
-    /// (the seed's "downtime during maintenance").
+    /// Restarts the slots `found` (components of one host, as `targets` finds them). A host
+    /// whose app or database stops (a proxy hands over instead) is first taken out of the pool
+    /// of each edge that balances to its web server (maintenance, once what they have in flight
+    /// there is done), and put back when all its components are healthy again: a rolling
+    /// restart without a failed request (the seed's "downtime during maintenance").
     async fn restart_rolling(&mut self, found: Vec<usize>, said: &mut Vec<String>) -> Result<(), String> {
-        let mut hosts: Vec<String> = found.iter().map(|&i| self.slots[i].host.clone()).collect();
-        hosts.sort();
-        hosts.dedup();
-        for host in hosts {
-            let here: Vec<usize> = found.iter().copied().filter(|&i| self.slots[i].host == host).collect();
-            let stops = here.iter().any(|&i| !self.slots[i].planned.hands_over);
-            let edges = if stops { self.edges_in_front_of(&host) } else { Vec::new() };
-            let out = take_out_of_pools(&edges, &host, said).await;
-            let mut failed = None;
-            for i in here {
-                match self.restart(i).await {
-                    Ok(message) => said.push(message),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
+        let Some(host) = found.first().map(|&i| self.slots[i].host.clone()) else { return Ok(()) };
+        let stops = found.iter().any(|&i| !self.slots[i].planned.hands_over);
+        let edges = if stops { self.edges_in_front_of(&host) } else { Vec::new() };
+        let out = take_out_of_pools(&edges, &host, said).await;
+        let mut failed = None;
+        for i in found {
+            match self.restart(i).await {
+                Ok(message) => said.push(message),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
                 }
-            }
-            if !out.is_empty() {
-                let started = Instant::now();
-                match self.wait_until_healthy(&host, HEALTHY_AGAIN_TIMEOUT).await {
-                    true => said.push(format!("{host} healthy again after {} ms", started.elapsed().as_millis())),
-                    false => said.push(format!(
-                        "{host} not healthy after {} s (the edges' checks keep it out until it is)",
-                        HEALTHY_AGAIN_TIMEOUT.as_secs()
-                    )),
-                }
-                put_back_in_pools(&out, &host, said).await;
-            }
-            if let Some(e) = failed {
-                return Err(e);
             }
         }
-        Ok(())
+        if !out.is_empty() {
+            let started = Instant::now();
+            match self.wait_until_healthy(&host, HEALTHY_AGAIN_TIMEOUT).await {
+                true => said.push(format!("{host} healthy again after {} ms", started.elapsed().as_millis())),
+                false => said.push(format!(
+                    "{host} not healthy after {} s (the edges' checks keep it out until it is)",
+                    HEALTHY_AGAIN_TIMEOUT.as_secs()
+                )),
+            }
+            put_back_in_pools(&out, &host, said).await;
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// The running edges that balance to `host`'s web server: their ids and admin listeners
@@ -576,19 +589,14 @@ impl Supervisor {
                 (0..self.slots.len()).filter(|&i| start_rank(self.slots[i].planned.component) == rank).collect();
             for &i in &group {
                 self.slots[i].wanted = false;
-                if let Some(pid) = self.slots[i].child.as_ref().and_then(Child::id) {
-                    unsafe {
-                        libc::kill(pid as libc::pid_t, libc::SIGTERM);
-                    }
+                if let Some(child) = &self.slots[i].child {
+                    terminate(child);
                 }
             }
             for &i in &group {
                 let id = self.slots[i].id();
                 if let Some(mut child) = self.slots[i].child.take() {
-                    if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
-                        tracing::warn!(component = id, "did not stop within {} s; killing it", STOP_TIMEOUT.as_secs());
-                        let _ = child.kill().await;
-                    }
+                    wait_or_kill(&mut child, &id).await;
                 }
                 self.slots[i].state = State::Stopped;
                 let _ = std::fs::remove_file(self.state_dir.pid_path(&id));
