@@ -111,7 +111,8 @@ enum Command {
     /// Start again what `kill` stopped.
     Start { target: String },
     /// Restart gracefully (a new binary, say): a proxy hands over to a new process without
-    /// refusing a connection (`webstack proxy --take-over`); other components stop, then start.
+    /// refusing a connection (`webstack proxy --take-over`); an app or database stops, then
+    /// starts, its server out of the load balancer's pool meanwhile.
     Restart { target: String },
     /// Make a local CA and the site's certificate under the state dir, and say how to trust it.
     Cert {
