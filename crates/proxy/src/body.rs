@@ -64,7 +64,7 @@ impl ProxyBody {
 /// connection too: it is mid-response and cannot be reused. Silence longer than the pool's
 /// idle timeout ends the response with an error.
 pub struct UpstreamBody {
-    connection: Option<Connection>,
+    connection: Option<Box<Connection>>,
     framing: Framing,
     keep_alive: bool,
     flight: InFlight,
@@ -73,7 +73,7 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     pub fn new(
-        mut connection: Connection,
+        mut connection: Box<Connection>,
         framing: Framing,
         keep_alive: bool,
         flight: InFlight,

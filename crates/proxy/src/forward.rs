@@ -464,7 +464,7 @@ fn settle(
 ) -> Result<(usize, Response<ProxyBody>), Failure> {
     match held {
         None => outcome,
-        Some((index, answer)) => settle_held(pool, outcome, index, answer),
+        Some((index, answer)) => settle_held(pool, outcome, index, *answer),
     }
 }
 
@@ -473,14 +473,14 @@ fn settle_held(
     pool: &PoolState,
     outcome: Result<(usize, Response<ProxyBody>), Failure>,
     index: usize,
-    answer: Box<Response<ProxyBody>>,
+    answer: Response<ProxyBody>,
 ) -> Result<(usize, Response<ProxyBody>), Failure> {
     match outcome {
         Err(failure) => {
             let (status, server, reason) = failure_answer(pool, &failure);
             count_failure(&failure, status);
             tracing::info!(pool = pool.config.name, server, reason, "no server did better; the last answer goes back");
-            Ok((index, *answer))
+            Ok((index, answer))
         }
         Ok(better) => {
             record_answer(pool, &pool.servers[index], answer.status().as_u16());
@@ -872,7 +872,7 @@ fn into_http2_form<B>(req: &mut Request<B>, scheme: &str) {
 /// is the tunnel's, never pooled again.
 fn tunnel(
     head: ResponseHead,
-    connection: Connection,
+    connection: Box<Connection>,
     client_side: OnUpgrade,
     flight: InFlight,
     idle_limit: Duration,
@@ -970,7 +970,7 @@ fn to_origin_form<B>(req: &mut Request<B>) {
 
 fn into_client_response(
     head: ResponseHead,
-    mut connection: Connection,
+    mut connection: Box<Connection>,
     keep_alive: bool,
     flight: InFlight,
     idle_timeout: std::time::Duration,

@@ -284,7 +284,10 @@ pub struct ServerState {
     pub in_flight: AtomicU64,
     /// Connect failures and 5xx answers in a row, for passive health.
     failures_in_row: AtomicU32,
-    idle: Mutex<Vec<Connection>>,
+    /// Boxed once when opened: a connection moves from here into a request, its response's
+    /// body and back for every request, and a pointer moves for less than its 184 bytes.
+    #[allow(clippy::vec_box, reason = "each connection moves out of the vector for every request")]
+    idle: Mutex<Vec<Box<Connection>>>,
     /// The HTTP/2 connection of an h2c pool's server, shared by every request.
     h2: Mutex<Option<H2Connection>>,
     /// Held while one is opened, so requests that find none wait for it instead of each
@@ -522,7 +525,8 @@ impl ServerState {
         self.responses[class].fetch_add(1, Ordering::Relaxed);
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+    #[allow(clippy::vec_box, reason = "see `idle`")]
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Box<Connection>>> {
         // A poisoned lock only means another request panicked mid-push; the Vec is still sound.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -596,7 +600,7 @@ impl ServerState {
     /// The most recently used idle connection of `owner` (`None`: shared ones) that the
     /// server has not closed. Shared connections are all alike, so the last one matches at
     /// once; a client's own connections (PROXY protocol) are looked for.
-    pub fn take_idle(&self, owner: Option<(SocketAddr, SocketAddr)>) -> Option<Connection> {
+    pub fn take_idle(&self, owner: Option<(SocketAddr, SocketAddr)>) -> Option<Box<Connection>> {
         let mut idle = self.lock_idle();
         while let Some(at) = idle.iter().rposition(|c| c.owner == owner) {
             let mut connection = idle.remove(at);
@@ -613,7 +617,7 @@ impl ServerState {
     }
 
     /// Hands back a connection whose last response ended cleanly.
-    pub fn put_idle(&self, connection: Connection) {
+    pub fn put_idle(&self, connection: Box<Connection>) {
         let moved = connection.generation != self.address_generation.load(Ordering::Relaxed);
         if !connection.is_clean() || !self.is_up() || moved {
             return;
@@ -638,14 +642,14 @@ impl ServerState {
         timeout: Duration,
         tls: Option<&crate::tls::UpstreamTls>,
         preface: Option<Preface>,
-    ) -> io::Result<Connection> {
+    ) -> io::Result<Box<Connection>> {
         let generation = self.address_generation.load(Ordering::Relaxed);
         let header = preface.map(|p| crate::proxy_protocol::encode(p.version, Some((p.client, p.destination))));
         let host = self.config.host.as_deref();
         let mut connection = Connection::open(self.endpoint(), host, timeout, tls, header.as_deref()).await?;
         connection.generation = generation;
         connection.owner = preface.map(|p| (p.client, p.destination));
-        Ok(connection)
+        Ok(Box::new(connection))
     }
 }
 
